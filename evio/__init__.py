@@ -1,0 +1,36 @@
+"""evio for Python: a small, fast, single-threaded event loop for servers.
+
+A server is a set of callbacks (:class:`Events`) and one call to
+:func:`serve`. Every callback runs on the loop's thread; each may answer
+with output to send and an :class:`Action`.
+
+```python
+import evio
+
+def data(id, data):
+    return data  # echo
+
+evio.serve(evio.Events(data=data), "tcp://127.0.0.1:5000")
+```
+"""
+
+from .addresses import Address, parse_address
+from .events import Action, Events, Info, InputStream, Options
+from .loop import Server, serve
+from .pollers import Poller, available_pollers
+
+__all__ = [
+    "Action",
+    "Address",
+    "Events",
+    "Info",
+    "InputStream",
+    "Options",
+    "Poller",
+    "Server",
+    "available_pollers",
+    "parse_address",
+    "serve",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,279 @@
+"""Addresses: parse ``scheme://address?options`` and bind listeners.
+
+Theory of operation
+-------------------
+An evio address is a small URL.  The scheme names the network (``tcp``,
+``tcp4``, ``tcp6``, ``unix``, ``udp``, ``udp4``, ``udp6``), the part after
+``://`` is what ``bind`` takes, and the query string carries options.
+Without ``://`` the whole string is a TCP address, so ``":5000"`` and
+``"tcp://:5000"`` mean the same thing.
+
+Two decisions shape this module:
+
+1. **Parse everything before binding anything.**  ``serve()`` turns every
+   address into an :class:`Address` record first, so a typo in the third
+   address is a ``ValueError`` that names it -- raised before the first one
+   is bound.  Then it binds in order; if any bind fails, everything bound so
+   far is closed (and its unix socket file removed) before the error
+   propagates.  Nothing is left half-listening.
+2. **Unix socket files are ours to clean, but only ours.**  A stale socket
+   file left by a crashed server is removed before binding; a path that
+   exists and is *not* a socket is refused rather than deleted.  The file
+   we create is removed when the server stops.
+
+Name resolution here is synchronous: it happens once, at start-up, before
+the loop runs, so it cannot stall a connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import parse_qsl
+
+__all__ = ["Address", "Listener", "bind_all", "parse_address"]
+
+_STREAM = {"tcp": socket.AF_UNSPEC, "tcp4": socket.AF_INET, "tcp6": socket.AF_INET6}
+_DGRAM = {"udp": socket.AF_UNSPEC, "udp4": socket.AF_INET, "udp6": socket.AF_INET6}
+_TRUE = {"1", "true", "yes"}
+_FALSE = {"0", "false", "no"}
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """One parsed listen address.
+
+    Attributes:
+        text: The address exactly as the user wrote it (used in errors).
+        network: ``"tcp"``, ``"tcp4"``, ``"tcp6"``, ``"udp"``, ``"udp4"``,
+            ``"udp6"`` or ``"unix"`` (without any ``-net`` suffix).
+        host: Host part for IP networks (``""`` means every interface).
+        port: Port for IP networks (``0`` asks the OS to choose).
+        path: Filesystem path for ``unix`` (a leading ``@`` names a Linux
+            abstract socket).
+        reuseport: Whether ``SO_REUSEPORT`` is set.
+        portable: Whether the scheme ended in ``-net``, asking for the
+            portable fallback poller.
+    """
+
+    text: str
+    network: str
+    host: str = ""
+    port: int = 0
+    path: str = ""
+    reuseport: bool = False
+    portable: bool = False
+
+    @property
+    def is_udp(self) -> bool:
+        """True for ``udp``, ``udp4`` and ``udp6``."""
+        return self.network in _DGRAM
+
+
+def parse_address(text: str) -> Address:
+    """Parse one evio address.
+
+    Args:
+        text: ``scheme://address[?reuseport=true]``, or a bare
+            ``host:port`` meaning TCP.
+
+    Returns:
+        The parsed :class:`Address`.
+
+    Raises:
+        ValueError: the scheme, host, port or an option is not valid; the
+            message names the whole address.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"address must be a string, not {type(text).__name__}: {text!r}")
+
+    def bad(why: str) -> ValueError:
+        return ValueError(f"bad address {text!r}: {why}")
+
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "tcp", text
+    scheme = scheme.lower()
+    portable = scheme.endswith("-net")
+    network = scheme[: -len("-net")] if portable else scheme
+    if network not in _STREAM and network not in _DGRAM and network != "unix":
+        raise bad(f"unknown scheme {scheme!r} (use tcp, tcp4, tcp6, udp, udp4, udp6 or unix)")
+
+    rest, _, query = rest.partition("?")
+    reuseport = False
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError as e:
+        raise bad(f"cannot parse options {query!r}") from e
+    for key, value in pairs:
+        if key != "reuseport":
+            raise bad(f"unknown option {key!r} (the only option is reuseport)")
+        v = value.lower()
+        if v in _TRUE:
+            reuseport = True
+        elif v in _FALSE:
+            reuseport = False
+        else:
+            raise bad(f"reuseport must be true/false, yes/no or 1/0, not {value!r}")
+
+    if network == "unix":
+        if not rest:
+            raise bad("a unix address needs a path")
+        if "\0" in rest:
+            raise bad("a unix path cannot contain NUL")
+        return Address(text, network, path=rest, reuseport=reuseport, portable=portable)
+
+    host, port = _split_host_port(rest, bad)
+    if network.endswith("4") and ":" in host:
+        raise bad(f"{host!r} is not an IPv4 host")
+    return Address(text, network, host=host, port=port, reuseport=reuseport, portable=portable)
+
+
+def _split_host_port(rest: str, bad: Callable[[str], ValueError]) -> tuple[str, int]:
+    if rest.startswith("["):
+        close = rest.find("]")
+        if close < 0 or not rest[close + 1 :].startswith(":"):
+            raise bad("an IPv6 host must be written [host]:port")
+        host, port_text = rest[1:close], rest[close + 2 :]
+        if not host:
+            raise bad("empty IPv6 host")
+    else:
+        host, sep, port_text = rest.rpartition(":")
+        if not sep:
+            raise bad("missing :port")
+        if ":" in host:
+            raise bad("an IPv6 host must be written [host]:port")
+    if not port_text.isdigit() or not port_text.isascii():
+        raise bad(f"port {port_text!r} is not a number")
+    port = int(port_text)
+    if port > 65535:
+        raise bad(f"port {port} is out of range (0-65535)")
+    return host, port
+
+
+@dataclass(slots=True)
+class Listener:
+    """A bound listening (or, for UDP, receiving) socket.
+
+    Attributes:
+        address: What the user asked for.
+        sock: The non-blocking socket.
+        bound: The real local address (``getsockname()``), e.g. with the
+            port the OS chose for port 0.
+        unlink: For unix sockets, the file to remove when the server stops.
+    """
+
+    address: Address
+    sock: socket.socket
+    bound: object
+    unlink: str | None = None
+
+    def close(self) -> None:
+        """Close the socket and remove the unix socket file it created."""
+        self.sock.close()
+        if self.unlink is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.unlink)
+            self.unlink = None
+
+
+def bind_all(addresses: list[Address], backlog: int = 1024) -> list[Listener]:
+    """Bind every address, in order; all or nothing.
+
+    Raises:
+        OSError: a bind failed (address in use, permission, a unix path that
+            exists and is not a socket). Everything bound before it has been
+            closed again.
+    """
+    done: list[Listener] = []
+    try:
+        for a in addresses:
+            done.append(_bind(a, backlog))
+    except BaseException:
+        for listener in done:
+            listener.close()
+        raise
+    return done
+
+
+def _family_and_sockaddr(a: Address, socktype: int) -> tuple[int, object]:
+    want = _STREAM.get(a.network, _DGRAM.get(a.network, socket.AF_UNSPEC))
+    if a.host == "":
+        if want == socket.AF_INET or (want == socket.AF_UNSPEC and not socket.has_ipv6):
+            return socket.AF_INET, ("0.0.0.0", a.port)
+        return socket.AF_INET6, ("::", a.port)
+    try:
+        infos = socket.getaddrinfo(a.host, a.port, want, socktype, 0, socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise ValueError(f"bad address {a.text!r}: cannot resolve {a.host!r}: {e}") from e
+    family, _, _, _, sockaddr = infos[0]
+    return family, sockaddr
+
+
+def _bind(a: Address, backlog: int) -> Listener:
+    socktype = socket.SOCK_DGRAM if a.is_udp else socket.SOCK_STREAM
+    if a.network == "unix":
+        return _bind_unix(a, backlog)
+    family, sockaddr = _family_and_sockaddr(a, socktype)
+    sock = socket.socket(family, socktype)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if a.reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6 and a.host == "" and a.network in ("tcp", "udp"):
+            # "tcp://:port" means every interface, IPv4 included.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(sockaddr)
+        if socktype == socket.SOCK_STREAM:
+            sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return Listener(a, sock, sock.getsockname())
+
+
+def _bind_unix(a: Address, backlog: int) -> Listener:
+    path = a.path
+    abstract = path.startswith("@")
+    target = "\0" + path[1:] if abstract else path
+    if not abstract:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            pass
+        else:
+            if not stat.S_ISSOCK(st.st_mode):
+                raise FileExistsError(
+                    f"cannot bind {a.text!r}: {path!r} exists and is not a socket"
+                )
+            if _socket_is_live(path):
+                raise OSError(errno.EADDRINUSE, f"cannot bind {a.text!r}: a server is listening there")
+            os.unlink(path)  # a stale socket file from an earlier server
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(target)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return Listener(a, sock, path, unlink=None if abstract else path)
+
+
+def _socket_is_live(path: str) -> bool:
+    """Whether something accepts connections on the unix socket ``path``."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(0.5)
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True

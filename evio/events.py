@@ -1,0 +1,294 @@
+"""Events and actions: what the loop calls, and what a callback may answer.
+
+Theory of operation
+-------------------
+A server is a set of optional callbacks -- an :class:`Events` record -- and
+the loop calls each one at a fixed point in a connection's life.  A callback
+answers with *output* (bytes to send) and an *action* (what to do next).
+
+The answer is the hot path: ``data`` runs once per read, and most servers
+just return bytes.  So the common case is the short one -- return ``bytes``
+(or ``None`` for nothing) -- and the loop checks ``type(r) is bytes`` before
+anything else.  The longer shapes (an :class:`Action` alone, a tuple of
+output and action, :class:`Options` from ``opened``) are unpacked by
+:func:`split_reply` off the hot path.  Any other shape is a ``TypeError``,
+handled like an exception raised by the callback (see the spec page
+*Events and actions*).
+
+Everything the user receives is a frozen record (:class:`Info`); everything
+the user hands in is validated once, when it is built (:class:`Options`).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+if TYPE_CHECKING:
+    from .loop import Server
+
+__all__ = [
+    "Action",
+    "Events",
+    "Info",
+    "InputStream",
+    "Options",
+    "Reply",
+    "split_reply",
+]
+
+Buffer: TypeAlias = bytes | bytearray | memoryview
+
+
+class Action(enum.Enum):
+    """What the loop does after a callback returns.
+
+    Attributes:
+        NONE: Carry on.
+        DETACH: Take the connection out of the loop and hand its socket to
+            the ``detached`` callback.
+        CLOSE: Send what is pending, then close the connection.
+        SHUTDOWN: Stop the server: close every connection and return from
+            :func:`evio.serve`.
+    """
+
+    NONE = 0
+    DETACH = 1
+    CLOSE = 2
+    SHUTDOWN = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """Per-connection options, returned from ``opened``.
+
+    Attributes:
+        tcp_keepalive: Seconds of idleness before TCP keep-alive probes
+            start, and between probes; ``None`` leaves keep-alive off.
+            Ignored for unix sockets.
+        reuse_input_buffer: When true, ``data`` receives a ``memoryview``
+            into the loop's shared read buffer, valid only during that call
+            (the loop releases it afterwards). When false (the default),
+            ``data`` receives ``bytes`` that the callback owns.
+
+    Raises:
+        ValueError: ``tcp_keepalive`` is not a positive number.
+    """
+
+    tcp_keepalive: float | None = None
+    reuse_input_buffer: bool = False
+
+    def __post_init__(self) -> None:
+        ka = self.tcp_keepalive
+        if ka is not None and (isinstance(ka, bool) or not ka > 0):
+            raise ValueError(f"tcp_keepalive must be a positive number of seconds, not {ka!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Info:
+    """What ``opened`` learns about a connection.
+
+    Attributes:
+        closing: True when the connection is already closing as it opens
+            (a failed dial); ``closed`` follows at once.
+        addr_index: Index into :attr:`Server.addrs` of the listener that
+            accepted it; ``-1`` for a dialed connection.
+        local_addr: Our end's address (``getsockname()``).
+        remote_addr: The peer's address (``getpeername()``; ``""`` for an
+            unnamed unix socket peer).
+    """
+
+    closing: bool
+    addr_index: int
+    local_addr: Any
+    remote_addr: Any
+
+
+Reply: TypeAlias = Any
+"""What ``opened`` and ``data`` may return; see :func:`split_reply`."""
+
+
+@dataclass(slots=True)
+class Events:
+    """The callbacks a server is made of. Every one is optional.
+
+    All callbacks run on the loop's thread, one at a time.
+
+    Attributes:
+        serving: ``serving(server)`` once, when every address is bound and
+            before any connection is accepted. May return ``None`` or an
+            :class:`Action` (only ``SHUTDOWN`` has an effect).
+        opened: ``opened(id, info)`` once per connection, before any
+            ``data``. May return what ``data`` may, and also
+            :class:`Options`, or ``(out, options, action)``.
+        closed: ``closed(id, err)`` exactly once per opened connection;
+            ``err`` is ``None`` for an orderly end, else the exception that
+            ended it. May return ``None`` or an :class:`Action`.
+        detached: ``detached(id, conn)`` after a ``DETACH`` action.
+        data: ``data(id, data)`` for each read. May return ``None``, bytes
+            (``bytes``, ``bytearray`` or ``memoryview``) to send, an
+            :class:`Action`, or ``(out, action)``.
+        prewrite: ``prewrite(id, amount)`` just before each write attempt.
+            May return ``None`` or an :class:`Action`.
+        postwrite: ``postwrite(id, amount, remaining)`` just after each
+            write attempt: ``amount`` written, ``remaining`` still pending.
+            May return ``None`` or an :class:`Action`.
+        tick: ``tick()`` right after ``serving``, then again after the delay
+            it returns. May return a delay in seconds, ``(delay, action)``,
+            or ``None`` / an :class:`Action` alone to stop ticking.
+    """
+
+    serving: Callable[[Server], Action | None] | None = None
+    opened: Callable[[int, Info], Reply] | None = None
+    closed: Callable[[int, BaseException | None], Action | None] | None = None
+    detached: Callable[[int, Any], Action | None] | None = None
+    data: Callable[[int, Any], Reply] | None = None
+    prewrite: Callable[[int, int], Action | None] | None = None
+    postwrite: Callable[[int, int, int], Action | None] | None = None
+    tick: Callable[[], float | tuple[float, Action] | Action | None] | None = None
+
+
+_NO_OUTPUT = (None, Action.NONE)
+
+
+def split_reply(r: object) -> tuple[Buffer | None, Action]:
+    """Unpack what ``data`` (or ``opened``, without options) returned.
+
+    Args:
+        r: ``None``; ``bytes``/``bytearray``/``memoryview``; an
+            :class:`Action`; or a 2-tuple ``(out, action)`` where ``out`` is
+            ``None`` or bytes-like and ``action`` is an :class:`Action` or
+            ``None``.
+
+    Returns:
+        ``(out, action)``.
+
+    Raises:
+        TypeError: ``r`` is none of those shapes.
+    """
+    if r is None:
+        return _NO_OUTPUT
+    if isinstance(r, bytes | bytearray | memoryview):
+        return r, Action.NONE
+    if type(r) is Action:
+        return None, r
+    if type(r) is tuple and len(r) == 2:
+        out, action = r
+        if (out is None or isinstance(out, bytes | bytearray | memoryview)) and (
+            action is None or type(action) is Action
+        ):
+            return out, action or Action.NONE
+    raise TypeError(
+        "a callback must return None, bytes, an Action or (bytes, Action); "
+        f"got {_describe(r)}"
+    )
+
+
+def split_opened(r: object) -> tuple[Buffer | None, Options | None, Action]:
+    """Unpack what ``opened`` returned: anything :func:`split_reply` takes,
+    an :class:`Options`, or ``(out, options, action)``.
+
+    Raises:
+        TypeError: the shape is not one of those.
+    """
+    if type(r) is Options:
+        return None, r, Action.NONE
+    if type(r) is tuple and len(r) == 3:
+        out, options, action = r
+        if options is None or type(options) is Options:
+            o, a = split_reply((out, action))
+            return o, options, a
+        raise TypeError(f"opened's options must be an evio.Options; got {_describe(options)}")
+    out, action = split_reply(r)
+    return out, None, action
+
+
+def split_action(r: object, who: str) -> Action:
+    """An action-only answer (``serving``, ``closed``, ``prewrite`` ...).
+
+    Raises:
+        TypeError: ``r`` is neither ``None`` nor an :class:`Action`.
+    """
+    if r is None:
+        return Action.NONE
+    if type(r) is Action:
+        return r
+    raise TypeError(f"{who} must return None or an evio.Action; got {_describe(r)}")
+
+
+def split_tick(r: object) -> tuple[float | None, Action]:
+    """Unpack what ``tick`` returned into ``(delay or None, action)``.
+
+    ``None`` as the delay means the ticker stops.
+
+    Raises:
+        TypeError: the shape is not a number, ``(number, Action)``, an
+            :class:`Action` or ``None``.
+        ValueError: the delay is negative or not finite.
+    """
+    delay: object
+    action: object = Action.NONE
+    if r is None:
+        return None, Action.NONE
+    if type(r) is Action:
+        return None, r
+    if type(r) is tuple and len(r) == 2:
+        delay, action = r
+    else:
+        delay = r
+    if isinstance(delay, bool) or not isinstance(delay, int | float) or type(action) is not Action:
+        raise TypeError(
+            f"tick must return seconds, (seconds, Action), an Action or None; got {_describe(r)}"
+        )
+    if not 0 <= delay < float("inf"):
+        raise ValueError(f"tick returned a delay of {delay!r}; it must be >= 0 and finite")
+    return float(delay), action
+
+
+def _describe(r: object) -> str:
+    text = repr(r)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{type(r).__name__} {text}"
+
+
+class InputStream:
+    """Reassembles messages that arrive split across reads.
+
+    Call :meth:`begin` with each packet to get everything not yet consumed,
+    parse as much as you can, then hand the unconsumed tail to :meth:`end`.
+
+    Example:
+        ```python
+        stream = InputStream()              # one per connection
+        buf = stream.begin(packet)
+        while b"\\n" in buf:
+            line, _, buf = buf.partition(b"\\n")
+            ...
+        stream.end(buf)
+        ```
+    """
+
+    __slots__ = ("_kept",)
+
+    def __init__(self) -> None:
+        self._kept = b""
+
+    def begin(self, packet: Buffer) -> bytes:
+        """Return what was kept by the last :meth:`end`, followed by ``packet``.
+
+        The result is always ``bytes`` the caller owns, even when ``packet``
+        is a view into the loop's reusable buffer.
+        """
+        kept, self._kept = self._kept, b""
+        return kept + packet if kept else bytes(packet)
+
+    def end(self, rest: Buffer) -> None:
+        """Keep ``rest`` (the unconsumed tail) for the next :meth:`begin`."""
+        self._kept = bytes(rest)
+
+    def __len__(self) -> int:
+        """How many bytes are kept."""
+        return len(self._kept)

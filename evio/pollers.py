@@ -1,0 +1,374 @@
+"""Pollers: one small interface over epoll, kqueue, poll and select.
+
+Theory of operation
+-------------------
+Every readiness API answers the same question -- "which of these descriptors
+can I read or write without blocking?" -- but each spells it differently:
+
+* ``epoll`` (Linux) keeps the interest set in the kernel.  We register a
+  descriptor once and change its mask with ``modify``; ``poll`` costs time in
+  the number of *ready* descriptors, not registered ones.
+* ``kqueue`` (BSD, macOS) keeps one *filter* per direction.  Read and write
+  interest are two separate kernel records, so changing a mask means adding
+  or deleting the filter that changed.  A descriptor can come back twice in
+  one batch (once per filter); we merge those.
+* ``poll`` and ``select`` keep the interest set in user space and hand it to
+  the kernel on every call.  They are the portable fallback: slower with many
+  descriptors, and ``select`` cannot see descriptors numbered ``FD_SETSIZE``
+  (1024) or more.
+
+The trap they share: hang-up and error conditions are reported even when not
+asked for, and they are reported *instead of* read or write readiness.  A
+loop that only looks at "readable" misses a peer that reset while we were
+waiting to write, and spins.  So every backend translates its native flags in
+one place, and **hang-up or error wakes both directions**: the loop then
+tries the read or the write, and the system call itself tells it what went
+wrong.
+
+The interface (``register``/``modify``/``unregister``/``poll``/``close``)
+speaks only two bits, :data:`READ` and :data:`WRITE`.  The loop computes the
+wanted mask from a connection's state and calls ``modify`` only when it
+changed; backends never track state the loop could derive.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import select
+import sys
+from collections.abc import Callable
+
+__all__ = [
+    "READ",
+    "WRITE",
+    "EpollPoller",
+    "KqueuePoller",
+    "PollPoller",
+    "Poller",
+    "SelectPoller",
+    "available_pollers",
+    "default_poller_name",
+    "make_poller",
+]
+
+READ = 1
+"""Interest in (or readiness for) reading; also set on hang-up and error."""
+WRITE = 2
+"""Interest in (or readiness for) writing; also set on hang-up and error."""
+
+Ready = list[tuple[int, int]]
+
+
+def _timeout_ms(timeout: float | None) -> int:
+    """Seconds (or ``None`` for "forever") as whole milliseconds, rounded up.
+
+    Rounding up matters: a timer due in 0.4 ms must not become a 0 ms poll
+    that returns at once and spins until the timer is due.
+    """
+    if timeout is None:
+        return -1
+    return max(0, math.ceil(timeout * 1000))
+
+
+class Poller:
+    """The interface every backend implements.
+
+    A poller watches descriptors for :data:`READ` and :data:`WRITE`
+    readiness. It is used from one thread only (the loop's).
+
+    Attributes:
+        name: The backend's name, as accepted by :func:`make_poller`.
+    """
+
+    name = "abstract"
+
+    def register(self, fd: int, mask: int) -> None:
+        """Start watching ``fd`` for the directions in ``mask``.
+
+        Raises:
+            ValueError: if this backend cannot watch ``fd`` (``select``
+                above ``FD_SETSIZE``).
+        """
+        raise NotImplementedError
+
+    def modify(self, fd: int, mask: int) -> None:
+        """Replace the directions watched for an already registered ``fd``."""
+        raise NotImplementedError
+
+    def unregister(self, fd: int) -> None:
+        """Stop watching ``fd``. Unknown or already-closed descriptors are ignored."""
+        raise NotImplementedError
+
+    def poll(self, timeout: float | None) -> Ready:
+        """Wait up to ``timeout`` seconds (``None``: no limit) for readiness.
+
+        Returns:
+            A list of ``(fd, mask)`` pairs, each descriptor at most once.
+            An interrupted wait (``EINTR``) returns an empty list.
+        """
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the backend's own descriptor, if it has one."""
+
+
+class EpollPoller(Poller):
+    """Linux ``epoll``: the kernel keeps the interest set."""
+
+    name = "epoll"
+
+    def __init__(self) -> None:
+        self._ep = select.epoll()
+        # Native flags for each of our masks, and ours for each native
+        # combination, computed once: the hot path is a dict lookup.
+        hup = select.EPOLLHUP | select.EPOLLERR
+        self._to_native = {
+            0: 0,
+            READ: select.EPOLLIN | select.EPOLLRDHUP,
+            WRITE: select.EPOLLOUT,
+            READ | WRITE: select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLOUT,
+        }
+        self._hup = hup
+        self._in = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLPRI
+
+    def register(self, fd: int, mask: int) -> None:
+        self._ep.register(fd, self._to_native[mask])
+
+    def modify(self, fd: int, mask: int) -> None:
+        self._ep.modify(fd, self._to_native[mask])
+
+    def unregister(self, fd: int) -> None:
+        try:
+            self._ep.unregister(fd)
+        except (OSError, ValueError):
+            # ENOENT / EBADF: already gone (closed elsewhere); nothing to undo.
+            pass
+
+    def poll(self, timeout: float | None) -> Ready:
+        try:
+            native = self._ep.poll(-1 if timeout is None else max(0.0, timeout))
+        except InterruptedError:  # pragma: no cover - PEP 475 retries for us
+            return []
+        hup, rd = self._hup, self._in
+        out: Ready = []
+        for fd, ev in native:
+            if ev & hup:
+                out.append((fd, READ | WRITE))
+            else:
+                out.append((fd, (READ if ev & rd else 0) | (WRITE if ev & select.EPOLLOUT else 0)))
+        return out
+
+    def close(self) -> None:
+        self._ep.close()
+
+
+class KqueuePoller(Poller):
+    """BSD/macOS ``kqueue``: one kernel filter per direction."""
+
+    name = "kqueue"
+
+    def __init__(self) -> None:
+        self._kq = select.kqueue()
+        self._masks: dict[int, int] = {}
+
+    def _change(self, fd: int, old: int, new: int) -> None:
+        kq = select
+        changes = []
+        for bit, filt in ((READ, kq.KQ_FILTER_READ), (WRITE, kq.KQ_FILTER_WRITE)):
+            if new & bit and not old & bit:
+                changes.append(select.kevent(fd, filt, kq.KQ_EV_ADD))
+            elif old & bit and not new & bit:
+                changes.append(select.kevent(fd, filt, kq.KQ_EV_DELETE))
+        if changes:
+            self._kq.control(changes, 0, 0)
+        self._masks[fd] = new
+
+    def register(self, fd: int, mask: int) -> None:
+        self._change(fd, 0, mask)
+
+    def modify(self, fd: int, mask: int) -> None:
+        self._change(fd, self._masks.get(fd, 0), mask)
+
+    def unregister(self, fd: int) -> None:
+        old = self._masks.pop(fd, 0)
+        try:
+            self._change(fd, old, 0)
+        except OSError:
+            pass  # closing a descriptor already removed its filters
+        self._masks.pop(fd, None)
+
+    def poll(self, timeout: float | None) -> Ready:
+        n = max(1, len(self._masks) * 2)
+        try:
+            events = self._kq.control(None, n, None if timeout is None else max(0.0, timeout))
+        except InterruptedError:  # pragma: no cover
+            return []
+        merged: dict[int, int] = {}
+        for ev in events:
+            m = READ if ev.filter == select.KQ_FILTER_READ else WRITE
+            if ev.flags & (select.KQ_EV_EOF | select.KQ_EV_ERROR):
+                m = READ | WRITE
+            merged[ev.ident] = merged.get(ev.ident, 0) | m
+        return list(merged.items())
+
+    def close(self) -> None:
+        self._kq.close()
+
+
+class PollPoller(Poller):
+    """POSIX ``poll``: the interest set travels with every call."""
+
+    name = "poll"
+
+    def __init__(self) -> None:
+        self._p = select.poll()
+        self._to_native = {
+            0: 0,
+            READ: select.POLLIN | select.POLLPRI,
+            WRITE: select.POLLOUT,
+            READ | WRITE: select.POLLIN | select.POLLPRI | select.POLLOUT,
+        }
+        self._hup = select.POLLHUP | select.POLLERR | select.POLLNVAL
+
+    def register(self, fd: int, mask: int) -> None:
+        self._p.register(fd, self._to_native[mask])
+
+    def modify(self, fd: int, mask: int) -> None:
+        self._p.modify(fd, self._to_native[mask])
+
+    def unregister(self, fd: int) -> None:
+        try:
+            self._p.unregister(fd)
+        except KeyError:
+            pass  # never registered, or already removed
+
+    def poll(self, timeout: float | None) -> Ready:
+        try:
+            native = self._p.poll(_timeout_ms(timeout))
+        except InterruptedError:  # pragma: no cover
+            return []
+        hup = self._hup
+        rd = select.POLLIN | select.POLLPRI
+        out: Ready = []
+        for fd, ev in native:
+            if ev & hup:
+                out.append((fd, READ | WRITE))
+            else:
+                out.append((fd, (READ if ev & rd else 0) | (WRITE if ev & select.POLLOUT else 0)))
+        return out
+
+
+FD_SETSIZE = 1024
+"""``select`` cannot watch descriptors numbered this or higher."""
+
+
+class SelectPoller(Poller):
+    """``select``: the most portable and the most limited backend."""
+
+    name = "select"
+
+    def __init__(self) -> None:
+        self._r: set[int] = set()
+        self._w: set[int] = set()
+
+    def register(self, fd: int, mask: int) -> None:
+        if fd >= FD_SETSIZE:
+            raise ValueError(f"select cannot watch descriptor {fd} (FD_SETSIZE is {FD_SETSIZE})")
+        self.modify(fd, mask)
+
+    def modify(self, fd: int, mask: int) -> None:
+        (self._r.add if mask & READ else self._r.discard)(fd)
+        (self._w.add if mask & WRITE else self._w.discard)(fd)
+
+    def unregister(self, fd: int) -> None:
+        self._r.discard(fd)
+        self._w.discard(fd)
+
+    def poll(self, timeout: float | None) -> Ready:
+        if not self._r and not self._w:
+            # select() with three empty lists is a plain sleep; keep that
+            # behaviour explicit rather than relying on the platform.
+            if timeout is None:
+                raise RuntimeError("select poller asked to wait forever on nothing")
+            select.select([], [], [], max(0.0, timeout))
+            return []
+        try:
+            r, w, x = select.select(
+                self._r, self._w, self._r | self._w, None if timeout is None else max(0.0, timeout)
+            )
+        except InterruptedError:  # pragma: no cover
+            return []
+        except OSError as e:
+            if e.errno != errno.EBADF:
+                raise
+            # A descriptor was closed while registered: a loop bug, but do
+            # not spin on it -- drop the dead ones and report nothing.
+            self._drop_bad()
+            return []
+        ready: dict[int, int] = {}
+        for fd in r:
+            ready[fd] = READ
+        for fd in w:
+            ready[fd] = ready.get(fd, 0) | WRITE
+        for fd in x:
+            ready[fd] = READ | WRITE
+        return list(ready.items())
+
+    def _drop_bad(self) -> None:
+        import os
+
+        for fd in list(self._r | self._w):
+            try:
+                os.fstat(fd)
+            except OSError:
+                self.unregister(fd)
+
+
+_BACKENDS: dict[str, Callable[[], Poller]] = {
+    "epoll": EpollPoller,
+    "kqueue": KqueuePoller,
+    "poll": PollPoller,
+    "select": SelectPoller,
+}
+
+_PROBES = {
+    "epoll": lambda: hasattr(select, "epoll"),
+    "kqueue": lambda: hasattr(select, "kqueue"),
+    "poll": lambda: hasattr(select, "poll") and sys.platform != "darwin",
+    "select": lambda: True,
+}
+
+PORTABLE_FALLBACK = "select"
+"""The backend a ``-net`` address selects: the one every platform has."""
+
+
+def available_pollers() -> list[str]:
+    """Names of the backends this machine has, best first."""
+    return [name for name in ("epoll", "kqueue", "poll", "select") if _PROBES[name]()]
+
+
+def default_poller_name() -> str:
+    """The best backend available here."""
+    return available_pollers()[0]
+
+
+def make_poller(name: str | None = None) -> Poller:
+    """Create a poller by name, or the best available one.
+
+    Args:
+        name: ``"epoll"``, ``"kqueue"``, ``"poll"``, ``"select"``, or ``None``
+            for the best available.
+
+    Raises:
+        ValueError: ``name`` is unknown or not available on this machine.
+    """
+    if name is None:
+        name = default_poller_name()
+    if name not in _BACKENDS:
+        raise ValueError(f"unknown poller {name!r}; choose from {sorted(_BACKENDS)}")
+    if not _PROBES[name]():
+        raise ValueError(
+            f"poller {name!r} is not available here; available: {available_pollers()}"
+        )
+    return _BACKENDS[name]()
