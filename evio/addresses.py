@@ -34,6 +34,7 @@ import socket
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl
 
 __all__ = ["Address", "Listener", "bind_all", "parse_address"]
@@ -201,7 +202,7 @@ def bind_all(addresses: list[Address], backlog: int = 1024) -> list[Listener]:
     return done
 
 
-def _family_and_sockaddr(a: Address, socktype: int) -> tuple[int, object]:
+def _family_and_sockaddr(a: Address, socktype: int) -> tuple[int, Any]:
     want = _STREAM.get(a.network, _DGRAM.get(a.network, socket.AF_UNSPEC))
     if a.host == "":
         if want == socket.AF_INET or (want == socket.AF_UNSPEC and not socket.has_ipv6):
@@ -253,7 +254,9 @@ def _bind_unix(a: Address, backlog: int) -> Listener:
                     f"cannot bind {a.text!r}: {path!r} exists and is not a socket"
                 )
             if _socket_is_live(path):
-                raise OSError(errno.EADDRINUSE, f"cannot bind {a.text!r}: a server is listening there")
+                raise OSError(
+                    errno.EADDRINUSE, f"cannot bind {a.text!r}: a server is listening there"
+                )
             os.unlink(path)  # a stale socket file from an earlier server
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

@@ -46,6 +46,7 @@ The traps, and what we chose:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import socket
@@ -112,6 +113,7 @@ LIFECYCLE: tuple[Transition, ...] = (
     Transition("open", "peer's end of stream", "flushing", "reading stops"),
     Transition("open", "callback raised", "flushing", "reading stops; err is kept"),
     Transition("open", "read or write error", "closed", "pending output is dropped"),
+    Transition("open", "prewrite or postwrite raised", "closed", "pending output is dropped"),
     Transition("flushing", "output drained", "closed", "closed(id, err)"),
     Transition("flushing", "write error", "closed", "closed(id, err)"),
     Transition("open", "SHUTDOWN", "closed", "one last non-blocking write"),
@@ -372,23 +374,25 @@ class _Loop:
             self._finish(c, None)
             return
         try:
-            r = self.ev.data(c.id, data) if self.ev.data is not None else None
-            if r is None:
+            try:
+                r = self.ev.data(c.id, data) if self.ev.data is not None else None
+                if r is None:
+                    return
+                out: Any
+                if type(r) is bytes:
+                    out, action = r, Action.NONE
+                else:
+                    out, action = split_reply(r)
+            except Exception as e:
+                self._fail(c, e, "data")
                 return
-            if type(r) is bytes:
-                out, action = r, Action.NONE
-            else:
-                out, action = split_reply(r)
-        except Exception as e:
-            self._fail(c, e, "data")
-            return
+            if out:
+                self._write(c, out)  # copies what it cannot send at once
+            if action is not Action.NONE:
+                self._act(c, action)
         finally:
             if view is not None:
                 view.release()  # the view is valid only during the call
-        if out:
-            self._write(c, out)
-        if action is not Action.NONE:
-            self._act(c, action)
 
     # --------------------------------------------------------------- writes
 
@@ -535,10 +539,8 @@ class _Loop:
                 if c is None:
                     continue
                 if c.out:
-                    try:
+                    with contextlib.suppress(OSError):
                         c.sock.send(c.out)  # one last try; never blocks
-                    except OSError:
-                        pass
                 self._close(c, c.err)
         finally:
             for lst in self.listeners:

@@ -33,11 +33,18 @@ changed; backends never track state the loop could derive.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
+import os
 import select
 import sys
 from collections.abc import Callable
+from typing import Any
+
+# kqueue exists only on BSD and macOS; typeshed hides it elsewhere, so the
+# kqueue backend reaches it through an untyped alias.
+_kq: Any = select
 
 __all__ = [
     "READ",
@@ -139,11 +146,9 @@ class EpollPoller(Poller):
         self._ep.modify(fd, self._to_native[mask])
 
     def unregister(self, fd: int) -> None:
-        try:
+        # ENOENT / EBADF: already gone (closed elsewhere); nothing to undo.
+        with contextlib.suppress(OSError, ValueError):
             self._ep.unregister(fd)
-        except (OSError, ValueError):
-            # ENOENT / EBADF: already gone (closed elsewhere); nothing to undo.
-            pass
 
     def poll(self, timeout: float | None) -> Ready:
         try:
@@ -169,17 +174,16 @@ class KqueuePoller(Poller):
     name = "kqueue"
 
     def __init__(self) -> None:
-        self._kq = select.kqueue()
+        self._kq = _kq.kqueue()
         self._masks: dict[int, int] = {}
 
     def _change(self, fd: int, old: int, new: int) -> None:
-        kq = select
         changes = []
-        for bit, filt in ((READ, kq.KQ_FILTER_READ), (WRITE, kq.KQ_FILTER_WRITE)):
+        for bit, filt in ((READ, _kq.KQ_FILTER_READ), (WRITE, _kq.KQ_FILTER_WRITE)):
             if new & bit and not old & bit:
-                changes.append(select.kevent(fd, filt, kq.KQ_EV_ADD))
+                changes.append(_kq.kevent(fd, filt, _kq.KQ_EV_ADD))
             elif old & bit and not new & bit:
-                changes.append(select.kevent(fd, filt, kq.KQ_EV_DELETE))
+                changes.append(_kq.kevent(fd, filt, _kq.KQ_EV_DELETE))
         if changes:
             self._kq.control(changes, 0, 0)
         self._masks[fd] = new
@@ -191,11 +195,9 @@ class KqueuePoller(Poller):
         self._change(fd, self._masks.get(fd, 0), mask)
 
     def unregister(self, fd: int) -> None:
-        old = self._masks.pop(fd, 0)
-        try:
+        old = self._masks.get(fd, 0)
+        with contextlib.suppress(OSError):  # closing a descriptor removed its filters
             self._change(fd, old, 0)
-        except OSError:
-            pass  # closing a descriptor already removed its filters
         self._masks.pop(fd, None)
 
     def poll(self, timeout: float | None) -> Ready:
@@ -206,8 +208,8 @@ class KqueuePoller(Poller):
             return []
         merged: dict[int, int] = {}
         for ev in events:
-            m = READ if ev.filter == select.KQ_FILTER_READ else WRITE
-            if ev.flags & (select.KQ_EV_EOF | select.KQ_EV_ERROR):
+            m = READ if ev.filter == _kq.KQ_FILTER_READ else WRITE
+            if ev.flags & (_kq.KQ_EV_EOF | _kq.KQ_EV_ERROR):
                 m = READ | WRITE
             merged[ev.ident] = merged.get(ev.ident, 0) | m
         return list(merged.items())
@@ -238,10 +240,8 @@ class PollPoller(Poller):
         self._p.modify(fd, self._to_native[mask])
 
     def unregister(self, fd: int) -> None:
-        try:
+        with contextlib.suppress(KeyError):  # never registered, or already removed
             self._p.unregister(fd)
-        except KeyError:
-            pass  # never registered, or already removed
 
     def poll(self, timeout: float | None) -> Ready:
         try:
@@ -316,8 +316,6 @@ class SelectPoller(Poller):
         return list(ready.items())
 
     def _drop_bad(self) -> None:
-        import os
-
         for fd in list(self._r | self._w):
             try:
                 os.fstat(fd)
@@ -332,7 +330,7 @@ _BACKENDS: dict[str, Callable[[], Poller]] = {
     "select": SelectPoller,
 }
 
-_PROBES = {
+_PROBES: dict[str, Callable[[], bool]] = {
     "epoll": lambda: hasattr(select, "epoll"),
     "kqueue": lambda: hasattr(select, "kqueue"),
     "poll": lambda: hasattr(select, "poll") and sys.platform != "darwin",

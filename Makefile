@@ -1,0 +1,38 @@
+# evio for Python: the two commands a new user needs are `make run` and
+# `make test`. Both set up .venv first; it is reinstalled only when
+# pyproject.toml changes (the stamp file records the last install).
+
+PYTHON ?= python3
+PORT   ?= 5000
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.stamp
+
+# Material for MkDocs prints a banner about MkDocs 2.0 on every build.
+export NO_MKDOCS_2_WARNING := 1
+
+.PHONY: venv run test docs-serve clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -e '.[test,docs]'
+	touch $@
+
+run: venv
+	$(BIN)/python examples/echo_server.py --port $(PORT)
+
+# Each step must pass before the next one starts.
+test: venv
+	$(BIN)/ruff check evio examples spec_tests tools
+	$(BIN)/mypy
+	$(BIN)/python -m pytest
+	$(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve: venv
+	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000
+
+clean:
+	rm -rf $(VENV) site build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,300 @@
+"""Test harness: run ``evio.serve`` on a thread and talk to it over real sockets.
+
+Every server a test starts goes through :func:`running`, which
+
+* starts ``serve()`` on a thread and waits for ``serving``;
+* stops it by making ``tick`` return ``SHUTDOWN`` (the loop has no
+  thread-safe stop call of its own yet), unless the test stops it itself;
+* closes the test's client sockets, joins the thread, re-raises anything
+  ``serve()`` raised, and checks that no socket or poller descriptor opened
+  while it ran is still open (rule LOOP-19).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import evio
+
+POLLERS = evio.available_pollers()
+FAMILIES = ["tcp4", "tcp6", "unix"]
+STOP_PERIOD = 0.01
+DEADLINE = 10.0
+
+
+def listen_address(family: str, tmp: Path) -> str:
+    """An ephemeral listen address of the given family."""
+    if family == "tcp4":
+        return "tcp4://127.0.0.1:0"
+    if family == "tcp6":
+        return "tcp6://[::1]:0"
+    if family == "unix":
+        return f"unix://{tmp / 'evio.sock'}"
+    raise ValueError(family)
+
+
+def connect_to(bound: Any, timeout: float = DEADLINE) -> socket.socket:
+    """Connect a blocking client socket to a listener's bound address."""
+    if isinstance(bound, str):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    elif len(bound) == 4:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(bound)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def wait_for(pred: Callable[[], object], timeout: float = DEADLINE, what: str = "") -> None:
+    """Poll ``pred`` until true; fail the test after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what or pred}")
+        time.sleep(0.002)
+
+
+def recv_exactly(s: socket.socket, n: int) -> bytes:
+    """Read exactly ``n`` bytes (the socket's timeout bounds each read)."""
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = s.recv(min(1 << 20, n - len(buf)))
+        if not chunk:
+            raise AssertionError(f"end of stream after {len(buf)} of {n} bytes")
+        buf += chunk
+    return bytes(buf)
+
+
+def recv_all(s: socket.socket) -> bytes:
+    """Read until the server ends the stream."""
+    buf = bytearray()
+    while True:
+        chunk = s.recv(1 << 20)
+        if not chunk:
+            return bytes(buf)
+        buf += chunk
+
+
+def open_descriptors() -> set[tuple[int, str]]:
+    """This process's sockets and poller descriptors, as (fd, target) pairs."""
+    out = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if target.startswith(("socket:", "anon_inode:")):
+            out.add((int(name), target))
+    return out
+
+
+class Recorder:
+    """Records every callback as ``(kind, id, payload)`` in call order."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, int, Any]] = []
+        self.lock = threading.Lock()
+        self.threads: set[int] = set()
+
+    def add(self, kind: str, cid: int, payload: Any = None) -> None:
+        with self.lock:
+            self.threads.add(threading.get_ident())
+            self.log.append((kind, cid, payload))
+
+    def kinds(self, cid: int) -> list[str]:
+        with self.lock:
+            return [k for k, i, _ in self.log if i == cid]
+
+    def of(self, kind: str) -> list[tuple[int, Any]]:
+        with self.lock:
+            return [(i, p) for k, i, p in self.log if k == kind]
+
+    def ids(self) -> list[int]:
+        return [i for i, _ in self.of("opened")]
+
+
+def echo_events(rec: Recorder | None = None, **extra: Any) -> evio.Events:
+    """An echo server that records opened/data/closed if given a recorder."""
+
+    def opened(cid: int, info: evio.Info) -> None:
+        if rec:
+            rec.add("opened", cid, info)
+
+    def data(cid: int, data: bytes) -> bytes:
+        if rec:
+            rec.add("data", cid, bytes(data))
+        return data
+
+    def closed(cid: int, err: BaseException | None) -> None:
+        if rec:
+            rec.add("closed", cid, err)
+
+    ev = evio.Events(opened=opened, data=data, closed=closed)
+    return dataclasses.replace(ev, **extra)
+
+
+class Running:
+    """A server running on a thread."""
+
+    def __init__(self, events: evio.Events, addrs: tuple[str, ...], poller: Any,
+                 stoppable: bool) -> None:
+        self.stop_flag = threading.Event()
+        self.ready = threading.Event()
+        self.server: evio.Server | None = None
+        self.error: BaseException | None = None
+        self.clients: list[socket.socket] = []
+        self.events = self._wrap(events, stoppable)
+        self.thread = threading.Thread(
+            target=self._main, args=(addrs, poller), daemon=True, name="evio-serve"
+        )
+
+    def _wrap(self, ev: evio.Events, stoppable: bool) -> evio.Events:
+        user_serving, user_tick = ev.serving, ev.tick
+
+        def serving(server: evio.Server) -> Any:
+            try:
+                return user_serving(server) if user_serving else None
+            finally:
+                self.server = server
+                self.ready.set()
+
+        changes: dict[str, Any] = {"serving": serving}
+        if stoppable:
+            flag = self.stop_flag
+
+            if user_tick is None:
+                def tick() -> Any:
+                    return evio.Action.SHUTDOWN if flag.is_set() else STOP_PERIOD
+            else:
+                def tick() -> Any:
+                    return evio.Action.SHUTDOWN if flag.is_set() else user_tick()
+
+            changes["tick"] = tick
+        return dataclasses.replace(ev, **changes)
+
+    def _main(self, addrs: tuple[str, ...], poller: Any) -> None:
+        try:
+            evio.serve(self.events, *addrs, poller=poller)
+        except BaseException as e:  # handed to the test thread
+            self.error = e
+        finally:
+            self.ready.set()
+
+    @property
+    def addrs(self) -> tuple[Any, ...]:
+        assert self.server is not None
+        return self.server.addrs
+
+    def connect(self, index: int = 0) -> socket.socket:
+        s = connect_to(self.addrs[index])
+        self.clients.append(s)
+        return s
+
+    def join(self, timeout: float = DEADLINE) -> None:
+        """Wait for ``serve()`` to return by itself."""
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "serve() did not return"
+
+    def stop(self) -> None:
+        for c in self.clients:
+            c.close()
+        self.stop_flag.set()
+        self.join()
+
+
+@contextlib.contextmanager
+def running(events: evio.Events, *addrs: str, poller: Any = None, stoppable: bool = True,
+            check_fds: bool = True, expect_error: bool = False) -> Iterator[Running]:
+    """Run a server for the ``with`` block; see the module docstring."""
+    before = open_descriptors()
+    r = Running(events, addrs, poller, stoppable)
+    r.thread.start()
+    r.ready.wait(DEADLINE)
+    if r.server is None:
+        r.join()
+        if r.error is not None:
+            raise r.error
+        raise AssertionError("serving was never called")
+    try:
+        yield r
+    finally:
+        r.stop()
+    if r.error is not None and not expect_error:
+        raise r.error
+    if check_fds:
+        leaked = open_descriptors() - before
+        assert not leaked, f"descriptors left open after serve() returned: {leaked}"
+
+
+class CountingPoller(evio.Poller):
+    """Wraps a real backend and records what the loop asks of it."""
+
+    def __init__(self, name: str) -> None:
+        from evio.pollers import make_poller
+
+        self.inner = make_poller(name)
+        self.name = name
+        self.timeouts: list[float | None] = []
+        self.modifies: list[tuple[int, int]] = []
+        self.lock = threading.Lock()
+
+    def register(self, fd: int, mask: int) -> None:
+        self.inner.register(fd, mask)
+
+    def modify(self, fd: int, mask: int) -> None:
+        with self.lock:
+            self.modifies.append((fd, mask))
+        self.inner.modify(fd, mask)
+
+    def unregister(self, fd: int) -> None:
+        self.inner.unregister(fd)
+
+    def poll(self, timeout: float | None) -> list[tuple[int, int]]:
+        with self.lock:
+            self.timeouts.append(timeout)
+        return self.inner.poll(timeout)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    @property
+    def polls(self) -> int:
+        with self.lock:
+            return len(self.timeouts)
+
+
+def server_side_socket(client: socket.socket) -> socket.socket:
+    """A duplicate of the server's end of ``client``'s connection (same process).
+
+    Found by scanning /proc/self/fd for a socket whose peer is the client's
+    local address. The caller closes the duplicate.
+    """
+    want = client.getsockname()
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                continue
+            s = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue
+        try:
+            if s.family == client.family and s.getpeername() == want:
+                return s
+        except OSError:
+            pass
+        s.close()
+    raise AssertionError(f"no server-side socket for {want!r}")

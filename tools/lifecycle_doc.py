@@ -1,0 +1,54 @@
+"""Draw the connection lifecycle table and diagram from ``evio.loop.LIFECYCLE``.
+
+The spec page ``docs/spec/loop.md`` holds the rendered table and diagram
+between ``<!-- lifecycle:begin -->`` and ``<!-- lifecycle:end -->``; the
+conformance suite checks that what is there is exactly what this renders.
+
+    python tools/lifecycle_doc.py          # print the block
+    python tools/lifecycle_doc.py --write  # rewrite it in docs/spec/loop.md
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from evio.loop import LIFECYCLE  # noqa: E402
+
+PAGE = ROOT / "docs" / "spec" / "loop.md"
+BEGIN, END = "<!-- lifecycle:begin -->", "<!-- lifecycle:end -->"
+
+
+def render() -> str:
+    """The markdown between the markers: a table, then a mermaid diagram."""
+    rows = ["| from | on | to | what happens |", "| --- | --- | --- | --- |"]
+    for t in LIFECYCLE:
+        rows.append(f"| {t.source} | {t.event} | {t.target} | {t.effect} |")
+    diagram = ["```mermaid", "stateDiagram-v2", "    [*] --> accepted"]
+    for t in LIFECYCLE:
+        diagram.append(f"    {t.source} --> {t.target}: {t.event}")
+    diagram += ["    closed --> [*]", "```"]
+    return "\n".join([BEGIN, *rows, "", *diagram, END])
+
+
+def current() -> str:
+    """The block as it stands on the spec page."""
+    text = PAGE.read_text()
+    start, end = text.index(BEGIN), text.index(END) + len(END)
+    return text[start:end]
+
+
+def write() -> None:
+    """Rewrite the block on the spec page."""
+    text = PAGE.read_text()
+    PAGE.write_text(text.replace(current(), render()))
+
+
+if __name__ == "__main__":
+    if "--write" in sys.argv[1:]:
+        write()
+    else:
+        print(render())

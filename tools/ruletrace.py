@@ -1,0 +1,478 @@
+"""Rule tracing: tie each numbered spec rule to the tests that check it.
+
+Theory of operation
+-------------------
+The spec pages under ``docs/spec/`` state the behaviour of evio as numbered
+rules. A rule is *defined* by a Markdown bullet that starts with its id in
+bold::
+
+    - **LOOP-3** opened fires before any data.
+
+Anywhere else (prose, other pages, comments) an id is only a *reference*
+and is written without bold, so the definition of each rule is easy to find
+and cannot be confused with a mention of it.
+
+A conformance test names the rules it checks with a pytest marker::
+
+    @pytest.mark.rule("LOOP-3", "LOOP-4")
+    def test_opened_before_data(): ...
+
+The marker may sit on a function, on a class (it then covers every test in
+the class), in a module-level ``pytestmark``, or inside ``pytest.param(...,
+marks=...)``.
+
+We read both sides statically. The test files are parsed with :mod:`ast`,
+never imported or run, so tracing works on a tree whose tests do not pass
+yet, costs no time, and cannot be fooled by import side effects. The price
+is that ids must be written as string literals in the marker call; anything
+else is reported as a problem rather than silently skipped. Bullets inside
+fenced code blocks are examples, not definitions, and are ignored.
+
+Two decisions:
+
+1. Every ``pytest.mark.rule(...)`` / ``mark.rule(...)`` call anywhere in a
+   test file counts as naming its ids (a module-level alias such as
+   ``rule = pytest.mark.rule`` is followed too). Attribution to a particular
+   test is best effort and only feeds the summary table.
+2. The tracing check itself (``test_traceability.py``) names no rule and is
+   exempt from the rule that every test must name one.
+
+This module is shared by ``spec_tests/test_traceability.py`` (the checks)
+and ``tools/trace_rules.py`` (the table for closing notes). It imports
+nothing from ``spec_tests``.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "EXEMPT_TEST_FILES",
+    "RULE_DEF_RE",
+    "RULE_ID_RE",
+    "Problem",
+    "RuleDef",
+    "RuleRef",
+    "Trace",
+    "TracedTest",
+    "collect",
+    "markdown_table",
+    "parse_spec_page",
+    "parse_test_file",
+    "repo_root",
+    "trace_table",
+]
+
+RULE_DEF_RE = re.compile(r"^\s*[-*]\s+\*\*([A-Z][A-Z0-9]*-\d+)\*\*")
+"""A line that defines a rule: a bullet whose text starts with a bold id."""
+
+RULE_ID_RE = re.compile(r"^[A-Z][A-Z0-9]*-\d+$")
+"""The shape of a rule id, e.g. ``LOOP-3``."""
+
+EXEMPT_TEST_FILES = frozenset({"test_traceability.py"})
+"""Test files that need not name a rule (the tracing check itself)."""
+
+_FENCE_RE = re.compile(r"^\s*(`{3,}|~{3,})")
+
+
+def repo_root() -> Path:
+    """Return the repository root (the parent of ``tools/``)."""
+    return Path(__file__).resolve().parent.parent
+
+
+# --------------------------------------------------------------------------
+# Records
+
+
+@dataclass(frozen=True, slots=True)
+class RuleDef:
+    """A rule defined on a spec page.
+
+    Attributes:
+        id: The rule id, e.g. ``"LOOP-3"``.
+        page: The page, relative to the repository root.
+        line: 1-based line number of the defining bullet.
+    """
+
+    id: str
+    page: str
+    line: int
+
+    @property
+    def where(self) -> str:
+        """``page:line``."""
+        return f"{self.page}:{self.line}"
+
+
+@dataclass(frozen=True, slots=True)
+class RuleRef:
+    """One string argument of a ``pytest.mark.rule(...)`` call.
+
+    Attributes:
+        id: The string as written (not necessarily a well-formed id).
+        file: The test file, relative to the repository root.
+        line: 1-based line number of the string.
+        owner: The test it is attributed to (``file::Class::test``), or
+            ``file:line`` when it cannot be attributed to one.
+    """
+
+    id: str
+    file: str
+    line: int
+    owner: str
+
+    @property
+    def where(self) -> str:
+        """``file:line``."""
+        return f"{self.file}:{self.line}"
+
+
+@dataclass(frozen=True, slots=True)
+class TracedTest:
+    """A test function (or method) and the rule ids that cover it.
+
+    Attributes:
+        name: ``file::test`` or ``file::Class::test``.
+        file: The test file, relative to the repository root.
+        line: 1-based line of the ``def``.
+        rules: Ids named by its own decorators, its enclosing classes and the
+            module's ``pytestmark``, in order of appearance, without repeats.
+    """
+
+    name: str
+    file: str
+    line: int
+    rules: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """Something in a test file that prevents tracing.
+
+    Attributes:
+        where: ``file:line``.
+        message: What is wrong.
+    """
+
+    where: str
+    message: str
+
+
+@dataclass(slots=True)
+class Trace:
+    """Everything collected from the spec pages and the test files.
+
+    Attributes:
+        rules: Every rule definition, in page order then line order
+            (duplicates included).
+        pages: Every spec page read, relative to the repository root.
+        refs: Every rule id named by a marker call.
+        tests: Every test function found.
+        problems: Marker calls whose arguments are not string literals.
+    """
+
+    rules: list[RuleDef] = field(default_factory=list)
+    pages: list[str] = field(default_factory=list)
+    refs: list[RuleRef] = field(default_factory=list)
+    tests: list[TracedTest] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    def defined(self) -> dict[str, RuleDef]:
+        """Map each rule id to its first definition."""
+        out: dict[str, RuleDef] = {}
+        for rule in self.rules:
+            out.setdefault(rule.id, rule)
+        return out
+
+    def untraced(self) -> list[RuleDef]:
+        """Rules that no marker names."""
+        named = {ref.id for ref in self.refs}
+        return [rule for rule in self.defined().values() if rule.id not in named]
+
+    def unknown(self) -> list[RuleRef]:
+        """Marker arguments that no spec page defines."""
+        defined = self.defined()
+        return [ref for ref in self.refs if ref.id not in defined]
+
+    def duplicates(self) -> dict[str, list[RuleDef]]:
+        """Rule ids defined more than once, with every definition."""
+        by_id: dict[str, list[RuleDef]] = {}
+        for rule in self.rules:
+            by_id.setdefault(rule.id, []).append(rule)
+        return {rid: defs for rid, defs in by_id.items() if len(defs) > 1}
+
+    def pages_without_rules(self) -> list[str]:
+        """Spec pages, other than ``index.md``, that define no rule."""
+        with_rules = {rule.page for rule in self.rules}
+        return [
+            page for page in self.pages if Path(page).name != "index.md" and page not in with_rules
+        ]
+
+    def tests_without_rules(self) -> list[TracedTest]:
+        """Tests that name no rule, outside the exempt files."""
+        return [
+            test
+            for test in self.tests
+            if not test.rules and Path(test.file).name not in EXEMPT_TEST_FILES
+        ]
+
+    def table(self) -> dict[str, list[str]]:
+        """Map every defined rule id to the tests that name it.
+
+        A test counts for every id on its own decorators, on its enclosing
+        classes and in its module's ``pytestmark``. An id named only where
+        no test can be seen (a helper, a class whose tests are inherited) is
+        listed under the marker's owner instead, so it still shows.
+        """
+        out: dict[str, list[str]] = {rid: [] for rid in self.defined()}
+        for test in self.tests:
+            for rid in test.rules:
+                if rid in out:
+                    out[rid].append(test.name)
+        for ref in self.refs:
+            if ref.id in out and not out[ref.id]:
+                out[ref.id].append(ref.owner)
+        return out
+
+
+# --------------------------------------------------------------------------
+# Spec pages
+
+
+def parse_spec_page(text: str, page: str) -> list[RuleDef]:
+    """Return the rules defined in one spec page's Markdown.
+
+    Args:
+        text: The page's Markdown source.
+        page: The name to record for it (relative to the repository root).
+
+    Returns:
+        One :class:`RuleDef` per defining bullet, in line order. Bullets
+        inside fenced code blocks are skipped.
+    """
+    rules: list[RuleDef] = []
+    fence: str | None = None
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        m = _FENCE_RE.match(line)
+        if m:
+            marker = m.group(1)
+            if fence is None:
+                fence = marker
+            elif marker[0] == fence[0] and len(marker) >= len(fence):
+                fence = None
+            continue
+        if fence is not None:
+            continue
+        d = RULE_DEF_RE.match(line)
+        if d:
+            rules.append(RuleDef(d.group(1), page, lineno))
+    return rules
+
+
+# --------------------------------------------------------------------------
+# Test files
+
+
+def _is_rule_marker(func: ast.expr, aliases: set[str]) -> bool:
+    """True for ``pytest.mark.rule``, ``mark.rule`` or a known alias."""
+    if isinstance(func, ast.Name):
+        return func.id in aliases
+    if not (isinstance(func, ast.Attribute) and func.attr == "rule"):
+        return False
+    owner = func.value
+    if isinstance(owner, ast.Name):
+        return owner.id == "mark"
+    return (
+        isinstance(owner, ast.Attribute)
+        and owner.attr == "mark"
+        and isinstance(owner.value, ast.Name)
+        and owner.value.id == "pytest"
+    )
+
+
+def _aliases(tree: ast.Module) -> set[str]:
+    """Module-level names bound to the marker, e.g. ``rule = pytest.mark.rule``."""
+    names: set[str] = set()
+    for stmt in tree.body:
+        if isinstance(stmt, ast.Assign) and _is_rule_marker(stmt.value, set()):
+            names.update(t.id for t in stmt.targets if isinstance(t, ast.Name))
+    return names
+
+
+def _is_pytestmark(stmt: ast.stmt) -> bool:
+    if isinstance(stmt, ast.Assign):
+        return any(isinstance(t, ast.Name) and t.id == "pytestmark" for t in stmt.targets)
+    if isinstance(stmt, ast.AnnAssign):
+        return isinstance(stmt.target, ast.Name) and stmt.target.id == "pytestmark"
+    return False
+
+
+class _Collector:
+    """Walks one parsed test file, collecting marker calls and tests."""
+
+    def __init__(self, tree: ast.Module, file: str) -> None:
+        self.file = file
+        self.aliases = _aliases(tree)
+        self.refs: list[RuleRef] = []
+        self.tests: list[TracedTest] = []
+        self.problems: list[Problem] = []
+        self._seen: set[int] = set()  # ids of Call nodes already attributed
+        self.tree = tree
+
+    def _calls(self, node: ast.AST) -> Iterator[ast.Call]:
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Call) and _is_rule_marker(sub.func, self.aliases):
+                yield sub
+
+    def _problem(self, node: ast.AST, message: str) -> None:
+        self.problems.append(
+            Problem(f"{self.file}:{getattr(node, 'lineno', 0)}", f"{message}: {ast.unparse(node)}")
+        )
+
+    def _take(self, nodes: Sequence[ast.AST], owner: str) -> list[str]:
+        """Record the marker calls under ``nodes`` for ``owner``; return their ids."""
+        ids: list[str] = []
+        for node in nodes:
+            for call in self._calls(node):
+                first = id(call) not in self._seen
+                self._seen.add(id(call))
+                for arg in call.args:
+                    if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                        ids.append(arg.value)
+                        if first:
+                            self.refs.append(RuleRef(arg.value, self.file, arg.lineno, owner))
+                    elif first:
+                        self._problem(arg, "rule marker arguments must be string literals")
+                for kw in call.keywords if first else []:
+                    self._problem(kw, "rule marker takes rule ids only, no keywords")
+        return ids
+
+    def run(self) -> None:
+        module_ids = self._take(
+            [s for s in self.tree.body if _is_pytestmark(s)], f"{self.file}::<module>"
+        )
+        self._scope(self.tree.body, prefix=f"{self.file}", inherited=module_ids)
+        # Marker calls anywhere else (helpers, parametrize lists, ...) still
+        # name their ids; they are attributed to their own location.
+        for call in self._calls(self.tree):
+            if id(call) not in self._seen:
+                self._take([call], f"{self.file}:{call.lineno}")
+
+    def _scope(self, body: list[ast.stmt], prefix: str, inherited: list[str]) -> None:
+        for stmt in body:
+            if isinstance(stmt, ast.ClassDef):
+                name = f"{prefix}::{stmt.name}"
+                ids = inherited + self._take(stmt.decorator_list, name)
+                ids += self._take([s for s in stmt.body if _is_pytestmark(s)], name)
+                self._scope(stmt.body, prefix=name, inherited=ids)
+            elif isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef):
+                if not stmt.name.startswith("test"):
+                    continue
+                name = f"{prefix}::{stmt.name}"
+                ids = inherited + self._take(stmt.decorator_list, name)
+                self.tests.append(
+                    TracedTest(name, self.file, stmt.lineno, tuple(dict.fromkeys(ids)))
+                )
+
+
+def parse_test_file(
+    source: str, file: str
+) -> tuple[list[RuleRef], list[TracedTest], list[Problem]]:
+    """Collect the rule markers and the tests of one test file.
+
+    Args:
+        source: The file's Python source.
+        file: The name to record for it (relative to the repository root).
+
+    Returns:
+        The rule ids named by marker calls, the test functions found (with
+        the ids covering each), and any marker calls that cannot be traced.
+
+    Raises:
+        SyntaxError: If the source does not parse.
+    """
+    collector = _Collector(ast.parse(source, filename=file), file)
+    collector.run()
+    return collector.refs, collector.tests, collector.problems
+
+
+# --------------------------------------------------------------------------
+# The whole tree
+
+
+def _test_files(tests_dir: Path) -> list[Path]:
+    files = {*tests_dir.rglob("test_*.py"), *tests_dir.rglob("*_test.py")}
+    return sorted(p for p in files if "__pycache__" not in p.parts)
+
+
+def collect(root: Path | None = None) -> Trace:
+    """Read every spec page and every test file under ``root``.
+
+    Args:
+        root: The repository root; defaults to :func:`repo_root`.
+
+    Returns:
+        A :class:`Trace` with the rule definitions from ``docs/spec/*.md``
+        and the markers and tests from ``spec_tests/``.
+    """
+    root = repo_root() if root is None else root
+    trace = Trace()
+    for page in sorted((root / "docs" / "spec").glob("*.md")):
+        rel = page.relative_to(root).as_posix()
+        trace.pages.append(rel)
+        trace.rules += parse_spec_page(page.read_text(encoding="utf-8"), rel)
+    for path in _test_files(root / "spec_tests"):
+        rel = path.relative_to(root).as_posix()
+        refs, tests, problems = parse_test_file(path.read_text(encoding="utf-8"), rel)
+        trace.refs += refs
+        trace.tests += tests
+        trace.problems += problems
+    return trace
+
+
+def trace_table(root: Path | None = None) -> dict[str, list[str]]:
+    """Map every rule id defined on a spec page to the tests that name it.
+
+    Args:
+        root: The repository root; defaults to :func:`repo_root`.
+
+    Returns:
+        ``{rule id: ["spec_tests/test_x.py::test_y", ...]}``, in spec order.
+        A rule that no test names maps to an empty list.
+    """
+    return collect(root).table()
+
+
+def markdown_table(trace: Trace, *, names: bool = False) -> str:
+    """Render the rule → tests table as Markdown.
+
+    Args:
+        trace: What :func:`collect` returned.
+        names: Also list the names of the tests for each rule.
+
+    Returns:
+        A Markdown table, one row per rule, then a one-line summary.
+    """
+    defined = trace.defined()
+    table = trace.table()
+    header = "| rule | page | tests |" + (" names |" if names else "")
+    rule_line = "|---|---|---:|" + ("---|" if names else "")
+    lines = [header, rule_line]
+    for rid, owners in table.items():
+        page = Path(defined[rid].page).name
+        row = f"| {rid} | {page} | {len(owners)} |"
+        if names:
+            row += " " + "<br>".join(owners) + " |"
+        lines.append(row)
+    traced = sum(1 for owners in table.values() if owners)
+    lines.append("")
+    lines.append(
+        f"{len(table)} rules on {len(trace.pages)} spec pages; "
+        f"{traced} traced, {len(table) - traced} untraced; "
+        f"{len(trace.tests)} tests."
+    )
+    return "\n".join(lines)
