@@ -1,0 +1,366 @@
+"""Conformance: events and actions (docs/spec/events.md), over every poller and family."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from typing import Any
+
+import pytest
+from harness import Recorder, echo_events, recv_all, recv_exactly, running, wait_for
+
+import evio
+from evio import Action
+
+MiB = 1 << 20
+
+
+def _closed_errors(rec: Recorder) -> list[Any]:
+    return [err for _, err in rec.of("closed")]
+
+
+@pytest.mark.rule("EV-1")
+def test_every_callback_is_optional(poller: str, addr: str) -> None:
+    with running(evio.Events(), addr, poller=poller) as r:
+        c = r.connect()
+        c.sendall(b"into the void")
+        c.shutdown(1)  # SHUT_WR: the server sees the end, closes its side
+        assert recv_all(c) == b""  # nothing echoed, the connection closed cleanly
+
+
+@pytest.mark.rule("EV-1")
+def test_without_data_reads_are_discarded(poller: str, addr: str) -> None:
+    rec = Recorder()
+    ev = dataclasses.replace(echo_events(rec), data=None)
+    with running(ev, addr, poller=poller) as r:
+        c = r.connect()
+        c.sendall(b"x" * 100_000)
+        c.shutdown(1)
+        assert recv_all(c) == b""
+        wait_for(lambda: rec.of("closed"))
+    assert rec.kinds(1) == ["opened", "closed"]
+    assert _closed_errors(rec) == [None]
+
+
+@pytest.mark.rule("EV-2")
+def test_callbacks_run_on_the_serving_thread(poller: str, addr: str) -> None:
+    rec = Recorder()
+    serving_thread: list[int] = []
+    ev = echo_events(
+        rec,
+        serving=lambda s: serving_thread.append(threading.get_ident()),
+        prewrite=lambda cid, n: rec.add("pre", cid),
+        postwrite=lambda cid, n, rem: rec.add("post", cid),
+    )
+    with running(ev, addr, poller=poller) as r:
+        clients = [r.connect() for _ in range(5)]
+        for c in clients:
+            c.sendall(b"abc")
+        for c in clients:
+            assert recv_exactly(c, 3) == b"abc"
+    assert rec.threads == set(serving_thread)
+    assert serving_thread[0] != threading.get_ident()
+
+
+REPLIES: list[tuple[Any, bytes, bool]] = [
+    # (what data returns for b"in", what the client receives, whether it then closes)
+    (None, b"", False),
+    (b"out", b"out", False),
+    (bytearray(b"out"), b"out", False),
+    (memoryview(b"xoutx")[1:4], b"out", False),
+    (Action.NONE, b"", False),
+    (Action.CLOSE, b"", True),
+    ((b"out", None), b"out", False),
+    ((None, Action.NONE), b"", False),
+    ((b"bye", Action.CLOSE), b"bye", True),
+    ((bytearray(b"bye"), Action.CLOSE), b"bye", True),
+]
+
+
+@pytest.mark.rule("EV-3", "EV-7")
+@pytest.mark.parametrize(("reply", "expected", "closes"), REPLIES, ids=repr)
+def test_data_reply_shapes(
+    poller: str, addr: str, reply: Any, expected: bytes, closes: bool
+) -> None:
+    rec = Recorder()
+
+    def data(cid: int, d: bytes) -> Any:
+        rec.add("data", cid, d)
+        return reply if d == b"in" else d  # anything else echoes
+
+    with running(echo_events(rec, data=data), addr, poller=poller) as r:
+        c = r.connect()
+        c.sendall(b"in")
+        if closes:
+            assert recv_all(c) == expected
+            wait_for(lambda: rec.of("closed"))
+            assert _closed_errors(rec) == [None]
+        else:
+            wait_for(lambda: rec.of("data"))  # so the marker is a read of its own
+            c.sendall(b"|marker")  # a later echo proves what came before
+            assert recv_exactly(c, len(expected) + 7) == expected + b"|marker"
+
+
+OPENED: list[tuple[Any, bytes, bool, bool]] = [
+    # (what opened returns, greeting received, whether it closes, whether reads are views)
+    (None, b"", False, False),
+    (b"hi", b"hi", False, False),
+    (evio.Options(reuse_input_buffer=True), b"", False, True),
+    ((b"hi", evio.Options(reuse_input_buffer=True), Action.NONE), b"hi", False, True),
+    ((b"hi", None, None), b"hi", False, False),
+    ((b"go away", None, Action.CLOSE), b"go away", True, False),
+    ((b"go away", Action.CLOSE), b"go away", True, False),
+]
+
+
+@pytest.mark.rule("EV-4")
+@pytest.mark.parametrize(("reply", "greeting", "closes", "views"), OPENED, ids=repr)
+def test_opened_reply_shapes(
+    poller: str, addr: str, reply: Any, greeting: bytes, closes: bool, views: bool
+) -> None:
+    kinds: list[type] = []
+
+    def data(cid: int, d: Any) -> Any:
+        kinds.append(type(d))
+        return bytes(d)
+
+    ev = evio.Events(opened=lambda cid, info: reply, data=data)
+    with running(ev, addr, poller=poller) as r:
+        c = r.connect()
+        if closes:
+            assert recv_all(c) == greeting
+            return
+        c.sendall(b"echo")
+        assert recv_exactly(c, len(greeting) + 4) == greeting + b"echo"
+    assert set(kinds) == {memoryview if views else bytes}
+
+
+@pytest.mark.rule("EV-5", "EV-12")
+@pytest.mark.parametrize("action", [Action.CLOSE, Action.DETACH])
+def test_connection_actions_from_serving_are_type_errors(
+    poller: str, addr: str, action: Action
+) -> None:
+    with pytest.raises(TypeError, match=action.name):
+        evio.serve(evio.Events(serving=lambda s: action), addr, poller=poller)
+
+
+@pytest.mark.rule("EV-5")
+def test_action_only_callbacks(poller: str, addr: str) -> None:
+    rec = Recorder()
+    ev = echo_events(
+        rec,
+        prewrite=lambda cid, n: Action.NONE,
+        postwrite=lambda cid, n, rem: Action.CLOSE,  # close after the first write
+        closed=lambda cid, err: rec.add("closed", cid, err),
+    )
+    with running(ev, addr, poller=poller) as r:
+        c = r.connect()
+        c.sendall(b"once")
+        assert recv_all(c) == b"once"
+        wait_for(lambda: rec.of("closed"))
+    assert _closed_errors(rec) == [None]
+
+
+BAD_REPLIES = [42, "text", (b"x",), (b"x", "close"), ("x", Action.NONE), [b"x"], 1.5]
+
+
+@pytest.mark.rule("EV-6", "EV-9")
+@pytest.mark.parametrize("bad", BAD_REPLIES, ids=repr)
+def test_bad_data_reply_is_a_type_error(
+    poller: str, addr: str, bad: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    rec = Recorder()
+    ev = echo_events(rec, data=lambda cid, d: bad)
+    with caplog.at_level(logging.ERROR, logger="evio"), running(ev, addr, poller=poller) as r:
+        c = r.connect()
+        c.sendall(b"x")
+        assert recv_all(c) == b""
+        wait_for(lambda: rec.of("closed"))
+    (err,) = _closed_errors(rec)
+    assert isinstance(err, TypeError)
+    assert type(bad).__name__ in str(err)
+    assert any(rec_.exc_info and rec_.exc_info[1] is err for rec_ in caplog.records)
+
+
+@pytest.mark.rule("EV-6")
+@pytest.mark.parametrize("bad", [42, (b"x", "opts", Action.NONE)], ids=repr)
+def test_bad_opened_reply_is_a_type_error(poller: str, addr: str, bad: Any) -> None:
+    rec = Recorder()
+    ev = echo_events(rec, opened=lambda cid, info: bad)
+    with running(ev, addr, poller=poller) as r:
+        c = r.connect()
+        assert recv_all(c) == b""
+        wait_for(lambda: rec.of("closed"))
+    (err,) = _closed_errors(rec)
+    assert isinstance(err, TypeError)
+
+
+@pytest.mark.rule("EV-8")
+def test_detach_is_not_served_yet(poller: str, addr: str) -> None:
+    rec = Recorder()
+    ev = echo_events(rec, data=lambda cid, d: (b"before", Action.DETACH))
+    with running(ev, addr, poller=poller) as r:
+        c = r.connect()
+        c.sendall(b"x")
+        assert recv_all(c) == b"before"
+        wait_for(lambda: rec.of("closed"))
+    (err,) = _closed_errors(rec)
+    assert isinstance(err, NotImplementedError)
+
+
+@pytest.mark.rule("EV-9", "EV-13")
+@pytest.mark.parametrize("where", ["opened", "data"])
+def test_exception_in_a_connection_callback_closes_only_it(
+    poller: str, addr: str, where: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    rec = Recorder()
+    big = bytes(range(256)) * (16 * MiB // 256)
+    boom = RuntimeError("boom")
+
+    def opened(cid: int, info: evio.Info) -> Any:
+        rec.add("opened", cid)
+        if where == "opened" and cid == 1:
+            return b"queued before it raised"[:0] or _raise(boom)
+        return None
+
+    def data(cid: int, d: bytes) -> Any:
+        rec.add("data", cid, d)
+        if cid == 1 and d == b"big":
+            return big  # more than the socket takes at once: stays pending
+        if cid == 1 and d == b"raise":
+            raise boom
+        return d
+
+    ev = echo_events(rec, opened=opened, data=data)
+    with caplog.at_level(logging.ERROR, logger="evio"), running(ev, addr, poller=poller) as r:
+        victim = r.connect()
+        bystander = r.connect()
+        if where == "data":
+            victim.sendall(b"big")
+            wait_for(lambda: ("data", 1, b"big") in rec.log)
+            victim.sendall(b"raise")
+            wait_for(lambda: ("data", 1, b"raise") in rec.log)
+            bystander.sendall(b"still here")
+            assert recv_exactly(bystander, 10) == b"still here"
+            # Output queued before the exception still arrives whole.
+            assert recv_all(victim) == big
+        else:
+            assert recv_all(victim) == b""
+        bystander.sendall(b"and here")
+        assert recv_exactly(bystander, 8) == b"and here"
+        wait_for(lambda: 1 in [i for i, _ in rec.of("closed")])
+    assert dict(rec.of("closed"))[1] is boom
+    assert any(r_.levelno == logging.ERROR and r_.exc_info and r_.exc_info[1] is boom
+               for r_ in caplog.records)
+
+
+def _raise(e: BaseException) -> Any:
+    raise e
+
+
+@pytest.mark.rule("EV-10")
+@pytest.mark.parametrize("where", ["prewrite", "postwrite"])
+def test_exception_around_a_write_closes_at_once(poller: str, addr: str, where: str) -> None:
+    rec = Recorder()
+    boom = ValueError(where)
+    big = b"z" * (16 * MiB)
+
+    def around(*args: Any) -> None:
+        raise boom
+
+    ev = echo_events(rec, data=lambda cid, d: big, **{where: around})
+    with running(ev, addr, poller=poller) as r:
+        c = r.connect()
+        c.sendall(b"x")
+        got = recv_all(c)
+        wait_for(lambda: rec.of("closed"))
+    # prewrite raised before anything was sent; postwrite after the first send,
+    # and the rest was dropped.
+    assert len(got) < len(big)
+    if where == "prewrite":
+        assert got == b""
+    assert _closed_errors(rec) == [boom]
+
+
+@pytest.mark.rule("EV-11")
+def test_exception_in_closed_is_logged_and_ignored(
+    poller: str, addr: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[int] = []
+
+    def closed(cid: int, err: BaseException | None) -> None:
+        calls.append(cid)
+        raise RuntimeError("closed failed")
+
+    ev = echo_events(closed=closed)
+    with caplog.at_level(logging.ERROR, logger="evio"), running(ev, addr, poller=poller) as r:
+        first = r.connect()
+        first.close()
+        wait_for(lambda: calls == [1])
+        second = r.connect()
+        second.sendall(b"ok")
+        assert recv_exactly(second, 2) == b"ok"
+    assert calls == [1, 2]
+    assert sum("closed raised" in r_.getMessage() for r_ in caplog.records) == 2
+
+
+@pytest.mark.rule("EV-12")
+def test_exception_in_serving_is_raised_by_serve(poller: str, addr: str) -> None:
+    def serving(server: evio.Server) -> None:
+        raise LookupError("serving failed")
+
+    with pytest.raises(LookupError, match="serving failed"):
+        evio.serve(evio.Events(serving=serving), addr, poller=poller)
+
+
+@pytest.mark.rule("EV-12")
+def test_exception_in_tick_shuts_down_then_raises(poller: str, addr: str) -> None:
+    rec = Recorder()
+    go = threading.Event()
+
+    def tick() -> float:
+        if go.is_set():
+            raise LookupError("tick failed")
+        return 0.01
+
+    ev = echo_events(rec, tick=tick)
+    with running(ev, addr, poller=poller, stoppable=False, expect_error=True) as r:
+        c = r.connect()
+        c.sendall(b"hi")
+        assert recv_exactly(c, 2) == b"hi"
+        go.set()
+        r.join()
+        assert recv_all(c) == b""
+    assert isinstance(r.error, LookupError)
+    assert _closed_errors(rec) == [None]
+
+
+@pytest.mark.rule("EV-14")
+def test_records_are_frozen_and_options_validated() -> None:
+    info = evio.Info(False, 0, ("127.0.0.1", 1), ("127.0.0.1", 2))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        info.closing = True  # type: ignore[misc]
+    opts = evio.Options(tcp_keepalive=1.5)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.reuse_input_buffer = True  # type: ignore[misc]
+    for bad in (0, -1, True, float("nan"), "5"):
+        with pytest.raises((ValueError, TypeError)):
+            evio.Options(tcp_keepalive=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.rule("EV-15")
+def test_input_stream_joins_partial_messages() -> None:
+    stream = evio.InputStream()
+    backing = bytearray(b"GET /a\nGET /b\nGE")
+    view = memoryview(backing)
+    buf = stream.begin(view)
+    assert isinstance(buf, bytes)
+    assert buf == b"GET /a\nGET /b\nGE"
+    stream.end(view[buf.rindex(b"\n") + 1 :])  # keep the tail, given as a view
+    backing[:] = b"X" * len(backing)  # the reused buffer is overwritten...
+    assert len(stream) == 2
+    buf = stream.begin(b"T /c\n")  # ...but what was kept was copied
+    assert buf == b"GET /c\n"
+    stream.end(b"")
+    assert stream.begin(b"") == b""
