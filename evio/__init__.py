@@ -1,8 +1,8 @@
 """evio for Python: a small, fast, single-threaded event loop for servers.
 
-A server is a set of callbacks (:class:`Events`) and one call to
-:func:`serve`. Every callback runs on the loop's thread; each may answer
-with output to send and an :class:`Action`.
+A server is a set of callbacks (`Events`) and one call to
+`serve()`. Every callback runs on the loop's thread; each may answer
+with output to send and an `Action`.
 
 ```python
 import evio

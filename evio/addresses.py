@@ -11,7 +11,7 @@ Without ``://`` the whole string is a TCP address, so ``":5000"`` and
 Two decisions shape this module:
 
 1. **Parse everything before binding anything.**  ``serve()`` turns every
-   address into an :class:`Address` record first, so a typo in the third
+   address into an `Address` record first, so a typo in the third
    address is a ``ValueError`` that names it -- raised before the first one
    is bound.  Then it binds in order; if any bind fails, everything bound so
    far is closed (and its unix socket file removed) before the error
@@ -84,7 +84,7 @@ def parse_address(text: str) -> Address:
             ``host:port`` meaning TCP.
 
     Returns:
-        The parsed :class:`Address`.
+        The parsed `Address`.
 
     Raises:
         ValueError: the scheme, host, port or an option is not valid; the

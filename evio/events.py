@@ -2,21 +2,21 @@
 
 Theory of operation
 -------------------
-A server is a set of optional callbacks -- an :class:`Events` record -- and
+A server is a set of optional callbacks -- an `Events` record -- and
 the loop calls each one at a fixed point in a connection's life.  A callback
 answers with *output* (bytes to send) and an *action* (what to do next).
 
 The answer is the hot path: ``data`` runs once per read, and most servers
 just return bytes.  So the common case is the short one -- return ``bytes``
 (or ``None`` for nothing) -- and the loop checks ``type(r) is bytes`` before
-anything else.  The longer shapes (an :class:`Action` alone, a tuple of
-output and action, :class:`Options` from ``opened``) are unpacked by
-:func:`split_reply` off the hot path.  Any other shape is a ``TypeError``,
+anything else.  The longer shapes (an `Action` alone, a tuple of
+output and action, `Options` from ``opened``) are unpacked by
+`split_reply()` off the hot path.  Any other shape is a ``TypeError``,
 handled like an exception raised by the callback (see the spec page
 *Events and actions*).
 
-Everything the user receives is a frozen record (:class:`Info`); everything
-the user hands in is validated once, when it is built (:class:`Options`).
+Everything the user receives is a frozen record (`Info`); everything
+the user hands in is validated once, when it is built (`Options`).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class Action(enum.Enum):
             the ``detached`` callback.
         CLOSE: Send what is pending, then close the connection.
         SHUTDOWN: Stop the server: close every connection and return from
-            :func:`evio.serve`.
+            `serve()`.
     """
 
     NONE = 0
@@ -93,7 +93,7 @@ class Info:
     Attributes:
         closing: True when the connection is already closing as it opens
             (a failed dial); ``closed`` follows at once.
-        addr_index: Index into :attr:`Server.addrs` of the listener that
+        addr_index: Index into `addrs` of the listener that
             accepted it; ``-1`` for a dialed connection.
         local_addr: Our end's address (``getsockname()``).
         remote_addr: The peer's address (``getpeername()``; ``""`` for an
@@ -107,7 +107,7 @@ class Info:
 
 
 Reply: TypeAlias = Any
-"""What ``opened`` and ``data`` may return; see :func:`split_reply`."""
+"""What ``opened`` and ``data`` may return; see `split_reply()`."""
 
 
 @dataclass(slots=True)
@@ -119,25 +119,25 @@ class Events:
     Attributes:
         serving: ``serving(server)`` once, when every address is bound and
             before any connection is accepted. May return ``None`` or an
-            :class:`Action` (only ``SHUTDOWN`` has an effect).
+            `Action` (only ``SHUTDOWN`` has an effect).
         opened: ``opened(id, info)`` once per connection, before any
             ``data``. May return what ``data`` may, and also
-            :class:`Options`, or ``(out, options, action)``.
+            `Options`, or ``(out, options, action)``.
         closed: ``closed(id, err)`` exactly once per opened connection;
             ``err`` is ``None`` for an orderly end, else the exception that
-            ended it. May return ``None`` or an :class:`Action`.
+            ended it. May return ``None`` or an `Action`.
         detached: ``detached(id, conn)`` after a ``DETACH`` action.
         data: ``data(id, data)`` for each read. May return ``None``, bytes
             (``bytes``, ``bytearray`` or ``memoryview``) to send, an
-            :class:`Action`, or ``(out, action)``.
+            `Action`, or ``(out, action)``.
         prewrite: ``prewrite(id, amount)`` just before each write attempt.
-            May return ``None`` or an :class:`Action`.
+            May return ``None`` or an `Action`.
         postwrite: ``postwrite(id, amount, remaining)`` just after each
             write attempt: ``amount`` written, ``remaining`` still pending.
-            May return ``None`` or an :class:`Action`.
+            May return ``None`` or an `Action`.
         tick: ``tick()`` right after ``serving``, then again after the delay
             it returns. May return a delay in seconds, ``(delay, action)``,
-            or ``None`` / an :class:`Action` alone to stop ticking.
+            or ``None`` / an `Action` alone to stop ticking.
     """
 
     serving: Callable[[Server], Action | None] | None = None
@@ -158,8 +158,8 @@ def split_reply(r: object) -> tuple[Buffer | None, Action]:
 
     Args:
         r: ``None``; ``bytes``/``bytearray``/``memoryview``; an
-            :class:`Action`; or a 2-tuple ``(out, action)`` where ``out`` is
-            ``None`` or bytes-like and ``action`` is an :class:`Action` or
+            `Action`; or a 2-tuple ``(out, action)`` where ``out`` is
+            ``None`` or bytes-like and ``action`` is an `Action` or
             ``None``.
 
     Returns:
@@ -187,8 +187,8 @@ def split_reply(r: object) -> tuple[Buffer | None, Action]:
 
 
 def split_opened(r: object) -> tuple[Buffer | None, Options | None, Action]:
-    """Unpack what ``opened`` returned: anything :func:`split_reply` takes,
-    an :class:`Options`, or ``(out, options, action)``.
+    """Unpack what ``opened`` returned: anything `split_reply()` takes,
+    an `Options`, or ``(out, options, action)``.
 
     Raises:
         TypeError: the shape is not one of those.
@@ -209,7 +209,7 @@ def split_action(r: object, who: str) -> Action:
     """An action-only answer (``serving``, ``closed``, ``prewrite`` ...).
 
     Raises:
-        TypeError: ``r`` is neither ``None`` nor an :class:`Action`.
+        TypeError: ``r`` is neither ``None`` nor an `Action`.
     """
     if r is None:
         return Action.NONE
@@ -225,7 +225,7 @@ def split_tick(r: object) -> tuple[float | None, Action]:
 
     Raises:
         TypeError: the shape is not a number, ``(number, Action)``, an
-            :class:`Action` or ``None``.
+            `Action` or ``None``.
         ValueError: the delay is negative or not finite.
     """
     delay: object
@@ -257,8 +257,8 @@ def _describe(r: object) -> str:
 class InputStream:
     """Reassembles messages that arrive split across reads.
 
-    Call :meth:`begin` with each packet to get everything not yet consumed,
-    parse as much as you can, then hand the unconsumed tail to :meth:`end`.
+    Call `begin` with each packet to get everything not yet consumed,
+    parse as much as you can, then hand the unconsumed tail to `end`.
 
     Example:
         ```python
@@ -277,7 +277,7 @@ class InputStream:
         self._kept = b""
 
     def begin(self, packet: Buffer) -> bytes:
-        """Return what was kept by the last :meth:`end`, followed by ``packet``.
+        """Return what was kept by the last `end`, followed by ``packet``.
 
         The result is always ``bytes`` the caller owns, even when ``packet``
         is a view into the loop's reusable buffer.
@@ -286,7 +286,7 @@ class InputStream:
         return kept + packet if kept else bytes(packet)
 
     def end(self, rest: Buffer) -> None:
-        """Keep ``rest`` (the unconsumed tail) for the next :meth:`begin`."""
+        """Keep ``rest`` (the unconsumed tail) for the next `begin`."""
         self._kept = bytes(rest)
 
     def __len__(self) -> int:

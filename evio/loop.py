@@ -12,7 +12,7 @@ loop* tells it:
 2. **timeout** -- the poll may block until the earliest thing that is due
    (the next tick, a paused listener's retry); with nothing due it blocks
    without a limit.  A loop with no ticker and no traffic never wakes.
-3. **poll** -- one call into the backend (:mod:`evio.pollers`).
+3. **poll** -- one call into the backend (`pollers`).
 4. **dispatch** -- for each ready descriptor: accept on a listener; on a
    connection write pending output, then read once and hand the bytes to
    ``data``.  Interest is then *derived* from the connection's state (reading
@@ -36,7 +36,7 @@ The traps, and what we chose:
 * ``accept`` can fail with ``EMFILE``/``ENFILE`` when descriptors run out.
   Level-triggered pollers report the listener ready again at once, so a
   naive loop spins at 100% CPU.  We stop watching that listener for
-  :data:`ACCEPT_RETRY_DELAY` seconds and keep serving the connections we
+  `ACCEPT_RETRY_DELAY` seconds and keep serving the connections we
   have.
 * A callback can raise.  A connection callback's exception closes that
   connection (the error becomes ``closed``'s ``err``) and the loop goes on;
@@ -89,7 +89,7 @@ _ACCEPT_BACKOFF = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.EN
 
 
 class State(Enum):
-    """Where a connection is in its life (see :data:`LIFECYCLE`)."""
+    """Where a connection is in its life (see `LIFECYCLE`)."""
 
     OPEN = "open"
     FLUSHING = "flushing"
@@ -143,7 +143,7 @@ class Server:
 
     Attributes:
         addrs: The real bound address of each listener, in the order given
-            to :func:`serve` (so a port of 0 shows the port chosen): a
+            to `serve()` (so a port of 0 shows the port chosen): a
             ``(host, port)`` tuple for IPv4, ``(host, port, flowinfo,
             scope_id)`` for IPv6, a path for unix sockets.
         poller: The name of the poller backend in use.
@@ -167,7 +167,7 @@ def serve(events: Events, *addrs: str, poller: str | Poller | None = None) -> No
         *addrs: One or more addresses, e.g. ``"tcp://127.0.0.1:5000"``,
             ``"tcp6://[::1]:0"``, ``"unix:///tmp/evio.sock"``.
         poller: A backend name (``"epoll"``, ``"kqueue"``, ``"poll"``,
-            ``"select"``), a :class:`~evio.pollers.Poller` instance, or
+            ``"select"``), a `Poller` instance, or
             ``None`` for the best available (``"select"`` if any address
             uses a ``-net`` scheme).
 
@@ -204,7 +204,7 @@ def serve(events: Events, *addrs: str, poller: str | Poller | None = None) -> No
 
 
 class _Loop:
-    """One run of :func:`serve`. Not reusable."""
+    """One run of `serve()`. Not reusable."""
 
     def __init__(self, events: Events, listeners: list[Listener], poller: Poller) -> None:
         self.ev = events

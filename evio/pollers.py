@@ -26,7 +26,7 @@ tries the read or the write, and the system call itself tells it what went
 wrong.
 
 The interface (``register``/``modify``/``unregister``/``poll``/``close``)
-speaks only two bits, :data:`READ` and :data:`WRITE`.  The loop computes the
+speaks only two bits, `READ` and `WRITE`.  The loop computes the
 wanted mask from a connection's state and calls ``modify`` only when it
 changed; backends never track state the loop could derive.
 """
@@ -81,11 +81,11 @@ def _timeout_ms(timeout: float | None) -> int:
 class Poller:
     """The interface every backend implements.
 
-    A poller watches descriptors for :data:`READ` and :data:`WRITE`
+    A poller watches descriptors for `READ` and `WRITE`
     readiness. It is used from one thread only (the loop's).
 
     Attributes:
-        name: The backend's name, as accepted by :func:`make_poller`.
+        name: The backend's name, as accepted by `make_poller()`.
     """
 
     name = "abstract"
