@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import os
 import socket
 import stat
@@ -94,7 +95,7 @@ def parse_address(text: str) -> Address:
         raise ValueError(f"address must be a string, not {type(text).__name__}: {text!r}")
 
     def bad(why: str) -> ValueError:
-        return ValueError(f"bad address {text!r}: {why}")
+        return ValueError(f'bad address "{text}": {why}')
 
     scheme, sep, rest = text.partition("://")
     if not sep:
@@ -132,7 +133,17 @@ def parse_address(text: str) -> Address:
     host, port = _split_host_port(rest, bad)
     if network.endswith("4") and ":" in host:
         raise bad(f"{host!r} is not an IPv4 host")
+    if network.endswith("6") and _is_ipv4_literal(host):
+        raise bad(f"{host!r} is not an IPv6 host")
     return Address(text, network, host=host, port=port, reuseport=reuseport, portable=portable)
+
+
+def _is_ipv4_literal(host: str) -> bool:
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _split_host_port(rest: str, bad: Callable[[str], ValueError]) -> tuple[str, int]:
@@ -184,17 +195,19 @@ class Listener:
 
 
 def bind_all(addresses: list[Address], backlog: int = 1024) -> list[Listener]:
-    """Bind every address, in order; all or nothing.
+    """Resolve every address, then bind every one, in order; all or nothing.
 
     Raises:
+        ValueError: a host name cannot be resolved; nothing has been bound.
         OSError: a bind failed (address in use, permission, a unix path that
             exists and is not a socket). Everything bound before it has been
             closed again.
     """
+    plans = [_plan(a) for a in addresses]  # name resolution: may raise ValueError
     done: list[Listener] = []
     try:
-        for a in addresses:
-            done.append(_bind(a, backlog))
+        for a, plan in zip(addresses, plans, strict=True):
+            done.append(_bind(a, plan, backlog))
     except BaseException:
         for listener in done:
             listener.close()
@@ -202,7 +215,15 @@ def bind_all(addresses: list[Address], backlog: int = 1024) -> list[Listener]:
     return done
 
 
-def _family_and_sockaddr(a: Address, socktype: int) -> tuple[int, Any]:
+def _plan(a: Address) -> tuple[int, Any]:
+    """The socket family and bind address for ``a``, resolving its host name.
+
+    A name that resolves to several addresses binds the first one
+    ``getaddrinfo`` returns.
+    """
+    if a.network == "unix":
+        return socket.AF_UNIX, a.path
+    socktype = socket.SOCK_DGRAM if a.is_udp else socket.SOCK_STREAM
     want = _STREAM.get(a.network, _DGRAM.get(a.network, socket.AF_UNSPEC))
     if a.host == "":
         if want == socket.AF_INET or (want == socket.AF_UNSPEC and not socket.has_ipv6):
@@ -211,24 +232,26 @@ def _family_and_sockaddr(a: Address, socktype: int) -> tuple[int, Any]:
     try:
         infos = socket.getaddrinfo(a.host, a.port, want, socktype, 0, socket.AI_PASSIVE)
     except socket.gaierror as e:
-        raise ValueError(f"bad address {a.text!r}: cannot resolve {a.host!r}: {e}") from e
+        raise ValueError(f'bad address "{a.text}": cannot resolve {a.host!r}: {e}') from e
     family, _, _, _, sockaddr = infos[0]
     return family, sockaddr
 
 
-def _bind(a: Address, backlog: int) -> Listener:
-    socktype = socket.SOCK_DGRAM if a.is_udp else socket.SOCK_STREAM
+def _bind(a: Address, plan: tuple[int, Any], backlog: int) -> Listener:
     if a.network == "unix":
         return _bind_unix(a, backlog)
-    family, sockaddr = _family_and_sockaddr(a, socktype)
+    family, sockaddr = plan
+    socktype = socket.SOCK_DGRAM if a.is_udp else socket.SOCK_STREAM
     sock = socket.socket(family, socktype)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if a.reuseport:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6 and a.host == "" and a.network in ("tcp", "udp"):
-            # "tcp://:port" means every interface, IPv4 included.
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        if family == socket.AF_INET6:
+            # "tcp://:port" means every interface, IPv4 included; "tcp6"
+            # means IPv6 only, whatever the system default says.
+            v6only = 0 if a.network in ("tcp", "udp") else 1
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
         sock.bind(sockaddr)
         if socktype == socket.SOCK_STREAM:
             sock.listen(backlog)
@@ -251,11 +274,11 @@ def _bind_unix(a: Address, backlog: int) -> Listener:
         else:
             if not stat.S_ISSOCK(st.st_mode):
                 raise FileExistsError(
-                    f"cannot bind {a.text!r}: {path!r} exists and is not a socket"
+                    f'cannot bind "{a.text}": {path!r} exists and is not a socket'
                 )
             if _socket_is_live(path):
                 raise OSError(
-                    errno.EADDRINUSE, f"cannot bind {a.text!r}: a server is listening there"
+                    errno.EADDRINUSE, f'cannot bind "{a.text}": a server is listening there'
                 )
             os.unlink(path)  # a stale socket file from an earlier server
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -270,13 +293,19 @@ def _bind_unix(a: Address, backlog: int) -> Listener:
 
 
 def _socket_is_live(path: str) -> bool:
-    """Whether something accepts connections on the unix socket ``path``."""
+    """Whether a server is listening on the unix socket ``path``.
+
+    Only a refused connection means nobody is there. A connection that would
+    block (a full backlog) or times out means a live but busy server.
+    """
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        probe.settimeout(0.5)
+        probe.setblocking(False)
         probe.connect(path)
-    except OSError:
+    except (ConnectionRefusedError, FileNotFoundError):
         return False
+    except OSError:
+        return True  # EAGAIN and the like: someone is there, just busy
     finally:
         probe.close()
     return True

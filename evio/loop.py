@@ -169,11 +169,12 @@ def serve(events: Events, *addrs: str, poller: str | Poller | None = None) -> No
         poller: A backend name (``"epoll"``, ``"kqueue"``, ``"poll"``,
             ``"select"``), a `Poller` instance, or
             ``None`` for the best available (``"select"`` if any address
-            uses a ``-net`` scheme).
+            uses a ``-net`` scheme). A ``Poller`` instance passed in is
+            closed when ``serve()`` returns.
 
     Raises:
-        ValueError: an address or the poller name is not valid; nothing has
-            been bound.
+        ValueError: an address or the poller name is not valid, or a host
+            name cannot be resolved; nothing has been bound.
         NotImplementedError: a UDP address (UDP listeners are not served yet).
         OSError: a bind failed; nothing stays bound.
         Exception: whatever ``serving`` or ``tick`` raised, after every
@@ -188,12 +189,13 @@ def serve(events: Events, *addrs: str, poller: str | Poller | None = None) -> No
     if udp:
         raise NotImplementedError(f"UDP listeners are not served yet: {udp}")
     if any(a.portable for a in parsed):
-        if poller is not None and poller != PORTABLE_FALLBACK:
+        name = poller.name if isinstance(poller, Poller) else poller
+        if name is not None and name != PORTABLE_FALLBACK:
             raise ValueError(
                 f"a -net address asks for the {PORTABLE_FALLBACK!r} poller, "
                 f"but poller={poller!r} was given"
             )
-        poller = PORTABLE_FALLBACK
+        poller = poller if isinstance(poller, Poller) else PORTABLE_FALLBACK
     backend = poller if isinstance(poller, Poller) else make_poller(poller)
     try:
         listeners = bind_all(parsed)

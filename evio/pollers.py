@@ -264,7 +264,13 @@ FD_SETSIZE = 1024
 
 
 class SelectPoller(Poller):
-    """``select``: the most portable and the most limited backend."""
+    """``select``: the most portable and the most limited backend.
+
+    ``select`` has no hang-up or error report of its own (its third set means
+    out-of-band data on Linux): a reset or closed peer shows up as readiness
+    in the direction being watched, and the read or write that follows
+    meets the error.
+    """
 
     name = "select"
 
@@ -273,11 +279,11 @@ class SelectPoller(Poller):
         self._w: set[int] = set()
 
     def register(self, fd: int, mask: int) -> None:
-        if fd >= FD_SETSIZE:
-            raise ValueError(f"select cannot watch descriptor {fd} (FD_SETSIZE is {FD_SETSIZE})")
         self.modify(fd, mask)
 
     def modify(self, fd: int, mask: int) -> None:
+        if fd >= FD_SETSIZE:
+            raise ValueError(f"select cannot watch descriptor {fd} (FD_SETSIZE is {FD_SETSIZE})")
         (self._r.add if mask & READ else self._r.discard)(fd)
         (self._w.add if mask & WRITE else self._w.discard)(fd)
 
@@ -286,13 +292,6 @@ class SelectPoller(Poller):
         self._w.discard(fd)
 
     def poll(self, timeout: float | None) -> Ready:
-        if not self._r and not self._w:
-            # select() with three empty lists is a plain sleep; keep that
-            # behaviour explicit rather than relying on the platform.
-            if timeout is None:
-                raise RuntimeError("select poller asked to wait forever on nothing")
-            select.select([], [], [], max(0.0, timeout))
-            return []
         try:
             r, w, x = select.select(
                 self._r, self._w, self._r | self._w, None if timeout is None else max(0.0, timeout)

@@ -55,6 +55,6 @@ def test_echo_server_help_and_bad_port() -> None:
                            capture_output=True, text=True, timeout=30)
     assert help_.returncode == 0 and "--unixsocket" in help_.stdout and "--poller" in help_.stdout
     proc = start("--port", "70000")
-    out, err = proc.communicate(timeout=30)
+    _, err = proc.communicate(timeout=30)
     assert proc.returncode == 1
     assert "70000" in err and "out of range" in err
