@@ -15,6 +15,7 @@ evio.serve(evio.Events(data=data), "tcp://127.0.0.1:5000")
 """
 
 from .addresses import Address, parse_address
+from .detach import DetachedConn
 from .events import Action, Events, Info, InputStream, Options
 from .loop import Server, serve
 from .pollers import Poller, available_pollers
@@ -22,6 +23,7 @@ from .pollers import Poller, available_pollers
 __all__ = [
     "Action",
     "Address",
+    "DetachedConn",
     "Events",
     "Info",
     "InputStream",

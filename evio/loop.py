@@ -18,9 +18,12 @@ loop* tells it:
    ``data``.  Interest is then *derived* from the connection's state (reading
    while open, writing while output is pending) and the poller is told only
    if it changed.
-5. **ticker** -- call ``tick`` if it is due; the next one is due a fixed
-   delay after this one *was due*, so ticks do not drift.
-6. **shutdown** -- when a callback returned ``SHUTDOWN`` (or one raised out
+5. **wakes** -- if the wake descriptor rang, drain it, run the jobs other
+   threads posted (dials) and call ``data(id, None)`` for each woken id.
+6. **timers** -- call ``tick`` if it is due (the next one is due a fixed
+   delay after this one *was due*, so ticks do not drift), fail dials whose
+   timeout passed, re-enable paused listeners.
+7. **shutdown** -- when a callback returned ``SHUTDOWN`` (or one raised out
    of the loop), every connection gets a last non-blocking write and is
    closed, listeners are closed, unix socket files removed, the poller
    released.  This runs in a ``finally``: it happens however the loop ends.
@@ -48,15 +51,22 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import heapq
+import itertools
 import logging
+import os
 import socket
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import partial
 from typing import Any
 
 from .addresses import Listener, bind_all, parse_address
+from .detach import DetachedConn
+from .dial import Dial, dial_address, needs_resolving, resolve, targets_now
 from .events import (
     Action,
     Events,
@@ -68,6 +78,8 @@ from .events import (
     split_tick,
 )
 from .pollers import PORTABLE_FALLBACK, READ, WRITE, Poller, make_poller
+from .udp import UdpSide, is_udp
+from .wake import Waker
 
 __all__ = ["ACCEPT_BATCH", "ACCEPT_RETRY_DELAY", "LIFECYCLE", "READ_SIZE", "Server", "serve"]
 
@@ -94,6 +106,10 @@ class State(Enum):
     OPEN = "open"
     FLUSHING = "flushing"
     CLOSED = "closed"
+    DETACHED = "detached"
+
+
+_LIVE = (State.OPEN, State.FLUSHING)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +124,11 @@ class Transition:
 
 LIFECYCLE: tuple[Transition, ...] = (
     Transition("accepted", "opened returns", "open", "opened's output is written first"),
+    Transition("dialing", "connected", "open", "opened(id, info) with addr_index -1"),
+    Transition("dialing", "refused, unresolvable or timed out", "closed",
+               "opened with info.closing, then closed(id, err)"),
+    Transition("dialing", "SHUTDOWN", "closed",
+               "opened with info.closing, then closed(id, ConnectionAbortedError)"),
     Transition("open", "bytes read", "open", "data(id, bytes); its output is appended"),
     Transition("open", "CLOSE returned", "flushing", "reading stops"),
     Transition("open", "peer's end of stream", "flushing", "reading stops"),
@@ -116,6 +137,10 @@ LIFECYCLE: tuple[Transition, ...] = (
     Transition("open", "prewrite or postwrite raised", "closed", "pending output is dropped"),
     Transition("flushing", "output drained", "closed", "closed(id, err)"),
     Transition("flushing", "write error", "closed", "closed(id, err)"),
+    Transition("open", "DETACH returned", "detached",
+               "detached(id, conn); pending output goes with conn"),
+    Transition("flushing", "DETACH returned", "detached",
+               "detached(id, conn); pending output goes with conn"),
     Transition("open", "SHUTDOWN", "closed", "one last non-blocking write"),
     Transition("flushing", "SHUTDOWN", "closed", "one last non-blocking write"),
 )
@@ -141,6 +166,9 @@ class _Conn:
 class Server:
     """The running server, as ``serving`` receives it.
 
+    ``wake`` and ``dial`` are the only methods that are safe to call from
+    other threads; everything else belongs to the loop's thread.
+
     Attributes:
         addrs: The real bound address of each listener, in the order given
             to `serve()` (so a port of 0 shows the port chosen): a
@@ -149,11 +177,61 @@ class Server:
         poller: The name of the poller backend in use.
     """
 
-    __slots__ = ("addrs", "poller")
+    __slots__ = ("_loop", "addrs", "poller")
 
-    def __init__(self, addrs: tuple[Any, ...], poller: str) -> None:
+    def __init__(self, addrs: tuple[Any, ...], poller: str, loop: _Loop) -> None:
         self.addrs = addrs
         self.poller = poller
+        self._loop = loop
+
+    def wake(self, id: int) -> bool:
+        """Ask the loop to call ``data(id, None)`` soon. Safe from any thread.
+
+        Several wakes before the loop gets to them may be folded into one
+        call; none is lost. A wake for a dial still connecting is kept until
+        it opens.
+
+        Returns:
+            True if ``id`` is an open stream connection or a dial in
+            progress; False for an unknown, closed, detached or UDP id, and
+            once the server has stopped.
+        """
+        loop = self._loop
+        if id in loop.by_id or id in loop.dials:
+            return loop.waker.wake(id)
+        return False
+
+    def dial(self, addr: str, timeout: float | None = None) -> int:
+        """Open an outbound connection on the loop. Safe from any thread.
+
+        Returns at once; never blocks the loop (names are resolved on a
+        worker thread). The connection then behaves like an accepted one,
+        with ``info.addr_index == -1``. If it fails, ``opened`` is called
+        with ``info.closing`` true and then ``closed(id, err)``.
+
+        Args:
+            addr: ``tcp``, ``tcp4``, ``tcp6`` or ``unix`` address to connect to.
+            timeout: Seconds to connect (resolution included), or ``None``.
+
+        Returns:
+            The new connection's id.
+
+        Raises:
+            ValueError: ``addr`` is malformed, is a UDP address, or has no
+                host or port; or ``timeout`` is not positive.
+            RuntimeError: the server has shut down.
+        """
+        a = dial_address(addr)
+        if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
+            raise ValueError(f"dial timeout must be a positive number of seconds, not {timeout!r}")
+        loop = self._loop
+        cid = next(loop.ids)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        d = Dial(cid, a, deadline)
+        if not loop.waker.post(partial(loop.start_dial, d),
+                               before=partial(loop.dials.__setitem__, cid, d)):
+            raise RuntimeError(f"cannot dial {addr!r}: the server has shut down")
+        return cid
 
     def __repr__(self) -> str:
         return f"<evio.Server poller={self.poller} addrs={list(self.addrs)!r}>"
@@ -175,7 +253,6 @@ def serve(events: Events, *addrs: str, poller: str | Poller | None = None) -> No
     Raises:
         ValueError: an address or the poller name is not valid, or a host
             name cannot be resolved; nothing has been bound.
-        NotImplementedError: a UDP address (UDP listeners are not served yet).
         OSError: a bind failed; nothing stays bound.
         Exception: whatever ``serving`` or ``tick`` raised, after every
             connection has been closed and every descriptor released.
@@ -185,9 +262,6 @@ def serve(events: Events, *addrs: str, poller: str | Poller | None = None) -> No
     if not addrs:
         raise ValueError("serve() needs at least one address")
     parsed = [parse_address(a) for a in addrs]
-    udp = [a.text for a in parsed if a.is_udp]
-    if udp:
-        raise NotImplementedError(f"UDP listeners are not served yet: {udp}")
     if any(a.portable for a in parsed):
         name = poller.name if isinstance(poller, Poller) else poller
         if name is not None and name != PORTABLE_FALLBACK:
@@ -213,15 +287,25 @@ class _Loop:
         self.listeners = listeners
         self.by_lfd = {lst.sock.fileno(): (i, lst) for i, lst in enumerate(listeners)}
         self.poller = poller
+        self.udp_lfds = {lst.sock.fileno() for lst in listeners if is_udp(lst)}
         self.conns: dict[int, _Conn] = {}  # by descriptor
         self.by_id: dict[int, _Conn] = {}
-        self.next_id = 1
+        self.ids = itertools.count(1)  # next() is atomic: dial() draws ids from any thread
+        self.waker = Waker()
+        self.dials: dict[int, Dial] = {}  # by id, until opened or failed
+        self.connecting: dict[int, Dial] = {}  # by descriptor, while connecting
+        self.timers: list[tuple[float, int, Dial]] = []  # dial deadlines (a heap)
+        self.resolver: ThreadPoolExecutor | None = None
+        self.udp = UdpSide(self)
         self.stopping = False
         self.next_tick: float | None = None
         self.accept_retry_at: float | None = None
         self.paused: list[int] = []  # listener descriptors backed off after EMFILE
         self.rbuf = bytearray(READ_SIZE)
         self.rview = memoryview(self.rbuf)
+
+    def new_id(self) -> int:
+        return next(self.ids)
 
     # ------------------------------------------------------------------ run
 
@@ -231,7 +315,9 @@ class _Loop:
             # start
             for lfd in self.by_lfd:
                 self.poller.register(lfd, READ)
-            server = Server(tuple(lst.bound for lst in self.listeners), self.poller.name)
+            wfd = self.waker.fileno()
+            self.poller.register(wfd, READ)
+            server = Server(tuple(lst.bound for lst in self.listeners), self.poller.name, self)
             if ev.serving is not None:
                 self._act_server(split_action(ev.serving(server), "serving"))
             if ev.tick is not None and not self.stopping:
@@ -244,16 +330,26 @@ class _Loop:
                 # poll
                 ready = poll(timeout)
                 # dispatch
+                rang = False
                 for fd, mask in ready:
                     c = self.conns.get(fd)
                     if c is not None:
                         self._on_ready(c, mask)
+                    elif fd == wfd:
+                        rang = True
+                    elif fd in self.connecting:
+                        self._connected(self.connecting.pop(fd))
+                    elif fd in self.udp_lfds:
+                        self.udp.readable(*self.by_lfd[fd])
                     elif fd in self.by_lfd:
                         self._accept(fd)
                     if self.stopping:
                         break
-                # ticker (and the accept back-off timer)
-                if self.next_tick is not None or self.accept_retry_at is not None:
+                # wakes
+                if rang and not self.stopping:
+                    self._wakes()
+                # timers
+                if self.next_tick is not None or self.accept_retry_at or self.timers:
                     self._timers()
         finally:
             # shutdown
@@ -263,6 +359,8 @@ class _Loop:
 
     def _timeout(self) -> float | None:
         due = [t for t in (self.next_tick, self.accept_retry_at) if t is not None]
+        if self.timers:
+            due.append(self.timers[0][0])
         if not due:
             return None
         return max(0.0, min(due) - time.monotonic())
@@ -274,7 +372,7 @@ class _Loop:
             self._flush(c)
         if mask & READ and c.state is State.OPEN:
             self._read(c)
-        if c.state is not State.CLOSED:
+        if c.state in _LIVE:
             self._sync(c)
 
     def _sync(self, c: _Conn) -> None:
@@ -309,38 +407,48 @@ class _Loop:
             if self.stopping:
                 return
 
-    def _open(self, sock: socket.socket, remote: Any, index: int) -> None:
+    def _open(self, sock: socket.socket, remote: Any, index: int,
+              dial: Dial | None = None) -> None:
+        """Adopt a connected socket (accepted, or dialed) and call ``opened``."""
         sock.setblocking(False)
         if sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         fd = sock.fileno()
-        try:
-            self.poller.register(fd, READ)
-        except (ValueError, OSError) as e:
-            # select() cannot watch descriptors >= FD_SETSIZE: refuse this one.
-            log.warning("cannot watch accepted connection (fd %d): %s; closing it", fd, e)
-            sock.close()
-            return
-        c = _Conn(self.next_id, sock, fd, index)
-        self.next_id += 1
+        if dial is None:
+            try:
+                self.poller.register(fd, READ)
+            except (ValueError, OSError) as e:
+                # select() cannot watch descriptors >= FD_SETSIZE: refuse this one.
+                log.warning("cannot watch accepted connection (fd %d): %s; closing it", fd, e)
+                sock.close()
+                return
+            cid = next(self.ids)
+        else:
+            self.poller.modify(fd, READ)  # it was registered for the connect
+            cid = dial.id
+        c = _Conn(cid, sock, fd, index)
         self.conns[fd] = c
-        self.by_id[c.id] = c
+        self.by_id[cid] = c
+        if dial is not None:
+            dial.done = True
+            del self.dials[cid]  # after by_id has it: wake() always finds the id
         opened = self.ev.opened
-        if opened is None:
-            return
-        try:
-            info = Info(False, index, sock.getsockname(), remote)
-            out, options, action = split_opened(opened(c.id, info))
-        except Exception as e:
-            self._fail(c, e, "opened")
-            return
-        if options is not None:
-            self._apply_options(c, options)
-        if out:
-            self._write(c, out)
-        if action is not Action.NONE:
-            self._act(c, action)
-        if c.state is not State.CLOSED:
+        if opened is not None:
+            try:
+                info = Info(False, index, sock.getsockname(), remote)
+                out, options, action = split_opened(opened(c.id, info))
+            except Exception as e:
+                self._fail(c, e, "opened")
+                return
+            if options is not None:
+                self._apply_options(c, options)
+            if out:
+                self._write(c, out)
+            if action is not Action.NONE:
+                self._act(c, action)
+        if dial is not None and dial.woken and c.state is State.OPEN:
+            self._deliver(c, None)  # the wake that arrived while dialing
+        if c.state in _LIVE:
             self._sync(c)
 
     def _apply_options(self, c: _Conn, options: Options) -> None:
@@ -376,32 +484,36 @@ class _Loop:
             self._finish(c, None)
             return
         try:
-            try:
-                r = self.ev.data(c.id, data) if self.ev.data is not None else None
-                if r is None:
-                    return
-                out: Any
-                if type(r) is bytes:
-                    out, action = r, Action.NONE
-                else:
-                    out, action = split_reply(r)
-            except Exception as e:
-                self._fail(c, e, "data")
-                return
-            if out:
-                self._write(c, out)  # copies what it cannot send at once
-            if action is not Action.NONE:
-                self._act(c, action)
+            self._deliver(c, data)
         finally:
             if view is not None:
                 view.release()  # the view is valid only during the call
+
+    def _deliver(self, c: _Conn, data: Any) -> None:
+        """Call ``data(id, data)`` (``data`` is None for a wake) and act on the reply."""
+        try:
+            r = self.ev.data(c.id, data) if self.ev.data is not None else None
+            if r is None:
+                return
+            out: Any
+            if type(r) is bytes:
+                out, action = r, Action.NONE
+            else:
+                out, action = split_reply(r)
+        except Exception as e:
+            self._fail(c, e, "data")
+            return
+        if out:
+            self._write(c, out)  # copies what it cannot send at once
+        if action is not Action.NONE:
+            self._act(c, action)
 
     # --------------------------------------------------------------- writes
 
     def _write(self, c: _Conn, out: Any) -> None:
         """Queue ``out`` behind anything pending, trying to send it at once."""
-        if c.out or c.state is State.CLOSED:
-            if c.state is not State.CLOSED:
+        if c.out or c.state not in _LIVE:
+            if c.state in _LIVE:
                 c.out += out  # append, never replace
             return
         ev = self.ev
@@ -450,7 +562,7 @@ class _Loop:
             return False
         if action is not Action.NONE:
             self._act(c, action)
-        return c.state is not State.CLOSED
+        return c.state in _LIVE
 
     # -------------------------------------------------------------- actions
 
@@ -460,7 +572,7 @@ class _Loop:
         elif action is Action.SHUTDOWN:
             self.stopping = True
         elif action is Action.DETACH:
-            self._fail(c, NotImplementedError("DETACH is not supported yet"), "action")
+            self._detach(c)
 
     def _act_server(self, action: Action) -> None:
         if action is Action.SHUTDOWN:
@@ -487,8 +599,30 @@ class _Loop:
         elif c.err is None:
             c.err = e
 
+    def _detach(self, c: _Conn) -> None:
+        """Hand the socket, and the output still pending, to ``detached``."""
+        if c.state not in _LIVE:
+            return
+        detached = self.ev.detached
+        if detached is None:
+            self._fail(c, TypeError("Action.DETACH needs a detached callback"), "DETACH")
+            return
+        c.state = State.DETACHED
+        self.poller.unregister(c.fd)
+        del self.conns[c.fd]
+        del self.by_id[c.id]
+        conn = DetachedConn(c.sock, bytes(c.out))
+        c.out.clear()
+        try:
+            action = split_action(detached(c.id, conn), "detached")
+        except Exception:
+            log.exception("detached raised for connection %d; the socket is its own now", c.id)
+            return
+        if action is Action.SHUTDOWN:
+            self.stopping = True
+
     def _close(self, c: _Conn, err: BaseException | None) -> None:
-        if c.state is State.CLOSED:
+        if c.state not in _LIVE:
             return
         c.state = State.CLOSED
         self.poller.unregister(c.fd)
@@ -506,10 +640,136 @@ class _Loop:
         if action is Action.SHUTDOWN:
             self.stopping = True
 
-    # --------------------------------------------------------------- ticker
+    # ---------------------------------------------------------------- wakes
+
+    def _wakes(self) -> None:
+        ids, jobs = self.waker.take()
+        for job in jobs:
+            job()
+        for cid in sorted(ids):
+            c = self.by_id.get(cid)
+            if c is not None:
+                if c.state is State.OPEN:
+                    self._deliver(c, None)
+                    if c.state in _LIVE:
+                        self._sync(c)
+            elif cid in self.dials:
+                self.dials[cid].woken = True  # delivered once it opens
+            if self.stopping:
+                return
+
+    # ---------------------------------------------------------------- dials
+
+    def start_dial(self, d: Dial) -> None:
+        """A dial request reached the loop: resolve off the loop, or connect now."""
+        if d.done:
+            return
+        if d.deadline is not None:
+            heapq.heappush(self.timers, (d.deadline, d.id, d))
+        if not needs_resolving(d.address):
+            d.targets = targets_now(d.address)
+            self._dial_next(d)
+            return
+        if self.resolver is None:
+            self.resolver = ThreadPoolExecutor(max_workers=4, thread_name_prefix="evio-resolve")
+        self.resolver.submit(self._resolve, d)
+
+    def _resolve(self, d: Dial) -> None:
+        """On a resolver thread: look the name up, post the answer to the loop."""
+        try:
+            targets: list[tuple[int, Any]] | BaseException = resolve(d.address)
+        except Exception as e:
+            targets = e
+        self.waker.post(partial(self._resolved, d, targets))
+
+    def _resolved(self, d: Dial, targets: list[tuple[int, Any]] | BaseException) -> None:
+        if d.done:
+            return  # timed out meanwhile
+        if isinstance(targets, BaseException):
+            self._dial_failed(d, targets)
+            return
+        d.targets = targets
+        self._dial_next(d)
+
+    def _dial_next(self, d: Dial) -> None:
+        """Start connecting to the next target, or fail with the last error."""
+        while d.targets:
+            family, target = d.targets.pop(0)
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            err = sock.connect_ex(target)
+            if err == 0:
+                self.poller.register(sock.fileno(), WRITE)
+                self._open(sock, sock.getpeername(), -1, d)
+                return
+            if err == errno.EINPROGRESS:
+                try:
+                    self.poller.register(sock.fileno(), WRITE)
+                except (ValueError, OSError) as e:
+                    sock.close()
+                    d.error = e
+                    continue
+                d.sock = sock
+                self.connecting[sock.fileno()] = d
+                return
+            sock.close()
+            d.error = OSError(err, os.strerror(err))
+        self._dial_failed(d, d.error or OSError(errno.EHOSTUNREACH, "no address to dial"))
+
+    def _connected(self, d: Dial) -> None:
+        """The socket of a dial in progress became writable: did it connect?"""
+        sock = d.sock
+        assert sock is not None
+        d.sock = None
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err == 0:
+            try:
+                remote = sock.getpeername()
+            except OSError as e:  # reset between connect and now
+                err = e.errno or errno.ECONNRESET
+            else:
+                self._open(sock, remote, -1, d)
+                return
+        self.poller.unregister(sock.fileno())
+        sock.close()
+        d.error = OSError(err, os.strerror(err))
+        self._dial_next(d)
+
+    def _dial_failed(self, d: Dial, err: BaseException) -> None:
+        """Report a dial that will not connect: opened (closing), then closed."""
+        if d.done:
+            return
+        d.done = True
+        if d.sock is not None:
+            fd = d.sock.fileno()
+            self.connecting.pop(fd, None)
+            self.poller.unregister(fd)
+            d.sock.close()
+            d.sock = None
+        self.dials.pop(d.id, None)
+        ev = self.ev
+        if ev.opened is not None:
+            try:
+                ev.opened(d.id, Info(True, -1, None, d.remote))
+            except Exception:
+                log.exception("opened raised for failed dial %d; ignored", d.id)
+        if ev.closed is not None:
+            try:
+                action = split_action(ev.closed(d.id, err), "closed")
+            except Exception:
+                log.exception("closed raised for dial %d; ignored", d.id)
+                return
+            if action is Action.SHUTDOWN:
+                self.stopping = True
+
+    # --------------------------------------------------------------- timers
 
     def _timers(self) -> None:
         now = time.monotonic()
+        while self.timers and self.timers[0][0] <= now:
+            _, _, d = heapq.heappop(self.timers)
+            if not d.done:
+                self._dial_failed(d, TimeoutError(f"dial {d.address.text!r} timed out"))
         if self.accept_retry_at is not None and now >= self.accept_retry_at:
             self.accept_retry_at = None
             for lfd in self.paused:
@@ -536,14 +796,24 @@ class _Loop:
     def _shutdown(self) -> None:
         self.stopping = True
         try:
-            for cid in sorted(self.by_id):
+            self.poller.unregister(self.waker.fileno())
+            self.waker.close()  # from here on wake() is False and dial() raises
+            if self.resolver is not None:
+                self.resolver.shutdown(wait=False, cancel_futures=True)
+            ids = set(self.by_id) | set(self.udp.peers) | set(self.dials)
+            for cid in sorted(ids):
                 c = self.by_id.get(cid)
-                if c is None:
-                    continue
-                if c.out:
-                    with contextlib.suppress(OSError):
-                        c.sock.send(c.out)  # one last try; never blocks
-                self._close(c, c.err)
+                if c is not None:
+                    if c.out:
+                        with contextlib.suppress(OSError):
+                            c.sock.send(c.out)  # one last try; never blocks
+                    self._close(c, c.err)
+                elif cid in self.udp.peers:
+                    self.udp.forget(cid, None)
+                elif cid in self.dials:
+                    self._dial_failed(
+                        self.dials[cid], ConnectionAbortedError("the server shut down")
+                    )
         finally:
             for lst in self.listeners:
                 self.poller.unregister(lst.sock.fileno())

@@ -85,11 +85,18 @@ class Waker:
                 self._ring()
         return True
 
-    def post(self, job: Callable[[], None]) -> bool:
-        """Run ``job`` on the loop's thread soon. False once closed."""
+    def post(self, job: Callable[[], None], before: Callable[[], None] | None = None) -> bool:
+        """Run ``job`` on the loop's thread soon. False once closed.
+
+        ``before``, if given, runs under the lock just before the job is
+        queued: whatever it records is visible to :meth:`close`'s caller
+        exactly when the job was accepted.
+        """
         with self._lock:
             if self._closed:
                 return False
+            if before is not None:
+                before()
             self._jobs.append(job)
             if not self._rung:
                 self._rung = True

@@ -302,7 +302,6 @@ _REFUSED_BEFORE_BINDING = [
     pytest.param("bogus://x", ValueError, id="unknown-scheme"),
     pytest.param("tcp4://127.0.0.1:99999", ValueError, id="port-range"),
     pytest.param("tcp4://127.0.0.1:0?reuse=1", ValueError, id="option"),
-    pytest.param("udp4://127.0.0.1:0", NotImplementedError, id="udp"),
     # Resolution happens before binding too (ADDR-3): ".invalid" never resolves.
     pytest.param("tcp://no-such-host.invalid:0", ValueError, id="unresolvable"),
 ]

@@ -1,0 +1,148 @@
+"""Detach: hand a connection's socket to its new owner, pending bytes first.
+
+Theory of operation
+-------------------
+``Action.DETACH`` takes a connection out of the loop: the loop forgets the
+descriptor, makes the socket blocking again, and passes it to the
+``detached(id, conn)`` callback.  From then on the socket is the user's --
+typically handed to a thread that speaks some blocking protocol on it.
+
+Two things can go wrong at that hand-over, and both bit the original's users:
+
+1. **Output still pending.**  The loop may hold bytes that the socket would
+   not take yet.  Writing them from the loop would block it (the peer may
+   never read); dropping them loses data; letting the new owner write first
+   reorders the stream.  So the pending bytes travel *with* the socket, in
+   :class:`DetachedConn`, and every operation of the new owner -- a read, a
+   write, a shutdown, a close -- first sends them, blocking in the owner's
+   thread, never the loop's.  Reads flush too: a peer may wait for our
+   pending reply before it says anything, and a reader that did not flush
+   first would wait forever.
+2. **End of stream.**  The original's detached reader returned "0 bytes, no
+   error" at end of stream and callers looped forever.  Here ``recv`` is the
+   socket's own ``recv``: ``b""`` at end of stream, an exception on error.
+
+``closed`` is not called for a detached connection: it did not close, it
+changed hands.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from types import TracebackType
+from typing import Any
+
+__all__ = ["DetachedConn"]
+
+
+class DetachedConn:
+    """A blocking, socket-like connection handed over by ``Action.DETACH``.
+
+    Every method sends any output the loop still held before doing its own
+    work, so the peer receives the bytes in the order they were produced.
+
+    Attributes:
+        socket: The underlying blocking ``socket.socket``. Using it directly
+            skips the pending-output rule; call :meth:`flush` first.
+    """
+
+    def __init__(self, sock: socket.socket, pending: bytes) -> None:
+        sock.setblocking(True)
+        self.socket = sock
+        self._pending = pending
+        self._lock = threading.Lock()
+
+    @property
+    def pending(self) -> int:
+        """How many bytes from the loop have not been sent yet."""
+        return len(self._pending)
+
+    def flush(self) -> None:
+        """Send the output the loop still held (blocking)."""
+        if self._pending:
+            with self._lock:
+                data, self._pending = self._pending, b""
+                if data:
+                    try:
+                        self.socket.sendall(data)
+                    except BaseException:
+                        self._pending = data  # still owed; the caller sees the error
+                        raise
+
+    def recv(self, bufsize: int = 65536) -> bytes:
+        """Read up to ``bufsize`` bytes; ``b""`` means the peer ended its stream."""
+        self.flush()
+        return self.socket.recv(bufsize)
+
+    read = recv
+
+    def recv_into(self, buffer: Any, nbytes: int = 0) -> int:
+        """Read into ``buffer``; 0 means the peer ended its stream."""
+        self.flush()
+        return self.socket.recv_into(buffer, nbytes)
+
+    def send(self, data: Any) -> int:
+        """Send some of ``data``; returns how much was sent."""
+        self.flush()
+        return self.socket.send(data)
+
+    def sendall(self, data: Any) -> None:
+        """Send all of ``data``."""
+        self.flush()
+        self.socket.sendall(data)
+
+    def write(self, data: Any) -> int:
+        """Send all of ``data`` and return its length."""
+        self.sendall(data)
+        return len(memoryview(data))
+
+    def shutdown(self, how: int) -> None:
+        """Shut down one or both directions, after sending what is pending."""
+        if how != socket.SHUT_RD:
+            self.flush()
+        self.socket.shutdown(how)
+
+    def close(self) -> None:
+        """Send what is pending (as far as the peer takes it), then close."""
+        try:
+            if self._pending and self.socket.fileno() >= 0:
+                self.flush()
+        except OSError:
+            pass  # the peer is gone; nothing more can be delivered
+        finally:
+            self.socket.close()
+
+    def fileno(self) -> int:
+        """The descriptor, or -1 once closed."""
+        return self.socket.fileno()
+
+    def settimeout(self, timeout: float | None) -> None:
+        """Set a timeout on blocking operations (``None``: none)."""
+        self.socket.settimeout(timeout)
+
+    def gettimeout(self) -> float | None:
+        """The timeout on blocking operations."""
+        return self.socket.gettimeout()
+
+    def getpeername(self) -> Any:
+        """The peer's address."""
+        return self.socket.getpeername()
+
+    def getsockname(self) -> Any:
+        """Our end's address."""
+        return self.socket.getsockname()
+
+    def __enter__(self) -> DetachedConn:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<evio.DetachedConn fd={self.fileno()} pending={self.pending}>"
