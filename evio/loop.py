@@ -695,25 +695,38 @@ class _Loop:
         """Start connecting to the next target, or fail with the last error."""
         while d.targets:
             family, target = d.targets.pop(0)
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+            except OSError as e:  # out of descriptors, family not supported
+                d.error = e
+                continue
             sock.setblocking(False)
-            err = sock.connect_ex(target)
-            if err == 0:
+            try:
+                err = sock.connect_ex(target)
+            except OSError as e:  # a unix path too long, and the like
+                sock.close()
+                d.error = e
+                continue
+            if err not in (0, errno.EINPROGRESS):
+                sock.close()
+                d.error = OSError(err, os.strerror(err))
+                continue
+            try:
                 self.poller.register(sock.fileno(), WRITE)
-                self._open(sock, sock.getpeername(), -1, d)
-                return
-            if err == errno.EINPROGRESS:
+            except (ValueError, OSError) as e:  # select's FD_SETSIZE
+                sock.close()
+                d.error = e
+                continue
+            if err == 0:  # connected at once (unix sockets usually are)
                 try:
-                    self.poller.register(sock.fileno(), WRITE)
-                except (ValueError, OSError) as e:
-                    sock.close()
-                    d.error = e
-                    continue
+                    remote = sock.getpeername()
+                except OSError:
+                    remote = d.remote
+                self._open(sock, remote, -1, d)
+            else:
                 d.sock = sock
                 self.connecting[sock.fileno()] = d
-                return
-            sock.close()
-            d.error = OSError(err, os.strerror(err))
+            return
         self._dial_failed(d, d.error or OSError(errno.EHOSTUNREACH, "no address to dial"))
 
     def _connected(self, d: Dial) -> None:
