@@ -92,6 +92,9 @@ ACCEPT_BATCH = 128
 flood of new connections cannot starve the ones already open."""
 ACCEPT_RETRY_DELAY = 0.25
 """Seconds a listener is left unwatched after ``EMFILE``/``ENFILE``."""
+MAX_POLL_WAIT = 86400.0
+"""The longest one poll waits when something is due: backends overflow
+somewhere past 24 days, and waking once a day to find nothing due is free."""
 
 # accept() errors that mean "that one connection went away before we took
 # it": skip it and keep accepting.
@@ -222,8 +225,14 @@ class Server:
             RuntimeError: the server has shut down.
         """
         a = dial_address(addr)
-        if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
-            raise ValueError(f"dial timeout must be a positive number of seconds, not {timeout!r}")
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 < timeout < float("inf")
+        ):
+            raise ValueError(
+                f"dial timeout must be a positive, finite number of seconds, not {timeout!r}"
+            )
         loop = self._loop
         cid = next(loop.ids)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -358,12 +367,15 @@ class _Loop:
     # -------------------------------------------------------------- timeout
 
     def _timeout(self) -> float | None:
+        timers = self.timers
+        while timers and timers[0][2].done:
+            heapq.heappop(timers)  # that dial connected or failed: nothing is due
         due = [t for t in (self.next_tick, self.accept_retry_at) if t is not None]
-        if self.timers:
-            due.append(self.timers[0][0])
+        if timers:
+            due.append(timers[0][0])
         if not due:
             return None
-        return max(0.0, min(due) - time.monotonic())
+        return min(MAX_POLL_WAIT, max(0.0, min(due) - time.monotonic()))
 
     # ------------------------------------------------------------- dispatch
 

@@ -550,3 +550,21 @@ def test_lifecycle_table_on_the_spec_page_is_the_loops() -> None:
     assert lifecycle_doc.current() == lifecycle_doc.render(), (
         "docs/spec/loop.md is out of date: run python tools/lifecycle_doc.py --write"
     )
+
+
+@pytest.mark.rule("LOOP-2")
+def test_a_far_tick_does_not_overflow_the_poll(poller: str, addr: str) -> None:
+    counting = CountingPoller(poller)
+
+    def data(cid: int, d: bytes) -> Any:
+        return Action.SHUTDOWN if d == b"stop" else d
+
+    ev = evio.Events(data=data, tick=lambda: 1e7)  # about 116 days
+    with running(ev, addr, poller=counting, stoppable=False) as r:
+        c = r.connect()
+        c.sendall(b"ping")
+        assert recv_exactly(c, 4) == b"ping"
+        c.sendall(b"stop")
+        r.join()
+    waits = [t for t in counting.timeouts if t is not None]
+    assert waits and max(waits) <= 86400.0

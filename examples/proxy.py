@@ -1,0 +1,167 @@
+"""TCP proxy: each client gets its own connection to one upstream server.
+
+For every accepted client the proxy dials ``--upstream`` with
+``server.dial`` and then relays bytes both ways, all on the loop's one
+thread::
+
+    python examples/proxy.py --port 8000 --upstream tcp://127.0.0.1:6379
+
+How it fits evio's callbacks: a callback can only answer *its own*
+connection, but a proxy's bytes always go to the *other* one. So bytes read
+from one side are put in the other side's outbox, and the other side is
+woken with ``server.wake(peer)``; the loop then calls ``data(peer, None)``,
+which returns the outbox. Everything here is touched only by callbacks, on
+the loop's thread, so no lock is needed.
+
+* Bytes a client sends before its upstream has connected wait in the
+  upstream's outbox and go out as ``opened``'s reply. A client that sends
+  more than `MAX_EARLY` bytes before then is closed.
+* When either side closes, the other is closed once its outbox is sent: the
+  woken ``data`` call returns the outbox with ``Action.CLOSE``.
+* A dial that fails (``opened`` with ``info.closing``, then ``closed`` with
+  the error) closes its client the same way.
+
+The proxy does not pass half-closes through: evio closes a connection when
+its peer ends its stream, so the other side is closed too.
+
+Stop it with Ctrl-C (or SIGTERM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import TypeAlias
+
+import evio
+
+MAX_EARLY = 4 * 1024 * 1024
+"""Bytes a client may send before its upstream connects; more closes it."""
+DIAL_TIMEOUT = 10.0
+"""Seconds an upstream has to accept the connection."""
+
+
+_Reply: TypeAlias = bytes | tuple[bytes | None, evio.Action] | evio.Action | None
+
+
+@dataclass(slots=True, eq=False)
+class _Side:
+    """One end of a proxied pair: a client, or the upstream dialed for it."""
+
+    id: int
+    peer: int  # the other end's id
+    open: bool  # False while an upstream is still connecting
+    outbox: list[bytes] = field(default_factory=list)  # to send on this side
+    pending: int = 0  # bytes in outbox
+    closing: bool = False  # the peer is gone: close after the outbox
+
+    def take(self) -> bytes:
+        out = b"".join(self.outbox)
+        self.outbox.clear()
+        self.pending = 0
+        return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="evio TCP proxy: relay each client to upstream")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="interface to listen on (default: 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
+    parser.add_argument("--upstream", required=True, metavar="ADDR",
+                        help="evio address to relay to, e.g. tcp://127.0.0.1:6379")
+    parser.add_argument("--poller", choices=evio.available_pollers(),
+                        help="poller backend (default: the best available)")
+    args = parser.parse_args(argv)
+
+    try:
+        if evio.parse_address(args.upstream).is_udp:
+            raise ValueError(f"cannot proxy to {args.upstream!r}: it is a UDP address")
+    except ValueError as e:
+        parser.error(str(e))
+
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    sides: dict[int, _Side] = {}
+    server: evio.Server | None = None
+    stop = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stop
+        stop = True  # the next tick returns SHUTDOWN
+
+    def serving(srv: evio.Server) -> None:
+        nonlocal server
+        server = srv  # kept for dial and wake
+        where = ", ".join(str(a) for a in srv.addrs)
+        print(f"proxy listening on {where}, relaying to {args.upstream} "
+              f"(poller: {srv.poller})", flush=True)
+
+    def opened(id: int, info: evio.Info) -> _Reply:
+        assert server is not None
+        if info.addr_index >= 0:
+            # A new client: dial its upstream. The dial returns an id at
+            # once; its opened comes later, on a later turn of the loop.
+            up = server.dial(args.upstream, timeout=DIAL_TIMEOUT)
+            sides[id] = _Side(id, up, open=True)
+            sides[up] = _Side(up, id, open=False)
+            return None
+        if info.closing:
+            return None  # the dial failed; closed(id, err) comes next
+        # The upstream connected: send what its client sent meanwhile, and
+        # close at once if that client has already gone.
+        side = sides[id]
+        side.open = True
+        return side.take() or None, evio.Action.CLOSE if side.closing else evio.Action.NONE
+
+    def data(id: int, data: bytes | None) -> _Reply:
+        side = sides[id]
+        if data is None:
+            # Woken by the peer: send its bytes; close after them if it left.
+            out = side.take()
+            return (out, evio.Action.CLOSE) if side.closing else out
+        peer = sides.get(side.peer)
+        if peer is None:
+            return None  # the peer is gone and this side is closing: drop it
+        peer.outbox.append(data)
+        peer.pending += len(data)
+        if not peer.open:
+            return evio.Action.CLOSE if peer.pending > MAX_EARLY else None
+        if len(peer.outbox) == 1:
+            # One wake per batch: while the outbox is not empty, a wake is
+            # already on its way and its data() call will take these bytes.
+            assert server is not None
+            server.wake(peer.id)
+        return None
+
+    def closed(id: int, err: BaseException | None) -> None:
+        side = sides.pop(id)
+        if err is not None and not side.open:
+            print(f"proxy: cannot reach {args.upstream}: {type(err).__name__}: {err}",
+                  file=sys.stderr, flush=True)
+        peer = sides.get(side.peer)
+        if peer is not None and not peer.closing:
+            peer.closing = True
+            if peer.open:
+                assert server is not None
+                server.wake(peer.id)  # its data(id, None) returns CLOSE
+
+    def tick() -> float | evio.Action:
+        # Signals only set a flag; the loop notices it here, on its own thread.
+        return evio.Action.SHUTDOWN if stop else 0.2
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    events = evio.Events(serving=serving, opened=opened, data=data, closed=closed, tick=tick)
+    try:
+        evio.serve(events, f"tcp://{host}:{args.port}", poller=args.poller)
+    except (ValueError, OSError) as e:
+        print(f"proxy: {e}", file=sys.stderr)
+        return 1
+    print("proxy stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""UDP echo server: every datagram goes back to its sender as one datagram.
+
+::
+
+    python examples/udp_echo.py --port 5001
+
+The same callbacks as the TCP echo server, on a ``udp://`` address. What
+changes is what the loop promises: each ``data`` call is exactly one
+datagram, each reply is sent as exactly one datagram, and nothing is queued
+-- a reply the socket cannot take at once is dropped, as the network itself
+might have dropped it. An empty datagram gets no reply, because empty
+output sends nothing.
+
+evio gives each sender address an id the first time it is heard from, so
+``opened`` runs once per remote, not once per datagram; the remotes are
+forgotten (``closed``) when the server stops.
+
+Stop it with Ctrl-C (or SIGTERM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from types import FrameType
+
+import evio
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="evio UDP echo server")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="interface to listen on (default: 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=5001, help="UDP port (default: 5001)")
+    parser.add_argument("--poller", choices=evio.available_pollers(),
+                        help="poller backend (default: the best available)")
+    args = parser.parse_args(argv)
+
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    stop = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stop
+        stop = True  # the next tick returns SHUTDOWN
+
+    def serving(server: evio.Server) -> None:
+        where = ", ".join(str(a) for a in server.addrs)
+        print(f"udp echo server listening on {where} (poller: {server.poller})", flush=True)
+
+    def data(id: int, packet: bytes) -> bytes:
+        return packet  # one datagram in, the same datagram out
+
+    def tick() -> float | evio.Action:
+        # Signals only set a flag; the loop notices it here, on its own thread.
+        return evio.Action.SHUTDOWN if stop else 0.2
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    events = evio.Events(serving=serving, data=data, tick=tick)
+    try:
+        evio.serve(events, f"udp://{host}:{args.port}", poller=args.poller)
+    except (ValueError, OSError) as e:
+        print(f"udp echo server: {e}", file=sys.stderr)
+        return 1
+    print("udp echo server stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
