@@ -62,13 +62,16 @@ class DetachedConn:
         """Send the output the loop still held (blocking)."""
         if self._pending:
             with self._lock:
-                data, self._pending = self._pending, b""
-                if data:
-                    try:
-                        self.socket.sendall(data)
-                    except BaseException:
-                        self._pending = data  # still owed; the caller sees the error
-                        raise
+                # send() in a loop, not sendall(): if a timeout or an error
+                # stops us part-way, exactly the unsent tail stays owed.
+                view = memoryview(self._pending)
+                sent = 0
+                try:
+                    while sent < len(view):
+                        sent += self.socket.send(view[sent:])
+                finally:
+                    self._pending = bytes(view[sent:]) if sent else self._pending
+                    view.release()
 
     def recv(self, bufsize: int = 65536) -> bytes:
         """Read up to ``bufsize`` bytes; ``b""`` means the peer ended its stream."""
@@ -104,12 +107,17 @@ class DetachedConn:
         self.socket.shutdown(how)
 
     def close(self) -> None:
-        """Send what is pending (as far as the peer takes it), then close."""
+        """Send what is pending, then close.
+
+        Sending blocks until the peer has taken it all, the peer is gone, or
+        the timeout set with :meth:`settimeout` passes; then the socket is
+        closed either way.
+        """
         try:
             if self._pending and self.socket.fileno() >= 0:
                 self.flush()
         except OSError:
-            pass  # the peer is gone; nothing more can be delivered
+            pass  # the peer is gone, or the owner's timeout passed
         finally:
             self.socket.close()
 
