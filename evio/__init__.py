@@ -19,6 +19,7 @@ from .detach import DetachedConn
 from .events import Action, Events, Info, InputStream, Options
 from .loop import Server, serve
 from .pollers import Poller, available_pollers
+from .translate import Passthrough, Translator, ZlibTranslator, translate
 
 __all__ = [
     "Action",
@@ -28,11 +29,15 @@ __all__ = [
     "Info",
     "InputStream",
     "Options",
+    "Passthrough",
     "Poller",
     "Server",
+    "Translator",
+    "ZlibTranslator",
     "available_pollers",
     "parse_address",
     "serve",
+    "translate",
 ]
 
 __version__ = "0.1.0"

@@ -138,6 +138,9 @@ class Events:
         tick: ``tick()`` right after ``serving``, then again after the delay
             it returns. May return a delay in seconds, ``(delay, action)``,
             or ``None`` / an `Action` alone to stop ticking.
+        translation: ``(should, factory)``, set by `evio.translate`:
+            which stream connections pass through a translator, and how to
+            make one. Leave it ``None`` and use `evio.translate`.
     """
 
     serving: Callable[[Server], Action | None] | None = None
@@ -148,6 +151,7 @@ class Events:
     prewrite: Callable[[int, int], Action | None] | None = None
     postwrite: Callable[[int, int, int], Action | None] | None = None
     tick: Callable[[], float | tuple[float, Action] | Action | None] | None = None
+    translation: tuple[Callable[[int, Info], bool], Callable[[int, Info], Any]] | None = None
 
 
 _NO_OUTPUT = (None, Action.NONE)

@@ -78,6 +78,7 @@ from .events import (
     split_tick,
 )
 from .pollers import PORTABLE_FALLBACK, READ, WRITE, Poller, make_poller
+from .translate import Translator, as_bytes
 from .udp import UdpSide, is_udp
 from .wake import Waker
 
@@ -164,6 +165,7 @@ class _Conn:
     mask: int = READ
     reuse: bool = False
     err: BaseException | None = None
+    tr: Translator | None = None  # see evio.translate
 
 
 class Server:
@@ -445,6 +447,18 @@ class _Loop:
             dial.done = True
             del self.dials[cid]  # after by_id has it: wake() always finds the id
         opened = self.ev.opened
+        translation = self.ev.translation
+        if translation is not None:
+            try:
+                info = Info(False, index, sock.getsockname(), remote)
+                if translation[0](cid, info):
+                    c.tr = translation[1](cid, info)
+                    wire = c.tr.start()
+                    if wire:
+                        self._write(c, wire, raw=True)
+            except Exception as e:
+                self._fail(c, e, "translate")
+                return
         if opened is not None:
             try:
                 info = Info(False, index, sock.getsockname(), remote)
@@ -496,10 +510,39 @@ class _Loop:
             self._finish(c, None)
             return
         try:
-            self._deliver(c, data)
+            if c.tr is None:
+                self._deliver(c, data)
+            else:
+                self._receive(c, c.tr, data)
         finally:
             if view is not None:
                 view.release()  # the view is valid only during the call
+
+    def _receive(self, c: _Conn, tr: Translator, wire: Any) -> None:
+        """Pump a translator: wire bytes in; its reply out; plaintext to ``data``."""
+        try:
+            plain, reply = tr.receive(as_bytes(wire))
+        except Exception as e:
+            self._translation_failed(c, tr, e)
+            return
+        if reply:
+            self._write(c, reply, raw=True)
+        if plain and c.state is State.OPEN:
+            self._deliver(c, plain)
+        if tr.ended and c.state is State.OPEN:
+            self._finish(c, None)  # the peer ended the protocol stream
+
+    def _translation_failed(self, c: _Conn, tr: Translator, e: Exception) -> None:
+        """The peer broke the translated protocol: send the alert, close with ``e``."""
+        log.debug("translator for connection %d failed: %r", c.id, e)
+        c.tr = None  # nothing more goes through it, close_notify included
+        alert = getattr(tr, "alert", b"")
+        if alert and c.state in _LIVE:
+            self._write(c, alert, raw=True)
+        if c.state is State.OPEN:
+            self._finish(c, e)
+        elif c.err is None:
+            c.err = e
 
     def _deliver(self, c: _Conn, data: Any) -> None:
         """Call ``data(id, data)`` (``data`` is None for a wake) and act on the reply."""
@@ -522,8 +565,21 @@ class _Loop:
 
     # --------------------------------------------------------------- writes
 
-    def _write(self, c: _Conn, out: Any) -> None:
-        """Queue ``out`` behind anything pending, trying to send it at once."""
+    def _write(self, c: _Conn, out: Any, raw: bool = False) -> None:
+        """Queue ``out`` behind anything pending, trying to send it at once.
+
+        Output of a translated connection goes through its translator first,
+        unless ``raw`` (bytes the translator itself produced).
+        """
+        if c.tr is not None and not raw:
+            tr = c.tr
+            try:
+                out = tr.send(as_bytes(out))
+            except Exception as e:
+                self._translation_failed(c, tr, e)
+                return
+            if not out:
+                return  # held back (a handshake in progress)
         if c.out or c.state not in _LIVE:
             if c.state in _LIVE:
                 c.out += out  # append, never replace
@@ -596,6 +652,16 @@ class _Loop:
         """Stop reading; close once pending output has been sent."""
         if c.state is not State.OPEN:
             return
+        if c.tr is not None:
+            tr, c.tr = c.tr, None
+            try:
+                goodbye = tr.close()
+            except Exception:
+                goodbye = b""  # a goodbye is a courtesy; the close goes on
+            if goodbye:
+                self._write(c, goodbye, raw=True)
+                if c.state is not State.OPEN:
+                    return  # the write failed and closed it
         c.state = State.FLUSHING
         c.err = err
         if c.out:
@@ -618,6 +684,9 @@ class _Loop:
         detached = self.ev.detached
         if detached is None:
             self._fail(c, TypeError("Action.DETACH needs a detached callback"), "DETACH")
+            return
+        if c.tr is not None:
+            self._fail(c, TypeError("a translated connection cannot be detached"), "DETACH")
             return
         c.state = State.DETACHED
         self.poller.unregister(c.fd)
@@ -829,6 +898,9 @@ class _Loop:
             for cid in sorted(ids):
                 c = self.by_id.get(cid)
                 if c is not None:
+                    if c.tr is not None and c.state is State.OPEN:
+                        with contextlib.suppress(Exception):
+                            c.out += c.tr.close()  # close_notify, best effort
                     if c.out:
                         with contextlib.suppress(OSError):
                             c.sock.send(c.out)  # one last try; never blocks
