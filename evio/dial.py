@@ -30,14 +30,25 @@ Every dial the server accepted ends in exactly one ``opened`` and one
 
 from __future__ import annotations
 
+import errno
+import heapq
 import ipaddress
+import logging
+import os
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from .addresses import Address, parse_address
+from .events import Action, Events, Info, split_action
+from .pollers import WRITE, Poller
+from .wake import Waker
 
-__all__ = ["Dial", "dial_address", "needs_resolving", "resolve", "targets_now"]
+__all__ = ["Dial", "Dialing", "dial_address", "needs_resolving", "resolve", "targets_now"]
+
+log = logging.getLogger("evio")
 
 _FAMILY = {"tcp": socket.AF_UNSPEC, "tcp4": socket.AF_INET, "tcp6": socket.AF_INET6}
 
@@ -121,3 +132,139 @@ def resolve(a: Address) -> list[tuple[int, Any]]:
     """
     infos = socket.getaddrinfo(a.host, a.port, _FAMILY[a.network], socket.SOCK_STREAM)
     return [(family, sockaddr) for family, _, _, _, sockaddr in infos]
+
+
+class Dialing:
+    """The loop's side of dialing, mixed into the loop.
+
+    Everything here runs on the loop's thread, except `_resolve`, which
+    runs on a resolver thread and only posts its answer back.
+    """
+
+    ev: Events
+    poller: Poller
+    waker: Waker
+    stopping: bool
+    dials: dict[int, Dial]  # by id, until opened or failed
+    connecting: dict[int, Dial]  # by descriptor, while connecting
+    timers: list[tuple[float, int, Dial]]  # dial deadlines (a heap)
+    resolver: ThreadPoolExecutor | None
+
+    def _open(self, sock: socket.socket, remote: Any, index: int,
+              dial: Dial | None = None) -> None:
+        raise NotImplementedError  # the loop's: adopt a connected socket
+
+    def start_dial(self, d: Dial) -> None:
+        """A dial request reached the loop: resolve off the loop, or connect now."""
+        if d.done:
+            return
+        if d.deadline is not None:
+            heapq.heappush(self.timers, (d.deadline, d.id, d))
+        if not needs_resolving(d.address):
+            d.targets = targets_now(d.address)
+            self._dial_next(d)
+            return
+        if self.resolver is None:
+            self.resolver = ThreadPoolExecutor(max_workers=4, thread_name_prefix="evio-resolve")
+        self.resolver.submit(self._resolve, d)
+
+    def _resolve(self, d: Dial) -> None:
+        """On a resolver thread: look the name up, post the answer to the loop."""
+        try:
+            targets: list[tuple[int, Any]] | BaseException = resolve(d.address)
+        except Exception as e:
+            targets = e
+        self.waker.post(partial(self._resolved, d, targets))
+
+    def _resolved(self, d: Dial, targets: list[tuple[int, Any]] | BaseException) -> None:
+        if d.done:
+            return  # timed out meanwhile
+        if isinstance(targets, BaseException):
+            self._dial_failed(d, targets)
+            return
+        d.targets = targets
+        self._dial_next(d)
+
+    def _dial_next(self, d: Dial) -> None:
+        """Start connecting to the next target, or fail with the last error."""
+        while d.targets:
+            family, target = d.targets.pop(0)
+            try:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+            except OSError as e:  # out of descriptors, family not supported
+                d.error = e
+                continue
+            sock.setblocking(False)
+            try:
+                err = sock.connect_ex(target)
+            except OSError as e:  # a unix path too long, and the like
+                sock.close()
+                d.error = e
+                continue
+            if err not in (0, errno.EINPROGRESS):
+                sock.close()
+                d.error = OSError(err, os.strerror(err))
+                continue
+            try:
+                self.poller.register(sock.fileno(), WRITE)
+            except (ValueError, OSError) as e:  # select's FD_SETSIZE
+                sock.close()
+                d.error = e
+                continue
+            if err == 0:  # connected at once (unix sockets usually are)
+                try:
+                    remote = sock.getpeername()
+                except OSError:
+                    remote = d.remote
+                self._open(sock, remote, -1, d)
+            else:
+                d.sock = sock
+                self.connecting[sock.fileno()] = d
+            return
+        self._dial_failed(d, d.error or OSError(errno.EHOSTUNREACH, "no address to dial"))
+
+    def _connected(self, d: Dial) -> None:
+        """The socket of a dial in progress became writable: did it connect?"""
+        sock = d.sock
+        assert sock is not None
+        d.sock = None
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err == 0:
+            try:
+                remote = sock.getpeername()
+            except OSError as e:  # reset between connect and now
+                err = e.errno or errno.ECONNRESET
+            else:
+                self._open(sock, remote, -1, d)
+                return
+        self.poller.unregister(sock.fileno())
+        sock.close()
+        d.error = OSError(err, os.strerror(err))
+        self._dial_next(d)
+
+    def _dial_failed(self, d: Dial, err: BaseException) -> None:
+        """Report a dial that will not connect: opened (closing), then closed."""
+        if d.done:
+            return
+        d.done = True
+        if d.sock is not None:
+            fd = d.sock.fileno()
+            self.connecting.pop(fd, None)
+            self.poller.unregister(fd)
+            d.sock.close()
+            d.sock = None
+        self.dials.pop(d.id, None)
+        ev = self.ev
+        if ev.opened is not None:
+            try:
+                ev.opened(d.id, Info(True, -1, None, d.remote))
+            except Exception:
+                log.exception("opened raised for failed dial %d; ignored", d.id)
+        if ev.closed is not None:
+            try:
+                action = split_action(ev.closed(d.id, err), "closed")
+            except Exception:
+                log.exception("closed raised for dial %d; ignored", d.id)
+                return
+            if action is Action.SHUTDOWN:
+                self.stopping = True

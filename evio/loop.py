@@ -54,19 +54,16 @@ import errno
 import heapq
 import itertools
 import logging
-import os
 import socket
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from enum import Enum
 from functools import partial
 from typing import Any
 
 from .addresses import Listener, bind_all, parse_address
 from .detach import DetachedConn
-from .dial import Dial, dial_address, needs_resolving, resolve, targets_now
+from .dial import Dial, Dialing, dial_address
 from .events import (
     Action,
     Events,
@@ -77,6 +74,7 @@ from .events import (
     split_reply,
     split_tick,
 )
+from .lifecycle import LIFECYCLE, LIVE, Conn, State
 from .pollers import PORTABLE_FALLBACK, READ, WRITE, Poller, make_poller
 from .translate import Translator, as_bytes
 from .udp import UdpSide, is_udp
@@ -102,70 +100,6 @@ somewhere past 24 days, and waking once a day to find nothing due is free."""
 _ACCEPT_SKIP = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
 # accept() errors that mean "out of descriptors or memory": back off.
 _ACCEPT_BACKOFF = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-
-
-class State(Enum):
-    """Where a connection is in its life (see `LIFECYCLE`)."""
-
-    OPEN = "open"
-    FLUSHING = "flushing"
-    CLOSED = "closed"
-    DETACHED = "detached"
-
-
-_LIVE = (State.OPEN, State.FLUSHING)
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """One row of the connection lifecycle table."""
-
-    source: str
-    event: str
-    target: str
-    effect: str
-
-
-LIFECYCLE: tuple[Transition, ...] = (
-    Transition("accepted", "opened returns", "open", "opened's output is written first"),
-    Transition("dialing", "connected", "open", "opened(id, info) with addr_index -1"),
-    Transition("dialing", "refused, unresolvable or timed out", "closed",
-               "opened with info.closing, then closed(id, err)"),
-    Transition("dialing", "SHUTDOWN", "closed",
-               "opened with info.closing, then closed(id, ConnectionAbortedError)"),
-    Transition("open", "bytes read", "open", "data(id, bytes); its output is appended"),
-    Transition("open", "CLOSE returned", "flushing", "reading stops"),
-    Transition("open", "peer's end of stream", "flushing", "reading stops"),
-    Transition("open", "callback raised", "flushing", "reading stops; err is kept"),
-    Transition("open", "read or write error", "closed", "pending output is dropped"),
-    Transition("open", "prewrite or postwrite raised", "closed", "pending output is dropped"),
-    Transition("flushing", "output drained", "closed", "closed(id, err)"),
-    Transition("flushing", "write error", "closed", "closed(id, err)"),
-    Transition("open", "DETACH returned", "detached",
-               "detached(id, conn); pending output goes with conn"),
-    Transition("flushing", "DETACH returned", "detached",
-               "detached(id, conn); pending output goes with conn"),
-    Transition("open", "SHUTDOWN", "closed", "one last non-blocking write"),
-    Transition("flushing", "SHUTDOWN", "closed", "one last non-blocking write"),
-)
-"""The connection lifecycle as data: the spec page's table and diagram are
-checked against it."""
-
-
-@dataclass(slots=True, eq=False)
-class _Conn:
-    """Per-connection state. ``mask`` is what the poller was last told."""
-
-    id: int
-    sock: socket.socket
-    fd: int
-    addr_index: int
-    out: bytearray = field(default_factory=bytearray)
-    state: State = State.OPEN
-    mask: int = READ
-    reuse: bool = False
-    err: BaseException | None = None
-    tr: Translator | None = None  # see evio.translate
 
 
 class Server:
@@ -290,7 +224,7 @@ def serve(events: Events, *addrs: str, poller: str | Poller | None = None) -> No
     _Loop(events, listeners, backend).run()
 
 
-class _Loop:
+class _Loop(Dialing):
     """One run of `serve()`. Not reusable."""
 
     def __init__(self, events: Events, listeners: list[Listener], poller: Poller) -> None:
@@ -299,8 +233,8 @@ class _Loop:
         self.by_lfd = {lst.sock.fileno(): (i, lst) for i, lst in enumerate(listeners)}
         self.poller = poller
         self.udp_lfds = {lst.sock.fileno() for lst in listeners if is_udp(lst)}
-        self.conns: dict[int, _Conn] = {}  # by descriptor
-        self.by_id: dict[int, _Conn] = {}
+        self.conns: dict[int, Conn] = {}  # by descriptor
+        self.by_id: dict[int, Conn] = {}
         self.ids = itertools.count(1)  # next() is atomic: dial() draws ids from any thread
         self.waker = Waker()
         self.dials: dict[int, Dial] = {}  # by id, until opened or failed
@@ -381,15 +315,15 @@ class _Loop:
 
     # ------------------------------------------------------------- dispatch
 
-    def _on_ready(self, c: _Conn, mask: int) -> None:
+    def _on_ready(self, c: Conn, mask: int) -> None:
         if mask & WRITE and c.out:
             self._flush(c)
         if mask & READ and c.state is State.OPEN:
             self._read(c)
-        if c.state in _LIVE:
+        if c.state in LIVE:
             self._sync(c)
 
-    def _sync(self, c: _Conn) -> None:
+    def _sync(self, c: Conn) -> None:
         """Derive the wanted interest from state; tell the poller if it changed."""
         want = (READ if c.state is State.OPEN else 0) | (WRITE if c.out else 0)
         if want != c.mask:
@@ -440,7 +374,7 @@ class _Loop:
         else:
             self.poller.modify(fd, READ)  # it was registered for the connect
             cid = dial.id
-        c = _Conn(cid, sock, fd, index)
+        c = Conn(cid, sock, fd, index)
         self.conns[fd] = c
         self.by_id[cid] = c
         if dial is not None:
@@ -474,10 +408,10 @@ class _Loop:
                 self._act(c, action)
         if dial is not None and dial.woken and c.state is State.OPEN:
             self._deliver(c, None)  # the wake that arrived while dialing
-        if c.state in _LIVE:
+        if c.state in LIVE:
             self._sync(c)
 
-    def _apply_options(self, c: _Conn, options: Options) -> None:
+    def _apply_options(self, c: Conn, options: Options) -> None:
         c.reuse = options.reuse_input_buffer
         ka = options.tcp_keepalive
         if ka is not None and c.sock.family != socket.AF_UNIX:
@@ -491,7 +425,7 @@ class _Loop:
             if hasattr(socket, "TCP_KEEPINTVL"):
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, secs)
 
-    def _read(self, c: _Conn) -> None:
+    def _read(self, c: Conn) -> None:
         view = None
         try:
             if c.reuse:
@@ -518,7 +452,7 @@ class _Loop:
             if view is not None:
                 view.release()  # the view is valid only during the call
 
-    def _receive(self, c: _Conn, tr: Translator, wire: Any) -> None:
+    def _receive(self, c: Conn, tr: Translator, wire: Any) -> None:
         """Pump a translator: wire bytes in; its reply out; plaintext to ``data``."""
         try:
             plain, reply = tr.receive(as_bytes(wire))
@@ -532,19 +466,19 @@ class _Loop:
         if tr.ended and c.state is State.OPEN:
             self._finish(c, None)  # the peer ended the protocol stream
 
-    def _translation_failed(self, c: _Conn, tr: Translator, e: Exception) -> None:
+    def _translation_failed(self, c: Conn, tr: Translator, e: Exception) -> None:
         """The peer broke the translated protocol: send the alert, close with ``e``."""
         log.debug("translator for connection %d failed: %r", c.id, e)
         c.tr = None  # nothing more goes through it, close_notify included
         alert = getattr(tr, "alert", b"")
-        if alert and c.state in _LIVE:
+        if alert and c.state in LIVE:
             self._write(c, alert, raw=True)
         if c.state is State.OPEN:
             self._finish(c, e)
         elif c.err is None:
             c.err = e
 
-    def _deliver(self, c: _Conn, data: Any) -> None:
+    def _deliver(self, c: Conn, data: Any) -> None:
         """Call ``data(id, data)`` (``data`` is None for a wake) and act on the reply."""
         try:
             r = self.ev.data(c.id, data) if self.ev.data is not None else None
@@ -565,7 +499,7 @@ class _Loop:
 
     # --------------------------------------------------------------- writes
 
-    def _write(self, c: _Conn, out: Any, raw: bool = False) -> None:
+    def _write(self, c: Conn, out: Any, raw: bool = False) -> None:
         """Queue ``out`` behind anything pending, trying to send it at once.
 
         Output of a translated connection goes through its translator first,
@@ -580,8 +514,8 @@ class _Loop:
                 return
             if not out:
                 return  # held back (a handshake in progress)
-        if c.out or c.state not in _LIVE:
-            if c.state in _LIVE:
+        if c.out or c.state not in LIVE:
+            if c.state in LIVE:
                 c.out += out  # append, never replace
             return
         ev = self.ev
@@ -599,7 +533,7 @@ class _Loop:
         if ev.postwrite is not None:
             self._around(c, ev.postwrite, (c.id, n, len(c.out)))
 
-    def _flush(self, c: _Conn) -> None:
+    def _flush(self, c: Conn) -> None:
         """The socket is writable: send as much pending output as it takes."""
         ev = self.ev
         if ev.prewrite is not None and not self._around(c, ev.prewrite, (c.id, len(c.out))):
@@ -619,7 +553,7 @@ class _Loop:
         if not c.out and c.state is State.FLUSHING:
             self._close(c, c.err)
 
-    def _around(self, c: _Conn, cb: Any, args: tuple[int, ...]) -> bool:
+    def _around(self, c: Conn, cb: Any, args: tuple[int, ...]) -> bool:
         """Call prewrite/postwrite; False if the connection did not survive it."""
         try:
             action = split_action(cb(*args), cb.__name__ if hasattr(cb, "__name__") else "")
@@ -630,11 +564,11 @@ class _Loop:
             return False
         if action is not Action.NONE:
             self._act(c, action)
-        return c.state in _LIVE
+        return c.state in LIVE
 
     # -------------------------------------------------------------- actions
 
-    def _act(self, c: _Conn, action: Action) -> None:
+    def _act(self, c: Conn, action: Action) -> None:
         if action is Action.CLOSE:
             self._finish(c, None)
         elif action is Action.SHUTDOWN:
@@ -648,7 +582,7 @@ class _Loop:
         elif action is not Action.NONE:
             raise TypeError(f"{action} names a connection; it cannot be returned here")
 
-    def _finish(self, c: _Conn, err: BaseException | None) -> None:
+    def _finish(self, c: Conn, err: BaseException | None) -> None:
         """Stop reading; close once pending output has been sent."""
         if c.state is not State.OPEN:
             return
@@ -669,7 +603,7 @@ class _Loop:
         else:
             self._close(c, err)
 
-    def _fail(self, c: _Conn, e: Exception, where: str) -> None:
+    def _fail(self, c: Conn, e: Exception, where: str) -> None:
         """A connection callback raised: log it, finish the connection with it."""
         log.error("%s raised for connection %d; closing it", where, c.id, exc_info=e)
         if c.state is State.OPEN:
@@ -677,9 +611,9 @@ class _Loop:
         elif c.err is None:
             c.err = e
 
-    def _detach(self, c: _Conn) -> None:
+    def _detach(self, c: Conn) -> None:
         """Hand the socket, and the output still pending, to ``detached``."""
-        if c.state not in _LIVE:
+        if c.state not in LIVE:
             return
         detached = self.ev.detached
         if detached is None:
@@ -702,8 +636,8 @@ class _Loop:
         if action is Action.SHUTDOWN:
             self.stopping = True
 
-    def _close(self, c: _Conn, err: BaseException | None) -> None:
-        if c.state not in _LIVE:
+    def _close(self, c: Conn, err: BaseException | None) -> None:
+        if c.state not in LIVE:
             return
         c.state = State.CLOSED
         self.poller.unregister(c.fd)
@@ -732,129 +666,12 @@ class _Loop:
             if c is not None:
                 if c.state is State.OPEN:
                     self._deliver(c, None)
-                    if c.state in _LIVE:
+                    if c.state in LIVE:
                         self._sync(c)
             elif cid in self.dials:
                 self.dials[cid].woken = True  # delivered once it opens
             if self.stopping:
                 return
-
-    # ---------------------------------------------------------------- dials
-
-    def start_dial(self, d: Dial) -> None:
-        """A dial request reached the loop: resolve off the loop, or connect now."""
-        if d.done:
-            return
-        if d.deadline is not None:
-            heapq.heappush(self.timers, (d.deadline, d.id, d))
-        if not needs_resolving(d.address):
-            d.targets = targets_now(d.address)
-            self._dial_next(d)
-            return
-        if self.resolver is None:
-            self.resolver = ThreadPoolExecutor(max_workers=4, thread_name_prefix="evio-resolve")
-        self.resolver.submit(self._resolve, d)
-
-    def _resolve(self, d: Dial) -> None:
-        """On a resolver thread: look the name up, post the answer to the loop."""
-        try:
-            targets: list[tuple[int, Any]] | BaseException = resolve(d.address)
-        except Exception as e:
-            targets = e
-        self.waker.post(partial(self._resolved, d, targets))
-
-    def _resolved(self, d: Dial, targets: list[tuple[int, Any]] | BaseException) -> None:
-        if d.done:
-            return  # timed out meanwhile
-        if isinstance(targets, BaseException):
-            self._dial_failed(d, targets)
-            return
-        d.targets = targets
-        self._dial_next(d)
-
-    def _dial_next(self, d: Dial) -> None:
-        """Start connecting to the next target, or fail with the last error."""
-        while d.targets:
-            family, target = d.targets.pop(0)
-            try:
-                sock = socket.socket(family, socket.SOCK_STREAM)
-            except OSError as e:  # out of descriptors, family not supported
-                d.error = e
-                continue
-            sock.setblocking(False)
-            try:
-                err = sock.connect_ex(target)
-            except OSError as e:  # a unix path too long, and the like
-                sock.close()
-                d.error = e
-                continue
-            if err not in (0, errno.EINPROGRESS):
-                sock.close()
-                d.error = OSError(err, os.strerror(err))
-                continue
-            try:
-                self.poller.register(sock.fileno(), WRITE)
-            except (ValueError, OSError) as e:  # select's FD_SETSIZE
-                sock.close()
-                d.error = e
-                continue
-            if err == 0:  # connected at once (unix sockets usually are)
-                try:
-                    remote = sock.getpeername()
-                except OSError:
-                    remote = d.remote
-                self._open(sock, remote, -1, d)
-            else:
-                d.sock = sock
-                self.connecting[sock.fileno()] = d
-            return
-        self._dial_failed(d, d.error or OSError(errno.EHOSTUNREACH, "no address to dial"))
-
-    def _connected(self, d: Dial) -> None:
-        """The socket of a dial in progress became writable: did it connect?"""
-        sock = d.sock
-        assert sock is not None
-        d.sock = None
-        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err == 0:
-            try:
-                remote = sock.getpeername()
-            except OSError as e:  # reset between connect and now
-                err = e.errno or errno.ECONNRESET
-            else:
-                self._open(sock, remote, -1, d)
-                return
-        self.poller.unregister(sock.fileno())
-        sock.close()
-        d.error = OSError(err, os.strerror(err))
-        self._dial_next(d)
-
-    def _dial_failed(self, d: Dial, err: BaseException) -> None:
-        """Report a dial that will not connect: opened (closing), then closed."""
-        if d.done:
-            return
-        d.done = True
-        if d.sock is not None:
-            fd = d.sock.fileno()
-            self.connecting.pop(fd, None)
-            self.poller.unregister(fd)
-            d.sock.close()
-            d.sock = None
-        self.dials.pop(d.id, None)
-        ev = self.ev
-        if ev.opened is not None:
-            try:
-                ev.opened(d.id, Info(True, -1, None, d.remote))
-            except Exception:
-                log.exception("opened raised for failed dial %d; ignored", d.id)
-        if ev.closed is not None:
-            try:
-                action = split_action(ev.closed(d.id, err), "closed")
-            except Exception:
-                log.exception("closed raised for dial %d; ignored", d.id)
-                return
-            if action is Action.SHUTDOWN:
-                self.stopping = True
 
     # --------------------------------------------------------------- timers
 

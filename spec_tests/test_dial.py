@@ -27,7 +27,7 @@ import pytest
 from harness import DEADLINE, Recorder, echo_events, recv_all, recv_exactly, running, wait_for
 
 import evio
-import evio.loop
+import evio.dial
 from evio import Action
 
 MiB = 1 << 20
@@ -112,7 +112,7 @@ def accept(lst: socket.socket, r: Any) -> socket.socket:
 
 
 class FakeResolver:
-    """Stands in for ``evio.loop.resolve``: the answer and its timing are the test's.
+    """Stands in for ``evio.dial.resolve``: the answer and its timing are the test's.
 
     Each call records the thread it ran on, waits for `gate` (if ``gated``)
     or ``delay`` seconds, then returns ``answer`` (or raises it).
@@ -145,7 +145,7 @@ def fake_resolver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     def install(answer: Any, delay: float = 0.0, gated: bool = False) -> FakeResolver:
         fake = FakeResolver(answer, delay, gated)
         made.append(fake)
-        monkeypatch.setattr(evio.loop, "resolve", fake)
+        monkeypatch.setattr(evio.dial, "resolve", fake)
         return fake
 
     yield install
