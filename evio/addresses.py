@@ -42,6 +42,8 @@ __all__ = ["Address", "Listener", "bind_all", "parse_address"]
 
 _STREAM = {"tcp": socket.AF_UNSPEC, "tcp4": socket.AF_INET, "tcp6": socket.AF_INET6}
 _DGRAM = {"udp": socket.AF_UNSPEC, "udp4": socket.AF_INET, "udp6": socket.AF_INET6}
+DEFAULT_UNIX_MODE = 0o600
+"""Unix socket files are owner-only unless the address says ``?mode=``."""
 _TRUE = {"1", "true", "yes"}
 _FALSE = {"0", "false", "no"}
 
@@ -61,6 +63,8 @@ class Address:
         reuseport: Whether ``SO_REUSEPORT`` is set.
         portable: Whether the scheme ended in ``-net``, asking for the
             portable fallback poller.
+        mode: For ``unix``: the socket file's permissions (``?mode=0660``);
+            owner-only (0600) unless given.
     """
 
     text: str
@@ -70,6 +74,7 @@ class Address:
     path: str = ""
     reuseport: bool = False
     portable: bool = False
+    mode: int = 0o600
 
     @property
     def is_udp(self) -> bool:
@@ -112,9 +117,19 @@ def parse_address(text: str) -> Address:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
     except ValueError as e:
         raise bad(f"cannot parse options {query!r}") from e
+    mode = DEFAULT_UNIX_MODE
     for key, value in pairs:
+        if key == "mode" and network == "unix":
+            if not (value.isascii() and value.isdigit() and set(value) <= set("01234567")):
+                raise bad(f"mode must be octal permissions like 0600, not {value!r}")
+            mode = int(value, 8)
+            if mode > 0o777:
+                raise bad(f"mode {value} is more than permission bits (0777)")
+            continue
         if key != "reuseport":
-            raise bad(f"unknown option {key!r} (the only option is reuseport)")
+            raise bad(
+                f"unknown option {key!r} (options: reuseport; mode for unix addresses)"
+            )
         v = value.lower()
         if v in _TRUE:
             reuseport = True
@@ -128,7 +143,9 @@ def parse_address(text: str) -> Address:
             raise bad("a unix address needs a path")
         if "\0" in rest:
             raise bad("a unix path cannot contain NUL")
-        return Address(text, network, path=rest, reuseport=reuseport, portable=portable)
+        return Address(
+            text, network, path=rest, reuseport=reuseport, portable=portable, mode=mode
+        )
 
     host, port = _split_host_port(rest, bad)
     if network.endswith("4") and ":" in host:
@@ -284,6 +301,9 @@ def _bind_unix(a: Address, backlog: int) -> Listener:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(target)
+        if not abstract:
+            # Before listen(): nobody can connect until the mode is right.
+            os.chmod(path, a.mode)
         sock.listen(backlog)
         sock.setblocking(False)
     except BaseException:

@@ -72,18 +72,38 @@ class Options:
             into the loop's shared read buffer, valid only during that call
             (the loop releases it afterwards). When false (the default),
             ``data`` receives ``bytes`` that the callback owns.
+        high_water: When more than this many bytes of output are pending,
+            the loop stops reading the connection ...
+        low_water: ... until no more than this many are pending.
+        idle_timeout: Seconds without a byte read or written after which
+            the connection is closed with ``closed(id, TimeoutError)``;
+            ``None`` (the default) never.
 
     Raises:
-        ValueError: ``tcp_keepalive`` is not a positive number.
+        ValueError: ``tcp_keepalive`` or ``idle_timeout`` is not a positive
+            finite number, or the water marks are not ``0 <= low_water <=
+            high_water``.
     """
 
     tcp_keepalive: float | None = None
     reuse_input_buffer: bool = False
+    high_water: int = 65536
+    low_water: int = 16384
+    idle_timeout: float | None = None
 
     def __post_init__(self) -> None:
-        ka = self.tcp_keepalive
-        if ka is not None and (isinstance(ka, bool) or not ka > 0):
-            raise ValueError(f"tcp_keepalive must be a positive number of seconds, not {ka!r}")
+        for name in ("tcp_keepalive", "idle_timeout"):
+            v = getattr(self, name)
+            if v is not None and (
+                isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < float("inf")
+            ):
+                raise ValueError(f"{name} must be a positive number of seconds, not {v!r}")
+        hi, lo = self.high_water, self.low_water
+        if not (type(hi) is int and type(lo) is int and 0 <= lo <= hi):
+            raise ValueError(
+                f"water marks must be integers with 0 <= low_water <= high_water, "
+                f"not low_water={lo!r}, high_water={hi!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,6 +56,9 @@ LIFECYCLE: tuple[Transition, ...] = (
     Transition("dialing", "SHUTDOWN", "closed",
                "opened with info.closing, then closed(id, ConnectionAbortedError)"),
     Transition("open", "bytes read", "open", "data(id, bytes); its output is appended"),
+    Transition("open", "output above the high-water mark", "open", "reading pauses"),
+    Transition("open", "output at or below the low-water mark", "open", "reading resumes"),
+    Transition("open", "idle timeout", "closed", "pending output is dropped; err is TimeoutError"),
     Transition("open", "CLOSE returned", "flushing", "reading stops"),
     Transition("open", "peer's end of stream", "flushing", "reading stops"),
     Transition("open", "callback raised", "flushing", "reading stops; err is kept"),
@@ -88,3 +91,8 @@ class Conn:
     reuse: bool = False
     err: BaseException | None = None
     tr: Translator | None = None  # see evio.translate
+    paused: bool = False  # reading paused: output above the high-water mark
+    high: int = 65536
+    low: int = 16384
+    idle: float | None = None  # idle timeout, seconds
+    last: float = 0.0  # time.monotonic() of the last byte read or written

@@ -178,6 +178,22 @@ class Server:
             raise RuntimeError(f"cannot dial {addr!r}: the server has shut down")
         return cid
 
+    def pending(self, id: int) -> int:
+        """Bytes of output queued for stream connection ``id`` and not yet sent.
+
+        For the loop's thread only. 0 for an unknown or closed id.
+        """
+        c = self._loop.by_id.get(id)
+        return len(c.out) if c is not None else 0
+
+    def paused(self, id: int) -> bool:
+        """Whether reading from ``id`` is paused by flow control.
+
+        For the loop's thread only. False for an unknown or closed id.
+        """
+        c = self._loop.by_id.get(id)
+        return c is not None and c.paused
+
     def __repr__(self) -> str:
         return f"<evio.Server poller={self.poller} addrs={list(self.addrs)!r}>"
 
@@ -240,6 +256,7 @@ class _Loop(Dialing):
         self.dials: dict[int, Dial] = {}  # by id, until opened or failed
         self.connecting: dict[int, Dial] = {}  # by descriptor, while connecting
         self.timers: list[tuple[float, int, Dial]] = []  # dial deadlines (a heap)
+        self.idle_timers: list[tuple[float, int]] = []  # (deadline, id) (a heap)
         self.resolver: ThreadPoolExecutor | None = None
         self.udp = UdpSide(self)
         self.stopping = False
@@ -294,7 +311,8 @@ class _Loop(Dialing):
                 if rang and not self.stopping:
                     self._wakes()
                 # timers
-                if self.next_tick is not None or self.accept_retry_at or self.timers:
+                if (self.next_tick is not None or self.accept_retry_at or self.timers
+                        or self.idle_timers):
                     self._timers()
         finally:
             # shutdown
@@ -309,6 +327,11 @@ class _Loop(Dialing):
         due = [t for t in (self.next_tick, self.accept_retry_at) if t is not None]
         if timers:
             due.append(timers[0][0])
+        idle = self.idle_timers
+        while idle and idle[0][1] not in self.by_id:
+            heapq.heappop(idle)  # that connection is gone
+        if idle:
+            due.append(idle[0][0])
         if not due:
             return None
         return min(MAX_POLL_WAIT, max(0.0, min(due) - time.monotonic()))
@@ -318,14 +341,24 @@ class _Loop(Dialing):
     def _on_ready(self, c: Conn, mask: int) -> None:
         if mask & WRITE and c.out:
             self._flush(c)
-        if mask & READ and c.state is State.OPEN:
+        if mask & READ and c.state is State.OPEN and not c.paused:
             self._read(c)
         if c.state in LIVE:
             self._sync(c)
 
     def _sync(self, c: Conn) -> None:
-        """Derive the wanted interest from state; tell the poller if it changed."""
-        want = (READ if c.state is State.OPEN else 0) | (WRITE if c.out else 0)
+        """Derive the wanted interest from state; tell the poller if it changed.
+
+        Reading pauses while more than ``high`` bytes are pending and
+        resumes once no more than ``low`` are (flow control).
+        """
+        pending = len(c.out)
+        if c.paused:
+            if pending <= c.low:
+                c.paused = False
+        elif pending > c.high:
+            c.paused = True
+        want = (READ if c.state is State.OPEN and not c.paused else 0) | (WRITE if pending else 0)
         if want != c.mask:
             self.poller.modify(c.fd, want)
             c.mask = want
@@ -413,6 +446,11 @@ class _Loop(Dialing):
 
     def _apply_options(self, c: Conn, options: Options) -> None:
         c.reuse = options.reuse_input_buffer
+        c.high, c.low = options.high_water, options.low_water
+        if options.idle_timeout is not None:
+            c.idle = options.idle_timeout
+            c.last = time.monotonic()
+            heapq.heappush(self.idle_timers, (c.last + c.idle, c.id))
         ka = options.tcp_keepalive
         if ka is not None and c.sock.family != socket.AF_UNIX:
             s = c.sock
@@ -443,6 +481,8 @@ class _Loop(Dialing):
             # The peer's end of stream: no more data; send what is pending.
             self._finish(c, None)
             return
+        if c.idle is not None:
+            c.last = time.monotonic()
         try:
             if c.tr is None:
                 self._deliver(c, data)
@@ -528,6 +568,8 @@ class _Loop(Dialing):
         except OSError as e:
             self._close(c, e)
             return
+        if n and c.idle is not None:
+            c.last = time.monotonic()
         if n < len(out):
             c.out += memoryview(out)[n:]
         if ev.postwrite is not None:
@@ -546,6 +588,8 @@ class _Loop(Dialing):
             self._close(c, e)
             return
         del c.out[:n]
+        if n and c.idle is not None:
+            c.last = time.monotonic()
         if ev.postwrite is not None and not self._around(
             c, ev.postwrite, (c.id, n, len(c.out))
         ):
@@ -681,6 +725,18 @@ class _Loop(Dialing):
             _, _, d = heapq.heappop(self.timers)
             if not d.done:
                 self._dial_failed(d, TimeoutError(f"dial {d.address.text!r} timed out"))
+        idle = self.idle_timers
+        while idle and idle[0][0] <= now:
+            _, cid = heapq.heappop(idle)
+            c = self.by_id.get(cid)
+            if c is None or c.idle is None:
+                continue
+            due = c.last + c.idle
+            if due > now:
+                heapq.heappush(idle, (due, cid))  # it was active since: look again then
+                continue
+            c.out.clear()  # nobody is reading it: an idle peer gets nothing more
+            self._close(c, TimeoutError(f"connection {cid} idle for {c.idle}s"))
         if self.accept_retry_at is not None and now >= self.accept_retry_at:
             self.accept_retry_at = None
             for lfd in self.paused:

@@ -24,6 +24,7 @@ import evio
 from evio import Action
 
 MiB = 1 << 20
+NO_FLOW_CONTROL = 1 << 40  # a high-water mark no test reaches
 
 
 def pattern(n: int, seed: int = 0) -> bytes:
@@ -85,8 +86,10 @@ class Owner:
         """An echo server that records opened/data/closed and detaches into ``self``."""
         rec = self.rec
 
-        def opened(cid: int, info: evio.Info) -> None:
+        def opened(cid: int, info: evio.Info) -> evio.Options:
             rec.add("opened", cid, info)
+            # These tests keep reading while output is pending: no flow control.
+            return evio.Options(high_water=NO_FLOW_CONTROL)
 
         def data(cid: int, d: bytes | None) -> bytes | None:
             rec.add("data", cid, d)

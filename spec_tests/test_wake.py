@@ -540,7 +540,13 @@ def test_wake_after_the_peer_ended_its_stream_is_dropped(poller: str, addr: str)
         rec.add("data", cid, d)
         return BIG if d == b"go" else None
 
-    ev = echo_events(rec, data=data, postwrite=lambda cid, n, rem: remaining.append(rem))
+    def opened(cid: int, info: evio.Info) -> evio.Options:
+        rec.add("opened", cid, info)
+        # The end of stream is read while output is pending: no flow control.
+        return evio.Options(high_water=1 << 40)
+
+    ev = echo_events(rec, opened=opened, data=data,
+                     postwrite=lambda cid, n, rem: remaining.append(rem))
     with running(ev, addr, poller=counting) as r:
         ending, sentinel = r.connect(), r.connect()
         wait_for(lambda: len(rec.ids()) == 2, what="both opened")

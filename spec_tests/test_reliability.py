@@ -1,0 +1,258 @@
+"""Conformance: reliability (docs/spec/reliability.md), over every poller and family."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import Recorder, echo_events, recv_exactly, running, wait_for
+
+import evio
+from evio import Action
+
+MiB = 1 << 20
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pattern(n: int, seed: int = 0) -> bytes:
+    block = bytes((i * 7 + seed * 13 + (i >> 8)) & 0xFF for i in range(65521))
+    return (block * (n // len(block) + 1))[:n]
+
+
+# ---------------------------------------------------------- flow control
+
+
+@pytest.mark.rule("REL-1", "REL-2", "REL-3")
+@pytest.mark.parametrize("marks", [None, (256 * 1024, 1024)], ids=["default", "custom"])
+def test_a_peer_that_does_not_read_cannot_grow_the_server(
+    poller: str, addr: str, marks: tuple[int, int] | None
+) -> None:
+    high, low = marks or (65536, 16384)
+    most: list[int] = []
+    paused: list[bool] = []
+    server: list[evio.Server] = []
+
+    def opened(cid: int, info: evio.Info) -> Any:
+        return evio.Options(high_water=high, low_water=low) if marks else None
+
+    def data(cid: int, d: bytes) -> bytes:
+        most.append(server[0].pending(cid))
+        return d  # echo: the peer must read to keep the server reading
+
+    def tick() -> float:
+        if server and server[0].pending(1):
+            paused.append(server[0].paused(1))
+        return 0.01
+
+    ev = evio.Events(serving=server.append, opened=opened, data=data, tick=tick)
+    payload = pattern(24 * MiB, 3)
+    with running(ev, addr, poller=poller) as r:
+        c = r.connect()
+        c.settimeout(30)
+        sender = threading.Thread(target=c.sendall, args=(payload,), daemon=True)
+        sender.start()
+        time.sleep(0.5)
+        assert sender.is_alive(), "24 MiB went in without anyone reading the echo"
+        wait_for(lambda: any(paused), what="reading paused")
+        got = recv_exactly(c, len(payload))  # now read: everything comes back
+        sender.join(10)
+    assert got == payload
+    # What was pending when data was called never passed the mark by more
+    # than one read's echo.
+    assert max(most) <= high + 65536
+    assert server[0].pending(1) == 0 and server[0].paused(1) is False  # unknown now
+
+
+@pytest.mark.rule("REL-3")
+def test_a_producer_streams_in_pieces(poller: str, addr: str) -> None:
+    piece, pieces = 64 * 1024, 256  # 16 MiB, never more than a piece or two in memory
+    sent = [0]
+    most = [0]
+    server: list[evio.Server] = []
+
+    def piece_no(i: int) -> bytes:
+        return i.to_bytes(4, "big") * (piece // 4)  # each piece tells its number
+
+    def next_piece() -> bytes:
+        sent[0] += 1
+        return piece_no(sent[0] - 1)
+
+    def data(cid: int, d: bytes | None) -> Any:
+        if d is None:  # woken: the socket took enough, here is more
+            if sent[0] == pieces:
+                return None
+            return next_piece()
+        return next_piece() if d == b"stream" else None
+
+    def postwrite(cid: int, n: int, remaining: int) -> None:
+        most[0] = max(most[0], remaining)
+        if remaining <= 16384 and 0 < sent[0] < pieces:
+            server[0].wake(cid)
+
+    ev = evio.Events(serving=server.append, data=data, postwrite=postwrite)
+    with running(ev, addr, poller=poller) as r:
+        c = r.connect()
+        c.sendall(b"stream")
+        got = recv_exactly(c, piece * pieces)
+    assert got == b"".join(piece_no(i) for i in range(pieces))
+    assert most[0] <= piece + 16384
+
+
+# ------------------------------------------------------------ half-close
+
+
+@pytest.mark.rule("REL-1")
+def test_reading_resumes_at_the_low_water_mark(poller: str, addr: str) -> None:
+    """Paused at the high mark, the loop reads again once the peer drains it."""
+    rec = Recorder()
+    big = pattern(64 * MiB, 9)  # more than the kernel buffers hold
+
+    def data(cid: int, d: bytes) -> Any:
+        rec.add("data", cid, d)
+        return big if d == b"big" else d
+
+    with running(echo_events(rec, data=data), addr, poller=poller) as r:
+        c = r.connect()
+        c.sendall(b"big")
+        wait_for(lambda: rec.of("data"))
+        c.sendall(b"after")  # not read while the rest is pending...
+        time.sleep(0.2)
+        assert [p for _, p in rec.of("data")] == [b"big"]
+        assert recv_exactly(c, len(big)) == big  # ...then read once drained
+        assert recv_exactly(c, 5) == b"after"
+
+
+# ---------------------------------------------------------------- idle
+
+
+@pytest.mark.rule("REL-4")
+def test_idle_connections_are_closed_with_timeout_error(poller: str, addr: str) -> None:
+    rec = Recorder()
+    ev = echo_events(rec, opened=lambda cid, info: evio.Options(idle_timeout=0.3))
+    with running(ev, addr, poller=poller) as r:
+        idle, busy = r.connect(), r.connect()
+        start = time.monotonic()
+        # The busy one talks every 0.1 s for 1 s: never idle for 0.3 s.
+        while time.monotonic() - start < 1.0:
+            busy.sendall(b"x")
+            assert recv_exactly(busy, 1) == b"x"
+            time.sleep(0.1)
+        assert idle.recv(10) == b""  # closed by the server long ago
+        closed = dict(rec.of("closed"))
+        assert list(closed) == [1]
+        assert isinstance(closed[1], TimeoutError)
+        busy.sendall(b"y")
+        assert recv_exactly(busy, 1) == b"y"
+
+
+@pytest.mark.rule("REL-4")
+def test_idle_timeout_drops_output_nobody_reads(poller: str, addr: str) -> None:
+    rec = Recorder()
+    ev = echo_events(
+        rec,
+        opened=lambda cid, info: evio.Options(idle_timeout=0.3),
+        data=lambda cid, d: b"z" * (32 * MiB),
+    )
+    with running(ev, addr, poller=poller) as r:
+        c = r.connect()
+        c.sendall(b"go")  # then never read: the server's writes stall
+        wait_for(lambda: rec.of("closed"), timeout=10)
+    (_cid, err), = rec.of("closed")
+    assert isinstance(err, TimeoutError)
+
+
+@pytest.mark.rule("REL-4", "EV-14")
+@pytest.mark.parametrize("bad", [
+    {"idle_timeout": 0}, {"idle_timeout": -1}, {"idle_timeout": float("inf")},
+    {"high_water": 10, "low_water": 20}, {"low_water": -1}, {"high_water": 1.5},
+], ids=repr)
+def test_bad_options_are_value_errors(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        evio.Options(**bad)
+
+
+# ----------------------------------------------------------- unix modes
+
+
+@pytest.mark.rule("REL-5")
+@pytest.mark.parametrize(("query", "mode"), [("", 0o600), ("?mode=0660", 0o660),
+                                             ("?mode=666", 0o666)])
+def test_unix_socket_file_permissions(poller: str, tmp_path: Path, query: str,
+                                      mode: int) -> None:
+    path = tmp_path / "s.sock"
+    seen: list[int] = []
+
+    def serving(server: evio.Server) -> Action:
+        seen.append(stat.S_IMODE(os.stat(path).st_mode))
+        return Action.SHUTDOWN
+
+    evio.serve(evio.Events(serving=serving), f"unix://{path}{query}", poller=poller)
+    assert seen == [mode]
+
+
+@pytest.mark.rule("REL-5", "ADDR-6")
+@pytest.mark.parametrize("query", ["?mode=0999", "?mode=rw", "?mode=01777", "?mode="])
+def test_bad_unix_modes_are_value_errors(tmp_path: Path, query: str) -> None:
+    text = f"unix://{tmp_path / 's.sock'}{query}"
+    with pytest.raises(ValueError, match="mode"):
+        evio.parse_address(text)
+    with pytest.raises(ValueError):
+        evio.parse_address(f"tcp://127.0.0.1:0{query or '?mode=0600'}")
+
+
+# ------------------------------------------------------ secure defaults
+
+
+EXAMPLES = ["echo_server.py", "wake_server.py", "udp_echo.py", "tls_echo.py", "proxy.py"]
+
+
+@pytest.mark.rule("REL-6")
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_examples_bind_localhost_by_default(example: str) -> None:
+    path = ROOT / "examples" / example
+    if not path.exists():
+        pytest.fail(f"{example} is missing")
+    args = [sys.executable, str(path), "--port", "0"]
+    if example == "proxy.py":
+        args += ["--upstream", "tcp://127.0.0.1:9"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = ""
+        end = time.monotonic() + 30
+        while "listening on" not in line and time.monotonic() < end:
+            line = proc.stdout.readline()
+            if not line and proc.poll() is not None:
+                break
+        assert "listening on ('127.0.0.1'," in line, line
+        assert "0.0.0.0" not in line and "'::'" not in line
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+
+
+@pytest.mark.rule("REL-6", "TLS-3")
+def test_tls_helpers_refuse_old_versions(tmp_path: Path) -> None:
+    import ssl
+
+    from evio.tls import client_context
+
+    assert client_context().minimum_version >= ssl.TLSVersion.TLSv1_2
+    import trustme
+    cert = trustme.CA().issue_cert("localhost")
+    key = tmp_path / "key.pem"
+    chain = tmp_path / "chain.pem"
+    cert.private_key_pem.write_to_path(str(key))
+    cert.cert_chain_pems[0].write_to_path(str(chain))
+    from evio.tls import server_context
+
+    assert server_context(str(chain), str(key)).minimum_version >= ssl.TLSVersion.TLSv1_2
+
+
