@@ -415,9 +415,16 @@ class _Loop(Dialing):
             del self.dials[cid]  # after by_id has it: wake() always finds the id
         opened = self.ev.opened
         translation = self.ev.translation
-        if translation is not None:
+        info = None
+        if translation is not None or opened is not None:
             try:
-                info = Info(False, index, sock.getsockname(), remote)
+                local = sock.getsockname()
+            except OSError:  # already reset: opened still fires, then closed
+                local = None
+            info = Info(False, index, local, remote)
+        if translation is not None:
+            assert info is not None
+            try:
                 if translation[0](cid, info):
                     c.tr = translation[1](cid, info)
                     wire = c.tr.start()
@@ -427,8 +434,8 @@ class _Loop(Dialing):
                 self._fail(c, e, "translate")
                 return
         if opened is not None:
+            assert info is not None
             try:
-                info = Info(False, index, sock.getsockname(), remote)
                 out, options, action = split_opened(opened(c.id, info))
             except Exception as e:
                 self._fail(c, e, "opened")
