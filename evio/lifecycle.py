@@ -91,6 +91,7 @@ class Conn:
     reuse: bool = False
     err: BaseException | None = None
     tr: Translator | None = None  # see evio.translate
+    goodbye: bool = False  # the peer ended the translated protocol stream
     paused: bool = False  # reading paused: output above the high-water mark
     high: int = 65536
     low: int = 16384

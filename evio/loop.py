@@ -427,9 +427,9 @@ class _Loop(Dialing):
             try:
                 if translation[0](cid, info):
                     c.tr = translation[1](cid, info)
-                    wire = c.tr.start()
-                    if wire:
-                        self._write(c, wire, raw=True)
+                    # Queued, not sent: a send could fail and close the
+                    # connection before opened has been called.
+                    c.out += c.tr.start()
             except Exception as e:
                 self._fail(c, e, "translate")
                 return
@@ -486,7 +486,14 @@ class _Loop(Dialing):
             return
         if not data:
             # The peer's end of stream: no more data; send what is pending.
-            self._finish(c, None)
+            # A translator may call it an error (a TLS handshake cut short).
+            err = None
+            if c.tr is not None:
+                try:
+                    err = c.tr.eof()
+                except Exception as e:
+                    err = e
+            self._finish(c, err)
             return
         if c.idle is not None:
             c.last = time.monotonic()
@@ -511,6 +518,7 @@ class _Loop(Dialing):
         if plain and c.state is State.OPEN:
             self._deliver(c, plain)
         if tr.ended and c.state is State.OPEN:
+            c.goodbye = True
             self._finish(c, None)  # the peer ended the protocol stream
 
     def _translation_failed(self, c: Conn, tr: Translator, e: Exception) -> None:
@@ -690,6 +698,8 @@ class _Loop(Dialing):
     def _close(self, c: Conn, err: BaseException | None) -> None:
         if c.state not in LIVE:
             return
+        if c.goodbye and isinstance(err, BrokenPipeError | ConnectionResetError):
+            err = None  # the peer said goodbye in its protocol and left: orderly
         c.state = State.CLOSED
         self.poller.unregister(c.fd)
         del self.conns[c.fd]

@@ -148,6 +148,11 @@ class TLSTranslator(Translator):
         self._tls.write(plain)
         return self._out.read()
 
+    def eof(self) -> BaseException | None:
+        if not self._ready:
+            return ssl.SSLEOFError("the peer ended the stream during the TLS handshake")
+        return None  # after the handshake a missing close_notify is tolerated
+
     def close(self) -> bytes:
         if self._ready:
             # close_notify is written; we do not wait for the peer's.

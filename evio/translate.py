@@ -86,6 +86,15 @@ class Translator:
         """Wire bytes that end the protocol stream (a TLS ``close_notify``)."""
         return b""
 
+    def eof(self) -> BaseException | None:
+        """The peer ended its byte stream: is that an error for the protocol?
+
+        Returns:
+            The error for ``closed`` (a TLS handshake cut short), or ``None``
+            when ending here is orderly.
+        """
+        return None
+
 
 class Passthrough(Translator):
     """The identity translator: useful as a template and in tests."""

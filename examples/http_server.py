@@ -1,0 +1,257 @@
+"""HTTP server: Hello World over HTTP/1.1, with keep-alive, pipelining and TLS.
+
+The evio counterpart of the original's HTTP example::
+
+    python examples/http_server.py                  # http on 8080, https on 4443
+    curl http://127.0.0.1:8080/
+    curl --cacert /tmp/evio-http-.../ca.pem https://127.0.0.1:4443/
+    python examples/http_server.py --port 0 --tlsport 0 --unixsocket /tmp/http.sock
+    python examples/http_server.py --no-tls --poller poll
+
+Pages: ``GET /`` and ``HEAD /`` answer ``Hello World!``; ``/index.html`` is
+a small HTML page; ``POST /echo`` sends the request body back. Other paths
+are 404, other methods on those paths 405.
+
+The protocol lives in ``http11.py`` next to this file, a sans-I/O parser:
+``data`` feeds it the bytes that arrived and answers every request that is
+complete, in order. The TLS port runs the same callbacks: `evio.translate`
+puts a `evio.tls.TLSTranslator` on the connections its listener accepts,
+so ``data`` sees plaintext either way.
+
+Without ``--tlscert`` the server makes a throwaway certificate authority
+with ``trustme`` (``pip install trustme``) and prints where its CA file is,
+so clients can verify the server: ``curl --cacert CA https://...``.
+
+Stop it with Ctrl-C (or SIGTERM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import email.utils
+import shutil
+import signal
+import ssl
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+from http11 import HTTPError, Request, RequestParser, encode_response
+
+import evio
+from evio.tls import TLSTranslator, server_context
+
+HELLO = b"Hello World!\r\n"
+INDEX = b"""<!doctype html>
+<html lang="en">
+<head><meta charset="utf-8"><title>evio</title></head>
+<body>
+<h1>Hello from evio</h1>
+<p>This page was served by a single-threaded Python event loop.</p>
+</body>
+</html>
+"""
+
+# A handler turns a request into (content type, body).
+Handler = Callable[[Request], tuple[str, bytes]]
+
+
+def _hello(req: Request) -> tuple[str, bytes]:
+    return "text/plain; charset=utf-8", HELLO
+
+
+def _index(req: Request) -> tuple[str, bytes]:
+    return "text/html; charset=utf-8", INDEX
+
+
+def _echo(req: Request) -> tuple[str, bytes]:
+    return req.header("content-type") or "application/octet-stream", req.body
+
+
+ROUTES: dict[str, dict[str, Handler]] = {
+    "/": {"GET": _hello, "HEAD": _hello},
+    "/index.html": {"GET": _index, "HEAD": _index},
+    "/echo": {"POST": _echo},
+}
+"""Path -> method -> handler. HEAD is answered like GET, without the body."""
+
+
+def _path(target: str) -> str:
+    """The path of a request-target: origin-form ``/a?q`` or absolute-form
+    ``http://host/a?q`` (RFC 9112 section 3.2.2) both give ``/a``."""
+    if target.startswith(("http://", "https://")):
+        rest = target.partition("://")[2]
+        target = "/" + rest.partition("/")[2]
+    return target.partition("?")[0].partition("#")[0]
+
+
+def respond(req: Request, date: str) -> bytes:
+    """The response to one request that the parser accepted."""
+    common = [("Server", "evio"), ("Date", date)]
+    methods = ROUTES.get(_path(req.target))
+    if methods is None:
+        status, ctype, body = 404, "text/plain; charset=utf-8", b"404 Not Found\r\n"
+    elif req.method not in methods:
+        status, ctype, body = 405, "text/plain; charset=utf-8", b"405 Method Not Allowed\r\n"
+        common.append(("Allow", ", ".join(methods)))
+    else:
+        status = 200
+        ctype, body = methods[req.method](req)
+    return encode_response(status, body, [*common, ("Content-Type", ctype)],
+                           keep_alive=req.keep_alive, request=req)
+
+
+def refuse(err: HTTPError, date: str) -> bytes:
+    """The response to a request the parser refused; the connection closes."""
+    body = f"{err}\r\n".encode("latin-1")
+    headers = [("Server", "evio"), ("Date", date),
+               ("Content-Type", "text/plain; charset=utf-8")]
+    return encode_response(err.status, body, headers, keep_alive=False)
+
+
+def throwaway_certificate(names: list[str]) -> tuple[Path, Path]:
+    """Make a CA and a server certificate with trustme; return (CA file, cert+key file).
+
+    Raises:
+        SystemExit: trustme is not installed.
+    """
+    try:
+        import trustme  # only needed when no certificate is given
+    except ImportError:
+        raise SystemExit(
+            "http server: no --tlscert given and trustme is not installed; "
+            "pip install trustme, pass --tlscert/--tlskey, or use --no-tls"
+        ) from None
+    ca = trustme.CA()
+    cert = ca.issue_cert(*names)
+    folder = Path(tempfile.mkdtemp(prefix="evio-http-"))
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+    cert.private_key_and_cert_chain_pem.write_to_path(str(folder / "server.pem"))
+    return folder / "ca.pem", folder / "server.pem"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="evio HTTP server (Hello World, TLS)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="interface to listen on (default: 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=8080,
+                        help="plain HTTP port (default: 8080; 0 picks one)")
+    parser.add_argument("--tlsport", type=int, default=4443,
+                        help="HTTPS port (default: 4443; 0 picks one)")
+    parser.add_argument("--no-tls", action="store_true", help="do not listen for HTTPS")
+    parser.add_argument("--tlscert", metavar="PEM",
+                        help="certificate chain (and key, without --tlskey); "
+                             "default: a throwaway certificate from trustme")
+    parser.add_argument("--tlskey", metavar="PEM", help="private key for --tlscert")
+    parser.add_argument("--unixsocket", metavar="PATH",
+                        help="also serve plain HTTP on this unix socket")
+    parser.add_argument("--poller", choices=evio.available_pollers(),
+                        help="poller backend (default: the best available)")
+    args = parser.parse_args(argv)
+    if args.tlskey and not args.tlscert:
+        parser.error("--tlskey needs --tlscert")
+    if args.no_tls and args.tlscert:
+        parser.error("--no-tls and --tlscert do not go together")
+
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    addrs = [f"tcp://{host}:{args.port}"]
+    tls_index = -1
+    context: ssl.SSLContext | None = None
+    scratch: Path | None = None  # the throwaway certificate's folder
+    ca_file: Path | None = None
+    if not args.no_tls:
+        tls_index = len(addrs)
+        addrs.append(f"tcp://{host}:{args.tlsport}")
+        certfile, keyfile = args.tlscert, args.tlskey
+        if certfile is None:
+            names = list(dict.fromkeys([args.host, "127.0.0.1", "::1", "localhost"]))
+            ca_file, server_pem = throwaway_certificate(names)
+            scratch, certfile = ca_file.parent, str(server_pem)
+        try:
+            context = server_context(certfile, keyfile)
+        except (OSError, ssl.SSLError) as e:
+            print(f"http server: cannot load the TLS certificate: {e}", file=sys.stderr)
+            return 1
+        finally:
+            if context is None and scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
+        context.set_alpn_protocols(["http/1.1"])  # say so, or h2 clients may guess
+    if args.unixsocket:
+        addrs.append(f"unix://{args.unixsocket}")
+
+    parsers: dict[int, RequestParser] = {}  # one per open connection
+    stop = False
+    date = email.utils.formatdate(usegmt=True)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stop
+        stop = True  # the next tick returns SHUTDOWN
+
+    def serving(server: evio.Server) -> None:
+        where = ", ".join(str(a) for a in server.addrs)
+        print(f"http server listening on {where} (poller: {server.poller})", flush=True)
+        if tls_index >= 0:
+            print(f"https on {server.addrs[tls_index]}", flush=True)
+        if ca_file is not None:
+            print("no --tlscert given: using a throwaway certificate made by trustme; "
+                  f"CA file: {ca_file}", flush=True)
+
+    def opened(id: int, info: evio.Info) -> None:
+        parsers[id] = RequestParser()
+
+    def data(id: int, data: bytes | None) -> tuple[bytes, evio.Action] | bytes | None:
+        if data is None:
+            return None  # a wake: this server never asks for one
+        parser = parsers[id]
+        out: list[bytes] = []
+        try:
+            parser.feed(data)
+            while (req := parser.next_request()) is not None:
+                out.append(respond(req, date))
+                if not req.keep_alive:
+                    return b"".join(out), evio.Action.CLOSE
+        except HTTPError as e:
+            # Answer what came before it, then refuse and close: after a
+            # framing error we cannot know where the next request starts.
+            out.append(refuse(e, date))
+            return b"".join(out), evio.Action.CLOSE
+        out.append(parser.take_interim())  # "100 Continue" if the client waits for it
+        return b"".join(out) or None
+
+    def closed(id: int, err: BaseException | None) -> None:
+        parsers.pop(id, None)
+
+    def tick() -> float | evio.Action:
+        nonlocal date
+        # Signals only set a flag; the loop notices it here, on its own thread.
+        if stop:
+            return evio.Action.SHUTDOWN
+        date = email.utils.formatdate(usegmt=True)  # the Date header, to the second
+        return 0.2
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    events = evio.Events(serving=serving, opened=opened, data=data, closed=closed, tick=tick)
+    if context is not None:
+        ctx = context
+        events = evio.translate(
+            events,
+            lambda id, info: info.addr_index == tls_index,  # only the HTTPS listener
+            lambda id, info: TLSTranslator(ctx, server_side=True),
+        )
+    try:
+        evio.serve(events, *addrs, poller=args.poller)
+    except (ValueError, OSError) as e:
+        print(f"http server: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    print("http server stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
