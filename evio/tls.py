@@ -125,9 +125,12 @@ class TLSTranslator(Translator):
             if not self._ready:
                 return b"", self._out.read()
         chunks = []
+        tls, incoming = self._tls, self._in
         try:
-            while True:
-                chunk = self._tls.read(_READ)
+            # Stop when nothing is left to decrypt, rather than asking once
+            # more and catching SSLWantReadError: that costs a raise per read.
+            while incoming.pending or tls.pending():
+                chunk = tls.read(_READ)
                 if not chunk:  # no data raises SSLWantReadError: b"" is the end
                     self.ended = True
                     break
