@@ -1,0 +1,478 @@
+"""Redis clone: a small key-value server that real Redis clients talk to.
+
+It speaks RESP (see ``resp.py``, the parser it uses) and knows a dozen
+commands, enough for ``redis-cli``, ``redis-benchmark`` and redis-py::
+
+    python examples/redis_server.py                      # 127.0.0.1:6380
+    python examples/redis_server.py --port 0 --unixsocket /tmp/redis.sock
+    redis-cli -p 6380 set greeting hello
+
+Commands: PING [msg], ECHO msg, SET key value, GET key, DEL key [key ...],
+EXISTS key [key ...], FLUSHDB, QUIT, SHUTDOWN; what clients send on their
+own: HELLO (RESP2 and RESP3), COMMAND (COUNT, DOCS, INFO, LIST), CONFIG GET;
+and ``WGET host:port timeout``, which fetches ``http://host:port/`` with
+``server.dial`` and answers with the whole response.
+
+How it fits evio's callbacks
+----------------------------
+Every callback runs on the loop's one thread, so the keyspace is a plain
+dict and no command takes a lock. A read may hold half a command or a
+hundred (pipelining): each connection has its own `resp.Parser`, fed in
+``data``, and the replies to every complete command go back as one
+``data`` reply, in order.
+
+WGET is the command that cannot answer at once. It dials the web server
+(``server.dial`` returns an id straight away; ``opened`` fires later), and
+the client *waits*: its later commands stay in its parser, unparsed-but-
+kept, so replies never overtake each other. The HTTP response arrives as
+``data`` calls on the *dialed* connection and is collected there; when it
+ends (``closed``), the answer is put on the client's record and the client
+is woken with ``server.wake``. Its ``data(id, None)`` call returns the
+answer, then goes on with the commands that queued up behind it. The same
+mailbox-and-wake shape as ``proxy.py``, with no thread anywhere: a dial is
+already asynchronous. A timeout is watched by ``tick``.
+
+Stop it with SHUTDOWN, Ctrl-C or SIGTERM: the loop shuts down cleanly,
+closing every connection and removing the unix socket file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import math
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import TypeAlias
+
+import resp
+
+import evio
+
+HTTP_REQUEST = b"GET / HTTP/1.0\r\n\r\n"
+"""What WGET sends; HTTP/1.0, so the web server closes after its answer."""
+MAX_RESPONSE = 16 * 1024 * 1024
+"""The longest response WGET keeps; a longer one is an error."""
+TICK = 0.2
+"""Seconds between ticks: how soon a signal or a WGET timeout is noticed."""
+
+_Reply: TypeAlias = bytes | tuple[bytes | None, evio.Action] | evio.Action | evio.Options | None
+
+
+@dataclass(slots=True, eq=False)
+class _Fetch:
+    """A WGET in flight: the dialed connection and what it has received."""
+
+    id: int  # the dialed connection
+    client: int  # who is waiting
+    target: str  # host:port as the client wrote it, for messages
+    timeout: float
+    deadline: float  # time.monotonic() by which it must have ended
+    chunks: list[bytes] = field(default_factory=list)
+    size: int = 0
+    done: bool = False  # answered (or abandoned): the connection only has to close
+
+
+@dataclass(slots=True, eq=False)
+class _Client:
+    """One client connection."""
+
+    id: int
+    parser: resp.Parser
+    fetch: _Fetch | None = None  # the WGET it waits for; its commands wait too
+    answer: bytes = b""  # that WGET's reply, put here before the wake
+    action: evio.Action = evio.Action.NONE  # QUIT or SHUTDOWN ends the batch
+    resp3: bool = False  # the client said HELLO 3
+    null: bytes = resp.NIL  # "no value" in the client's protocol
+
+
+@dataclass(frozen=True, slots=True)
+class _Command:
+    """One command: its name as Redis writes it in errors, and its arity.
+
+    ``arity`` follows Redis: ``n`` means exactly ``n`` words, the name
+    included; ``-n`` means at least ``n``.
+    """
+
+    name: str
+    arity: int
+    run: Callable[[RedisClone, _Client, list[bytes]], bytes]
+
+
+class RedisClone:
+    """The server's state and its evio callbacks.
+
+    Args:
+        max_buffer: Most bytes one client may have buffered in a request
+            that is not finished (`resp.Parser`'s ``max_buffer``).
+    """
+
+    def __init__(self, max_buffer: int = resp.DEFAULT_MAX_BUFFER) -> None:
+        self.max_buffer = max_buffer
+        self.db: dict[bytes, bytes] = {}
+        self.clients: dict[int, _Client] = {}
+        self.fetches: dict[int, _Fetch] = {}  # by the dialed connection's id
+        self.server: evio.Server | None = None
+        self.stop = False  # set by a signal; the next tick shuts down
+
+    def events(self) -> evio.Events:
+        return evio.Events(serving=self.serving, opened=self.opened, data=self.data,
+                           closed=self.closed, tick=self.tick)
+
+    # ------------------------------------------------------------ callbacks
+
+    def serving(self, server: evio.Server) -> None:
+        self.server = server  # kept for dial and wake
+        where = ", ".join(str(a) for a in server.addrs)
+        print(f"redis server listening on {where} (poller: {server.poller})", flush=True)
+
+    def opened(self, id: int, info: evio.Info) -> _Reply:
+        if info.addr_index >= 0:
+            self.clients[id] = _Client(id, resp.Parser(max_buffer=self.max_buffer))
+            # The parser copies what it is fed, so the loop's buffer will do.
+            return evio.Options(reuse_input_buffer=True)
+        # A WGET's connection. If it failed, closed(id, err) follows.
+        f = self.fetches[id]
+        if info.closing:
+            return None
+        if f.done:
+            return evio.Action.CLOSE  # timed out, or its client left, while connecting
+        return HTTP_REQUEST
+
+    def data(self, id: int, data: memoryview | bytes | None) -> _Reply:
+        c = self.clients.get(id)
+        if c is None:
+            return self._fetched(self.fetches[id], data)
+        if data is not None:
+            c.parser.feed(data)
+            if c.fetch is not None:
+                # Waiting for a WGET: keep the input, but not without bound.
+                if c.parser.buffered > self.max_buffer:
+                    message = f"ERR Protocol error: request larger than {self.max_buffer} bytes"
+                    return resp.error(message), evio.Action.CLOSE
+                return None
+        return self._run(c)
+
+    def closed(self, id: int, err: BaseException | None) -> None:
+        c = self.clients.pop(id, None)
+        if c is not None:
+            if c.fetch is not None and not c.fetch.done:
+                c.fetch.done = True  # nobody waits for it now: close it
+                self._wake(c.fetch.id)
+            return
+        f = self.fetches.pop(id)
+        if f.done:
+            return
+        if err is not None:
+            self._answer(f, f"{_reason(err)}")
+        else:
+            self._answer(f, resp.bulk(b"".join(f.chunks)))
+
+    def tick(self) -> float | evio.Action:
+        # Signals only set a flag; the loop notices it here, on its own thread.
+        if self.stop:
+            return evio.Action.SHUTDOWN
+        now = time.monotonic()
+        delay = TICK
+        for f in self.fetches.values():
+            if f.done:
+                continue
+            if now >= f.deadline:
+                self._answer(f, f"timed out after {f.timeout:g} seconds")
+                self._wake(f.id)  # its data(id, None) answers CLOSE
+            else:
+                delay = min(delay, f.deadline - now)
+        return delay
+
+    # ------------------------------------------------------------- clients
+
+    def _run(self, c: _Client) -> _Reply:
+        """Run the client's complete commands, in order, until it must wait."""
+        out = []
+        if c.answer:
+            out.append(c.answer)
+            c.answer = b""
+        while c.fetch is None:
+            try:
+                argv = c.parser.next_command()
+            except resp.ProtocolError as e:
+                # Like Redis: answer the commands before it, then the error, then close.
+                out.append(resp.error(f"ERR {e}"))
+                return b"".join(out), evio.Action.CLOSE
+            if argv is None:
+                break
+            out.append(self._execute(c, argv))
+            if c.action is not evio.Action.NONE:
+                return b"".join(out), c.action
+        return b"".join(out) or None
+
+    def _execute(self, c: _Client, argv: list[bytes]) -> bytes:
+        command = COMMANDS.get(argv[0].lower())
+        if command is None:
+            return _unknown_command(argv)
+        n, arity = len(argv), command.arity
+        if (arity > 0 and n != arity) or n < -arity:
+            return _wrong_arguments(command.name)
+        return command.run(self, c, argv)
+
+    # ---------------------------------------------------------------- WGET
+
+    def _fetched(self, f: _Fetch, data: memoryview | bytes | None) -> _Reply:
+        """``data`` for a WGET's connection: keep the bytes, or close it."""
+        if f.done:
+            return evio.Action.CLOSE  # woken to close, or bytes after an answer
+        if data is None:
+            return None
+        f.size += len(data)
+        if f.size > MAX_RESPONSE:
+            self._answer(f, f"response longer than {MAX_RESPONSE} bytes")
+            return evio.Action.CLOSE
+        f.chunks.append(bytes(data))
+        return None
+
+    def _answer(self, f: _Fetch, reply: bytes | str) -> None:
+        """Give the waiting client its WGET reply (bytes) or error (a reason)."""
+        f.done = True
+        f.chunks.clear()
+        if isinstance(reply, str):
+            reply = resp.error(f"ERR WGET {f.target}: {reply}")
+        c = self.clients.get(f.client)
+        if c is not None and c.fetch is f:
+            c.fetch = None
+            c.answer = reply  # in place before the wake, never after
+            self._wake(c.id)
+
+    def _wake(self, id: int) -> None:
+        assert self.server is not None
+        self.server.wake(id)  # False only if it is gone or we are stopping: nothing to do
+
+    # ------------------------------------------------------------ commands
+
+    def ping(self, c: _Client, argv: list[bytes]) -> bytes:
+        if len(argv) > 2:
+            return _wrong_arguments("ping")
+        return resp.bulk(argv[1]) if len(argv) == 2 else b"+PONG\r\n"
+
+    def echo(self, c: _Client, argv: list[bytes]) -> bytes:
+        return resp.bulk(argv[1])
+
+    def set(self, c: _Client, argv: list[bytes]) -> bytes:
+        if len(argv) > 3:
+            return resp.error("ERR syntax error")  # no EX, NX, ... here
+        self.db[argv[1]] = argv[2]
+        return resp.OK
+
+    def get(self, c: _Client, argv: list[bytes]) -> bytes:
+        value = self.db.get(argv[1])
+        return c.null if value is None else resp.bulk(value)
+
+    def delete(self, c: _Client, argv: list[bytes]) -> bytes:
+        db = self.db
+        return resp.integer(sum(db.pop(key, None) is not None for key in argv[1:]))
+
+    def exists(self, c: _Client, argv: list[bytes]) -> bytes:
+        db = self.db
+        return resp.integer(sum(key in db for key in argv[1:]))  # a key named twice counts twice
+
+    def flushdb(self, c: _Client, argv: list[bytes]) -> bytes:
+        if len(argv) > 2 or (len(argv) == 2 and argv[1].upper() not in (b"ASYNC", b"SYNC")):
+            return resp.error("ERR syntax error")
+        self.db.clear()
+        return resp.OK
+
+    def quit(self, c: _Client, argv: list[bytes]) -> bytes:
+        c.action = evio.Action.CLOSE
+        return resp.OK
+
+    def shutdown(self, c: _Client, argv: list[bytes]) -> bytes:
+        if any(a.upper() not in (b"NOSAVE", b"SAVE", b"NOW", b"FORCE") for a in argv[1:]):
+            return resp.error("ERR syntax error")
+        c.action = evio.Action.SHUTDOWN
+        return b""  # like Redis: no reply, the connection just closes
+
+    def command(self, c: _Client, argv: list[bytes]) -> bytes:
+        if len(argv) == 1:
+            return b"*0\r\n"  # no command table to describe; clients cope
+        sub = argv[1].lower()
+        if sub == b"count":
+            return _wrong_arguments("command|count") if len(argv) != 2 else \
+                resp.integer(len(COMMANDS))
+        if sub == b"list":
+            return _wrong_arguments("command|list") if len(argv) != 2 else \
+                resp.array(resp.bulk(name) for name in COMMANDS)
+        if sub == b"docs":
+            return b"*0\r\n"  # redis-cli asks on start; no docs is a valid answer
+        if sub == b"info":
+            return resp.array(c.null for _ in argv[2:])  # null: not described
+        if sub == b"help" and len(argv) == 2:
+            return _help("COMMAND", "COUNT", "DOCS [name ...]", "INFO [name ...]", "LIST")
+        return _unknown_subcommand(argv[1], "COMMAND")
+
+    def hello(self, c: _Client, argv: list[bytes]) -> bytes:
+        resp3 = c.resp3
+        if len(argv) > 1:
+            version = resp.parse_integer(argv[1])
+            if version is None:
+                return resp.error("ERR Protocol version is not an integer or out of range")
+            if version not in (2, 3):
+                return resp.error("NOPROTO unsupported protocol version")
+            resp3 = version == 3
+        # Options are accepted and ignored: there are no users and no names here.
+        i = 2
+        while i < len(argv):
+            option = argv[i].upper()
+            if option == b"AUTH" and i + 2 < len(argv):
+                i += 3
+            elif option == b"SETNAME" and i + 1 < len(argv):
+                i += 2
+            else:
+                return resp.error(b"ERR Syntax error in HELLO option '" + argv[i] + b"'")
+        c.resp3 = resp3
+        c.null = resp.NULL if resp3 else resp.NIL
+        info = [
+            (b"server", resp.bulk(b"redis")),
+            # Clients compare versions: this is the Redis whose replies we follow.
+            (b"version", resp.bulk(b"7.0.0")),
+            (b"proto", resp.integer(3 if resp3 else 2)),
+            (b"id", resp.integer(c.id)),
+            (b"mode", resp.bulk(b"standalone")),
+            (b"role", resp.bulk(b"master")),
+            (b"modules", b"*0\r\n"),
+        ]
+        return resp.mapping(((resp.bulk(k), v) for k, v in info), resp3)
+
+    def config(self, c: _Client, argv: list[bytes]) -> bytes:
+        sub = argv[1].lower()
+        if sub == b"get":
+            if len(argv) < 3:
+                return _wrong_arguments("config|get")
+            found = [(name, value) for name, value in CONFIG.items()
+                     if any(fnmatch.fnmatchcase(name, p.lower().decode("latin-1"))
+                            for p in argv[2:])]
+            return resp.mapping(((resp.bulk(k.encode()), resp.bulk(v.encode())) for k, v in found),
+                                c.resp3)
+        if sub == b"help" and len(argv) == 2:
+            return _help("CONFIG", "GET <pattern> [<pattern> ...]")
+        return _unknown_subcommand(argv[1], "CONFIG")
+
+    def wget(self, c: _Client, argv: list[bytes]) -> bytes:
+        assert self.server is not None
+        target = argv[1].decode("utf-8", "backslashreplace")
+        try:
+            timeout = float(argv[2])
+        except ValueError:
+            timeout = math.nan
+        if not 0 < timeout < math.inf:
+            return resp.error("ERR timeout is not a float or out of range")
+        host, colon, port = target.rpartition(":")
+        if not colon or not host or not port.isascii() or not port.isdigit():
+            return resp.error(f"ERR WGET wants host:port, not '{target}'")
+        try:
+            id = self.server.dial(f"tcp://{host}:{port}", timeout)
+        except (ValueError, RuntimeError) as e:
+            return resp.error(f"ERR WGET {target}: {e}")
+        f = _Fetch(id, c.id, target, timeout, time.monotonic() + timeout)
+        self.fetches[id] = f
+        c.fetch = f  # the answer comes from closed(), or from tick() on timeout
+        return b""
+
+
+COMMANDS: dict[bytes, _Command] = {
+    c.name.encode(): c for c in [
+        _Command("ping", -1, RedisClone.ping),
+        _Command("echo", 2, RedisClone.echo),
+        _Command("set", -3, RedisClone.set),
+        _Command("get", 2, RedisClone.get),
+        _Command("del", -2, RedisClone.delete),
+        _Command("exists", -2, RedisClone.exists),
+        _Command("flushdb", -1, RedisClone.flushdb),
+        _Command("quit", -1, RedisClone.quit),
+        _Command("shutdown", -1, RedisClone.shutdown),
+        _Command("command", -1, RedisClone.command),
+        _Command("config", -2, RedisClone.config),
+        _Command("hello", -1, RedisClone.hello),
+        _Command("wget", 3, RedisClone.wget),
+    ]
+}
+"""Every command, by its lower-case name."""
+
+CONFIG = {"save": "", "appendonly": "no"}
+"""What CONFIG GET reports: a server that persists nothing (redis-benchmark asks)."""
+
+
+def _unknown_command(argv: list[bytes]) -> bytes:
+    # Redis's exact wording: at most 128 bytes of the name; arguments
+    # quoted, each followed by a space, until 128 bytes of them are shown.
+    args = b""
+    for a in argv[1:]:
+        if len(args) >= 128:
+            break
+        args += b"'" + a[:128 - len(args)] + b"' "
+    return resp.error(b"ERR unknown command '" + argv[0][:128]
+                      + b"', with args beginning with: " + args)
+
+
+def _wrong_arguments(name: str) -> bytes:
+    return resp.error(f"ERR wrong number of arguments for '{name}' command")
+
+
+def _unknown_subcommand(sub: bytes, command: str) -> bytes:
+    return resp.error(b"ERR unknown subcommand '" + sub[:128]
+                      + f"'. Try {command} HELP.".encode())
+
+
+def _help(command: str, *lines: str) -> bytes:
+    text = [f"{command} <subcommand> [<arg> [value] [opt] ...]. Subcommands are:", *lines]
+    return resp.array(resp.simple(line) for line in text)
+
+
+def _reason(err: BaseException) -> str:
+    """A failed dial's error as a short phrase: ``Connection refused``."""
+    if isinstance(err, OSError) and err.strerror and not isinstance(err, TimeoutError):
+        return err.strerror
+    return str(err) or type(err).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="evio Redis clone")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="interface to listen on (default: 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=6380,
+                        help="TCP port (default: 6380, next to a real Redis on 6379)")
+    parser.add_argument("--unixsocket", metavar="PATH", help="also listen on this unix socket")
+    parser.add_argument("--poller", choices=evio.available_pollers(),
+                        help="poller backend (default: the best available)")
+    parser.add_argument("--max-buffer", type=int, default=resp.DEFAULT_MAX_BUFFER,
+                        metavar="BYTES",
+                        help="most bytes of an unfinished request one client may have "
+                             "buffered; more is a protocol error (default: 64 MiB)")
+    args = parser.parse_args(argv)
+    if args.max_buffer < 1:
+        parser.error("--max-buffer must be at least 1")
+
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    addrs = [f"tcp://{host}:{args.port}"]
+    if args.unixsocket:
+        addrs.append(f"unix://{args.unixsocket}")
+    app = RedisClone(args.max_buffer)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        app.stop = True  # the next tick returns SHUTDOWN
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        evio.serve(app.events(), *addrs, poller=args.poller)
+    except (ValueError, OSError) as e:
+        print(f"redis server: {e}", file=sys.stderr)
+        return 1
+    print("redis server stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

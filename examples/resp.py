@@ -1,0 +1,467 @@
+"""RESP, the Redis wire protocol, without sockets: bytes in, commands out.
+
+Theory of operation
+-------------------
+A Redis client sends each command in one of two shapes:
+
+* a *multibulk* request, which every client library uses: an array of bulk
+  strings, ``*2\\r\\n$3\\r\\nGET\\r\\n$1\\r\\na\\r\\n``. Each string says
+  its length up front, so it may hold any bytes, newlines included;
+* an *inline* command, for people typing into ``telnet``: words on a line,
+  ``GET a\\r\\n`` (a bare ``\\n`` ends the line too). Words may be quoted the
+  way ``redis-cli`` quotes them: ``"a b\\x00"`` or ``'it\\'s'``.
+
+The first byte of a request tells the shapes apart: ``*`` starts a
+multibulk, anything else an inline line.
+
+`Parser` is sans-I/O: `Parser.feed` takes whatever a read returned, and
+`Parser.next_command` hands out complete commands one at a time, keeping
+the unfinished tail for the next read. A command may arrive split at any
+byte, and one read may hold many commands (pipelining); neither changes what
+comes out. The server takes the commands one by one, so a command that
+makes it wait (or close) leaves the rest of a pipeline parsed-but-not-run.
+
+The trap is memory. A request announces its own size (``*1048576``,
+``$536870912``) before sending it, and a naive parser believes it: it
+reserves the space, or waits for that many bytes and keeps all of them. We
+never allocate from a declared length, and we bound what one connection can
+make us hold:
+
+* Redis's own limits: at most `MAX_ARGS` arguments in one request, at most
+  `MAX_BULK` bytes in one argument, at most `MAX_INLINE` bytes of inline
+  line (or of count line) still waiting for its newline. Past them the
+  request is refused the moment its header arrives, with Redis's words;
+* our own: ``max_buffer`` (default `DEFAULT_MAX_BUFFER`), the most bytes
+  the parser holds for a request that is not finished. A bulk string that
+  would not fit is refused when its ``$`` line arrives, not after its bytes
+  have been stored.
+
+Malformed input raises `ProtocolError` carrying Redis's message
+(``Protocol error: invalid bulk length`` ...). The error is final: the
+parser keeps raising it, because after a framing error nothing that follows
+can be trusted. A Redis server replies ``-ERR <message>`` and closes.
+
+Two places where we are stricter than Redis, and say so: Redis takes the
+two bytes after a bulk string on trust, we insist they are ``\\r\\n``; and a
+count line (``*N`` / ``$N``) that can no longer become a number is refused
+at once instead of after 64 KiB.
+
+The encoder half is a handful of functions, one per RESP2 reply type, and
+the two RESP3 pieces a client that says ``HELLO 3`` expects (`NULL`,
+`mapping`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Iterator
+
+__all__ = [
+    "DEFAULT_MAX_BUFFER",
+    "MAX_ARGS",
+    "MAX_BULK",
+    "MAX_INLINE",
+    "NIL",
+    "NULL",
+    "OK",
+    "Parser",
+    "ProtocolError",
+    "array",
+    "bulk",
+    "encode_command",
+    "error",
+    "integer",
+    "mapping",
+    "parse_integer",
+    "simple",
+    "split_inline",
+]
+
+MAX_ARGS = 1024 * 1024
+"""Most arguments one request may declare (``*N``), as in Redis 6."""
+MAX_BULK = 512 * 1024 * 1024
+"""Most bytes one argument may declare (``$N``): Redis's ``proto-max-bulk-len``."""
+MAX_INLINE = 64 * 1024
+"""Most bytes an inline line, or a ``*``/``$`` line, may hold while its end
+has not arrived: Redis's ``PROTO_INLINE_MAX_SIZE``."""
+DEFAULT_MAX_BUFFER = 64 * 1024 * 1024
+"""Default for ``Parser(max_buffer=...)``."""
+
+OK = b"+OK\r\n"
+NIL = b"$-1\r\n"
+"""The nil bulk string: "no value" in RESP2."""
+NULL = b"_\r\n"
+"""RESP3's null, which replaces `NIL` once a client has said ``HELLO 3``."""
+
+# A count as Redis's string2ll accepts it: no sign but '-', no leading zeros,
+# no "-0", at most 19 digits (anything longer overflows a C long long).
+_COUNT = re.compile(rb"0|-?[1-9][0-9]{0,18}")
+# What the start of a count line can look like while its "\r\n" is missing.
+_COUNT_SO_FAR = re.compile(rb"-?[0-9]{0,19}\r?")
+_COUNT_LINE_MAX = 22  # "-" + 19 digits + "\r\n"
+
+_STAR, _DOLLAR, _CR, _LF = 0x2A, 0x24, 0x0D, 0x0A
+
+
+class ProtocolError(Exception):
+    """The input is not RESP. ``str(e)`` is Redis's message, e.g.
+    ``Protocol error: invalid multibulk length``; a server answers it as
+    ``-ERR <message>`` and closes the connection."""
+
+
+def _invalid_multibulk() -> ProtocolError:
+    return ProtocolError("Protocol error: invalid multibulk length")
+
+
+def _invalid_bulk() -> ProtocolError:
+    return ProtocolError("Protocol error: invalid bulk length")
+
+
+def _show(byte: int) -> str:
+    """A byte as Redis's ``'%c'`` would show it, escaped if not printable."""
+    return chr(byte) if 0x20 <= byte < 0x7F else f"\\x{byte:02x}"
+
+
+class Parser:
+    """Turns the bytes of one connection into commands.
+
+    Args:
+        max_buffer: Most bytes held for a request that is not complete yet
+            (the arguments taken so far plus the unread input).
+        max_args: Most arguments one multibulk request may declare.
+        max_bulk: Most bytes one bulk string may declare.
+
+    Raises:
+        ValueError: a limit is not a positive integer.
+
+    Example:
+        ```python
+        parser = Parser()
+        parser.feed(b"*1\\r\\n$4\\r\\nPING\\r\\nECHO hi\\r\\n*1\\r")
+        assert list(parser.commands()) == [[b"PING"], [b"ECHO", b"hi"]]
+        parser.feed(b"\\n$4\\r\\nPING\\r\\n")
+        assert parser.next_command() == [b"PING"]
+        ```
+    """
+
+    __slots__ = (
+        "_args", "_buf", "_bulk", "_error", "_missing", "_pos", "_taken",
+        "max_args", "max_buffer", "max_bulk",
+    )
+
+    def __init__(self, *, max_buffer: int = DEFAULT_MAX_BUFFER, max_args: int = MAX_ARGS,
+                 max_bulk: int = MAX_BULK) -> None:
+        for name, value in (("max_buffer", max_buffer), ("max_args", max_args),
+                            ("max_bulk", max_bulk)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        self.max_buffer = max_buffer
+        self.max_args = max_args
+        self.max_bulk = max_bulk
+        self._buf = bytearray()  # input not parsed yet, from _pos on
+        self._pos = 0
+        self._args: list[bytes] = []  # arguments of the multibulk being read
+        self._missing = 0  # arguments still to come; 0 between requests
+        self._bulk = -1  # length of the bulk string being read; -1: its $ line is next
+        self._taken = 0  # bytes of the current request already moved into _args
+        self._error: ProtocolError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held: the unfinished request's arguments plus unread input."""
+        return self._taken + len(self._buf) - self._pos
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Add bytes read from the connection (copied; a view may be reused).
+
+        Raises:
+            ProtocolError: the parser has already failed.
+        """
+        if self._error is not None:
+            raise self._error
+        self._buf += data
+
+    def next_command(self) -> list[bytes] | None:
+        """Return the next complete command, or ``None`` if more input is needed.
+
+        A command is its words as ``bytes``, the name first, as sent (not
+        case-folded). Empty requests (a blank inline line, ``*0``) are
+        skipped, as Redis skips them.
+
+        Raises:
+            ProtocolError: the input is malformed or breaks a limit. Every
+                later call raises it again.
+        """
+        if self._error is not None:
+            raise self._error
+        try:
+            command = self._parse()
+            if command is None:
+                self._compact()
+                if self.buffered > self.max_buffer:
+                    raise ProtocolError(
+                        f"Protocol error: request larger than {self.max_buffer} bytes")
+        except ProtocolError as e:
+            self._error = e
+            self._buf = bytearray()  # nothing after an error is read: let it go
+            self._pos = 0
+            self._args = []
+            self._taken = 0
+            raise
+        return command
+
+    def commands(self) -> Iterator[list[bytes]]:
+        """Yield every complete command buffered now (see `next_command`)."""
+        while (command := self.next_command()) is not None:
+            yield command
+
+    # ------------------------------------------------------------ internals
+
+    def _compact(self) -> None:
+        # del at the front of a bytearray only moves its start pointer.
+        if self._pos:
+            del self._buf[:self._pos]
+            self._pos = 0
+
+    def _parse(self) -> list[bytes] | None:
+        buf = self._buf
+        while True:
+            if not self._missing:
+                # Between requests: the first byte picks the shape.
+                start = self._pos
+                if start >= len(buf):
+                    return None
+                if buf[start] != _STAR:
+                    line = self._inline_line()
+                    if line is None:
+                        return None
+                    words = split_inline(line)
+                    if words:
+                        return words
+                    continue  # a blank line is no command
+                found = self._count(start, _invalid_multibulk)
+                if found is None:
+                    return None
+                n, after = found
+                if n > self.max_args:
+                    raise _invalid_multibulk()
+                self._pos = after
+                if n <= 0:
+                    continue  # *0 and *-1 are no command
+                self._missing = n
+                self._taken = after - start
+            if self._bulk < 0:
+                # The $ line of the next argument.
+                start = self._pos
+                if start >= len(buf):
+                    return None
+                if buf[start] != _DOLLAR:
+                    raise ProtocolError(
+                        f"Protocol error: expected '$', got '{_show(buf[start])}'")
+                found = self._count(start, _invalid_bulk)
+                if found is None:
+                    return None
+                n, after = found
+                if n < 0 or n > self.max_bulk:
+                    raise _invalid_bulk()
+                self._taken += after - start
+                if self._taken + n + 2 > self.max_buffer:
+                    raise ProtocolError(
+                        f"Protocol error: request larger than {self.max_buffer} bytes")
+                self._pos = after
+                self._bulk = n
+            # The argument's bytes and the \r\n after them.
+            start, end = self._pos, self._pos + self._bulk
+            if len(buf) < end + 2:
+                return None
+            if buf[end] != _CR or buf[end + 1] != _LF:
+                raise ProtocolError("Protocol error: expected '\\r\\n' after bulk string")
+            self._args.append(bytes(buf[start:end]))
+            self._pos = end + 2
+            self._taken += self._bulk + 2
+            self._bulk = -1
+            self._missing -= 1
+            if not self._missing:
+                args, self._args = self._args, []
+                self._taken = 0
+                return args
+
+    def _count(self, start: int,
+               invalid: Callable[[], ProtocolError]) -> tuple[int, int] | None:
+        """Read the number on the ``*``/``$`` line at ``start``.
+
+        Returns ``(number, offset after its \\r\\n)``, or ``None`` while the
+        line is incomplete but can still become a number.
+        """
+        buf = self._buf
+        first = start + 1
+        stop = min(len(buf), first + _COUNT_LINE_MAX)
+        nl = buf.find(b"\r\n", first, stop)
+        if nl < 0:
+            if stop - first >= _COUNT_LINE_MAX or not _COUNT_SO_FAR.fullmatch(buf, first, stop):
+                raise invalid()
+            return None
+        if not _COUNT.fullmatch(buf, first, nl):
+            raise invalid()
+        return int(buf[first:nl]), nl + 2
+
+    def _inline_line(self) -> bytes | None:
+        """Take one inline line, without its ``\\n`` or ``\\r\\n``."""
+        buf, start = self._buf, self._pos
+        nl = buf.find(b"\n", start)
+        if nl < 0:
+            if len(buf) - start > MAX_INLINE:
+                raise ProtocolError("Protocol error: too big inline request")
+            return None
+        end = nl - 1 if nl > start and buf[nl - 1] == _CR else nl
+        self._pos = nl + 1
+        return bytes(buf[start:end])
+
+
+# ---------------------------------------------------------------- inline
+
+
+_SPACE = frozenset(b" \t\n\r\x0b\x0c")  # C's isspace(): skipped between words
+_ENDS_WORD = frozenset(b" \t\n\r")  # what ends an unquoted word in sdssplitargs
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+_ESCAPES = {ord("n"): 0x0A, ord("r"): 0x0D, ord("t"): 0x09, ord("b"): 0x08, ord("a"): 0x07}
+_QUOTE, _APOSTROPHE, _BACKSLASH = 0x22, 0x27, 0x5C
+
+
+def split_inline(line: bytes) -> list[bytes]:
+    """Split an inline command into words, the way Redis's ``sdssplitargs`` does.
+
+    Words are separated by whitespace. ``"..."`` may hold spaces and the
+    escapes ``\\n \\r \\t \\b \\a \\xHH`` (any other ``\\c`` is ``c``);
+    ``'...'`` may hold spaces and ``\\'``. A closing quote must be followed
+    by whitespace or the end of the line.
+
+    Raises:
+        ProtocolError: ``unbalanced quotes in request``.
+    """
+    if b'"' not in line and b"'" not in line and b"\x0b" not in line and b"\x0c" not in line:
+        return line.split()  # the common case: no quotes, ASCII whitespace
+    words: list[bytes] = []
+    n = len(line)
+    i = 0
+
+    def at(j: int) -> int:
+        return line[j] if j < n else -1  # -1 plays the part of C's final NUL
+
+    while True:
+        while i < n and line[i] in _SPACE:
+            i += 1
+        if i >= n:
+            return words
+        word = bytearray()
+        quote = 0  # the quote we are inside, or 0
+        while True:
+            c = at(i)
+            if quote == _QUOTE:
+                if c == _BACKSLASH and at(i + 1) == ord("x") and at(i + 2) in _HEX \
+                        and at(i + 3) in _HEX:
+                    word.append(int(line[i + 2:i + 4], 16))
+                    i += 4
+                elif c == _BACKSLASH and at(i + 1) != -1:
+                    word.append(_ESCAPES.get(line[i + 1], line[i + 1]))
+                    i += 2
+                elif c == _QUOTE:
+                    if at(i + 1) != -1 and at(i + 1) not in _SPACE:
+                        raise ProtocolError("Protocol error: unbalanced quotes in request")
+                    i += 1
+                    break
+                elif c == -1:
+                    raise ProtocolError("Protocol error: unbalanced quotes in request")
+                else:
+                    word.append(c)
+                    i += 1
+            elif quote == _APOSTROPHE:
+                if c == _BACKSLASH and at(i + 1) == _APOSTROPHE:
+                    word.append(_APOSTROPHE)
+                    i += 2
+                elif c == _APOSTROPHE:
+                    if at(i + 1) != -1 and at(i + 1) not in _SPACE:
+                        raise ProtocolError("Protocol error: unbalanced quotes in request")
+                    i += 1
+                    break
+                elif c == -1:
+                    raise ProtocolError("Protocol error: unbalanced quotes in request")
+                else:
+                    word.append(c)
+                    i += 1
+            elif c == -1 or c in _ENDS_WORD:
+                break
+            elif c in (_QUOTE, _APOSTROPHE):
+                quote = c
+                i += 1
+            else:
+                word.append(c)
+                i += 1
+        words.append(bytes(word))
+
+
+# --------------------------------------------------------------- encoder
+
+
+def _text(value: str | bytes) -> bytes:
+    return value.encode("utf-8", "backslashreplace") if isinstance(value, str) else value
+
+
+def simple(text: str | bytes) -> bytes:
+    """``+text``: a status reply such as ``+PONG``.
+
+    Raises:
+        ValueError: ``text`` contains ``\\r`` or ``\\n``.
+    """
+    b = _text(text)
+    if b"\r" in b or b"\n" in b:
+        raise ValueError("a simple string cannot hold \\r or \\n")
+    return b"+" + b + b"\r\n"
+
+
+def error(message: str | bytes) -> bytes:
+    """``-message``: an error reply. The message starts with its code
+    (``ERR ...``); line breaks in it become spaces, as Redis does."""
+    b = _text(message).replace(b"\r", b" ").replace(b"\n", b" ")
+    return b"-" + b + b"\r\n"
+
+
+def integer(n: int) -> bytes:
+    """``:n``: an integer reply."""
+    return b":%d\r\n" % n
+
+
+def bulk(value: bytes | bytearray | memoryview | None) -> bytes:
+    """``$len`` and the bytes: a bulk string reply; ``None`` is the nil `NIL`."""
+    if value is None:
+        return NIL
+    return b"".join((b"$%d\r\n" % len(value), value, b"\r\n"))
+
+
+def mapping(pairs: Iterable[tuple[bytes, bytes]], resp3: bool) -> bytes:
+    """A map of encoded keys to encoded values: ``%n`` in RESP3, a flat
+    array of ``2n`` items in RESP2."""
+    flat = [x for pair in pairs for x in pair]
+    if resp3:
+        return b"%%%d\r\n" % (len(flat) // 2) + b"".join(flat)
+    return array(flat)
+
+
+def parse_integer(text: bytes | bytearray) -> int | None:
+    """``text`` as Redis reads a number (no ``+``, no spaces, no leading
+    zeros, fits in 64 bits), or ``None``."""
+    if not _COUNT.fullmatch(text):
+        return None
+    n = int(text)
+    return n if -(1 << 63) <= n < 1 << 63 else None
+
+
+def array(items: Iterable[bytes]) -> bytes:
+    """``*n`` and the items, each already encoded (so arrays can nest)."""
+    parts = list(items)
+    return b"*%d\r\n" % len(parts) + b"".join(parts)
+
+
+def encode_command(*words: str | bytes | int) -> bytes:
+    """A command as a client sends it: an array of bulk strings."""
+    return array(bulk(_text(w) if not isinstance(w, int) else b"%d" % w) for w in words)
