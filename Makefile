@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.stamp
 # Material for MkDocs prints a banner about MkDocs 2.0 on every build.
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: venv run test docs-serve clean
+.PHONY: venv run run-redis run-http bench test docs-serve clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,14 @@ $(STAMP): pyproject.toml
 
 run: venv
 	$(BIN)/python examples/echo_server.py --port $(PORT)
+
+# The Redis clone on 127.0.0.1:6380; try `redis-cli -p 6380 ping`.
+run-redis: venv
+	$(BIN)/python examples/redis_server.py --port 6380
+
+# The HTTP server on 127.0.0.1:8080 (and HTTPS on 4443 with a throwaway certificate).
+run-http: venv
+	$(BIN)/python examples/http_server.py --port 8080
 
 # Each step must pass before the next one starts.
 test: venv
