@@ -298,3 +298,43 @@ def server_side_socket(client: socket.socket) -> socket.socket:
             pass
         s.close()
     raise AssertionError(f"no server-side socket for {want!r}")
+
+
+def in_thread(fn: Callable[[], object]) -> Callable[[], None]:
+    """Run ``fn`` on a thread; the returned ``join`` re-raises what it raised."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            fn()
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+
+    def join() -> None:
+        t.join(DEADLINE)
+        assert not t.is_alive(), "helper thread did not finish"
+        if errors:
+            raise errors[0]
+
+    return join
+
+
+class Lines:
+    """Read a socket line by line; each line keeps its ending (``end``)."""
+
+    def __init__(self, sock: socket.socket, end: bytes = b"\n") -> None:
+        self.sock = sock
+        self.end = end
+        self.buf = b""
+
+    def next(self) -> bytes:
+        while self.end not in self.buf:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise AssertionError(f"end of stream; partial line {self.buf!r}")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(self.end)
+        return line + self.end

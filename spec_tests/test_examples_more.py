@@ -23,12 +23,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import POLLERS, connect_to, recv_all, recv_exactly
+from harness import POLLERS, Lines, connect_to, in_thread, recv_all, recv_exactly
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 30.0  # any one socket operation, and starting or stopping a process
@@ -76,45 +76,6 @@ def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> tuple[str, s
 def run_example(name: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(ROOT / "examples" / name), *args],
                           capture_output=True, text=True, timeout=TIMEOUT)
-
-
-def in_thread(fn: Callable[[], object]) -> Callable[[], None]:
-    """Run ``fn`` on a thread; the returned ``join`` re-raises what it raised."""
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            fn()
-        except BaseException as e:
-            errors.append(e)
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-
-    def join() -> None:
-        t.join(TIMEOUT)
-        assert not t.is_alive(), "helper thread did not finish"
-        if errors:
-            raise errors[0]
-
-    return join
-
-
-class Lines:
-    """Read a socket line by line (each line keeps its ending)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buf = b""
-
-    def next(self) -> bytes:
-        while b"\n" not in self.buf:
-            chunk = self.sock.recv(4096)
-            if not chunk:
-                raise AssertionError(f"end of stream; partial line {self.buf!r}")
-            self.buf += chunk
-        line, _, self.buf = self.buf.partition(b"\n")
-        return line + b"\n"
 
 
 # ------------------------------------------------------------ wake server

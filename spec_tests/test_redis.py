@@ -37,14 +37,14 @@ import sys
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from harness import POLLERS, recv_exactly
+from harness import POLLERS, Lines, in_thread, recv_exactly
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -409,23 +409,6 @@ def exchange(s: socket.socket, request: bytes, reply: bytes) -> None:
     assert recv_exactly(s, len(reply)) == reply
 
 
-class Lines:
-    """Read a socket line by line (each line keeps its \\r\\n)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buf = b""
-
-    def next(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(4096)
-            if not chunk:
-                raise AssertionError(f"end of stream; partial line {self.buf!r}")
-            self.buf += chunk
-        line, _, self.buf = self.buf.partition(b"\r\n")
-        return line + b"\r\n"
-
-
 def expect_end(s: socket.socket) -> bytes:
     """Read to the end of the stream; a reset counts as the end.
 
@@ -437,28 +420,6 @@ def expect_end(s: socket.socket) -> bytes:
         while chunk := s.recv(1 << 20):
             got += chunk
     return got
-
-
-def in_thread(fn: Callable[[], object]) -> Callable[[], None]:
-    """Run ``fn`` on a thread; the returned ``join`` re-raises what it raised."""
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            fn()
-        except BaseException as e:
-            errors.append(e)
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-
-    def join() -> None:
-        t.join(TIMEOUT)
-        assert not t.is_alive(), "helper thread did not finish"
-        if errors:
-            raise errors[0]
-
-    return join
 
 
 # ------------------------------------------------------ real clients
@@ -713,7 +674,7 @@ def test_the_commands_clients_send_on_their_own() -> None:
             assert re.fullmatch(_hello_reply(3) + re.escape(b"_\r\n") + _hello_reply(2)
                                 + re.escape(b"$-1\r\n"), got), got
         s.sendall(b"COMMAND HELP\r\nCONFIG HELP\r\nPING\r\n")
-        lines = Lines(s)
+        lines = Lines(s, b"\r\n")
         for _ in range(2):
             n = int(lines.next()[1:])
             assert all(lines.next().startswith(b"+") for _ in range(n))
@@ -975,7 +936,7 @@ def test_wget_to_a_full_backlog_times_out_in_the_connect() -> None:
                 s = server.connect()
                 started = time.monotonic()
                 s.sendall(f"WGET 127.0.0.1:{port} 0.5\r\n".encode())
-                reply = Lines(s).next()
+                reply = Lines(s, b"\r\n").next()
                 # The dial's own timeout, or (if the tick gets there first) ours.
                 assert re.fullmatch(rf"-ERR WGET 127\.0\.0\.1:{port}: (dial 'tcp://127\.0\.0\.1:"
                                     rf"{port}' timed out|timed out after 0\.5 seconds)\r\n",
