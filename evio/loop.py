@@ -343,7 +343,11 @@ class _Loop(Dialing):
             self._flush(c)
         if mask & READ and c.state is State.OPEN and not c.paused:
             self._read(c)
-        if c.state in LIVE:
+        # The common case -- open, reading, nothing pending -- needs no
+        # change of interest; skip the call.
+        if (c.out or c.paused or c.mask != READ or c.state is not State.OPEN) and (
+            c.state in LIVE
+        ):
             self._sync(c)
 
     def _sync(self, c: Conn) -> None:
@@ -569,9 +573,11 @@ class _Loop(Dialing):
                 return
             if not out:
                 return  # held back (a handshake in progress)
-        if c.out or c.state not in LIVE:
+        if c.out:
             if c.state in LIVE:
                 c.out += out  # append, never replace
+            return
+        if c.state not in LIVE:
             return
         ev = self.ev
         if ev.prewrite is not None and not self._around(c, ev.prewrite, (c.id, len(out))):

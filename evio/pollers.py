@@ -120,6 +120,22 @@ class Poller:
         """Release the backend's own descriptor, if it has one."""
 
 
+class _Translation(dict[int, int]):
+    """Native readiness flags -> our mask, computed once per distinct value.
+
+    Only a handful of flag combinations ever occur, so after the first few
+    polls translating an event is one dictionary lookup.
+    """
+
+    def __init__(self, compute: Callable[[int], int]) -> None:
+        super().__init__()
+        self._compute = compute
+
+    def __missing__(self, native: int) -> int:
+        mask = self[native] = self._compute(native)
+        return mask
+
+
 class EpollPoller(Poller):
     """Linux ``epoll``: the kernel keeps the interest set."""
 
@@ -136,8 +152,11 @@ class EpollPoller(Poller):
             WRITE: select.EPOLLOUT,
             READ | WRITE: select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLOUT,
         }
-        self._hup = hup
-        self._in = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLPRI
+        rd = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLPRI
+        self._ours = _Translation(
+            lambda ev: READ | WRITE if ev & hup
+            else (READ if ev & rd else 0) | (WRITE if ev & select.EPOLLOUT else 0)
+        )
 
     def register(self, fd: int, mask: int) -> None:
         self._ep.register(fd, self._to_native[mask])
@@ -155,14 +174,8 @@ class EpollPoller(Poller):
             native = self._ep.poll(-1 if timeout is None else max(0.0, timeout))
         except InterruptedError:  # pragma: no cover - PEP 475 retries for us
             return []
-        hup, rd = self._hup, self._in
-        out: Ready = []
-        for fd, ev in native:
-            if ev & hup:
-                out.append((fd, READ | WRITE))
-            else:
-                out.append((fd, (READ if ev & rd else 0) | (WRITE if ev & select.EPOLLOUT else 0)))
-        return out
+        ours = self._ours
+        return [(fd, ours[ev]) for fd, ev in native]
 
     def close(self) -> None:
         self._ep.close()
