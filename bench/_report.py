@@ -69,13 +69,16 @@ def load_table(samples: list[Sample], load: str, servers: Sequence[str]) -> list
                             "| | | | | | | | | | |")
             continue
         cpu, others = _med(m, "server_cpu"), _med(m, "foreign_cpu")
+        def versus_evio(metric: str, server: str = server) -> str:
+            if server == "evio":
+                return "1"
+            return _ratio_text(ratio(samples, load, metric, server, "evio"))
+
         rows.append(
-            f"| {server} | {_num(_med(m, 'rps'))} "
-            f"| {_ratio_text(ratio(samples, load, 'rps', server, 'evio'))} "
+            f"| {server} | {_num(_med(m, 'rps'))} | {versus_evio('rps')} "
             f"| {_num(_med(m, 'p50_us'))} | {_num(_med(m, 'p99_us'))} "
             f"| {_num(_med(m, 'user_us_per_req'), 2)} | {_num(_med(m, 'system_us_per_req'), 2)} "
-            f"| {_num(_med(m, 'cpu_us_per_req'), 2)} "
-            f"| {_ratio_text(ratio(samples, load, 'cpu_us_per_req', server, 'evio'))} "
+            f"| {_num(_med(m, 'cpu_us_per_req'), 2)} | {versus_evio('cpu_us_per_req')} "
             f"| {'–' if cpu is None else f'{cpu:.0%}'} "
             f"| {'–' if others is None else f'{others:.0%}'} "
             f"| {_num(_med(m, 'peak_rss_mib'), 1)} |")
@@ -92,10 +95,11 @@ def idle_table(samples: list[Sample], servers: Sequence[str]) -> list[str]:
         m = medians(samples, server, "idle")
         if not m:
             continue
+        r = ratio(samples, "idle", "bytes_per_conn", server, "evio")
         rows.append(
             f"| {server} | {_num(_med(m, 'conns'))} | {_num(_med(m, 'rss_before_mib'), 1)} "
             f"| {_num(_med(m, 'rss_after_mib'), 1)} | {_num(_med(m, 'bytes_per_conn'))} "
-            f"| {_ratio_text(ratio(samples, 'idle', 'bytes_per_conn', server, 'evio'))} |")
+            f"| {'1' if server == 'evio' else _ratio_text(r)} |")
     return rows
 
 
@@ -300,7 +304,8 @@ def draw_charts(folder: Path, samples: list[Sample], loads: dict[str, str],
         names, mid, low, high = series("idle", "bytes_per_conn")
         ax.bar(names, mid, yerr=[low, high], capsize=3,
                color=[COLOURS.get(n, "#999999") for n in names])
-        style(ax, "idle", "B")
+        style(ax, "idle", None)
+        ax.set_ylabel("bytes", fontsize=8)
         ax.set_title(f"RSS per idle connection ({len(samples) and _idle_conns(samples):,} open)",
                      fontsize=10)
         fig.tight_layout()

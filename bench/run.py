@@ -353,6 +353,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="let idle CPUs halt (by default /dev/cpu_dma_latency is held at 0 "
                         "while the suite runs, so they poll instead)")
     p.add_argument("--no-write", action="store_true", help="print the report only")
+    p.add_argument("--render", action="store_true",
+                   help="measure nothing: rebuild the page and charts from "
+                        "bench/results/latest.json")
     args = p.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.seconds = args.seconds or (2.0 if args.quick else 5.0)
@@ -368,6 +371,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        return render()
     t0 = time.monotonic()
     # SIGTERM ends the run through the finally below, which stops every server.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -405,8 +410,6 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             _procs.stop_all()
 
-    verdicts = [_summary.judge(samples, t)
-                for t in _summary.targets(loads_run, servers_run)]
     config = {
         "quick": args.quick, "rounds": args.rounds, "seconds": args.seconds,
         "redis_seconds": args.redis_seconds, "idle_conns": args.idle_conns,
@@ -416,16 +419,24 @@ def main(argv: list[str] | None = None) -> int:
         "retries": sum(int(s.metrics.get("attempts", 1)) - 1 for s in samples),
         "elapsed_s": time.monotonic() - t0,
     }
-    meta = machine(versions())
+    write = not (args.no_write or args.servers or args.loads)
+    publish(machine(versions()), config, samples, loads_run, servers_run, write)
+    if not write:
+        print("\n(results not written: --no-write, --servers or --loads was given)")
+    return 0
+
+
+def publish(meta: dict[str, Any], config: dict[str, Any], samples: list[Sample],
+            loads_run: list[str], servers_run: list[str], write: bool) -> None:
+    """Judge the targets, print the report; if ``write``, save the JSON, page and charts."""
+    verdicts = [_summary.judge(samples, t) for t in _summary.targets(loads_run, servers_run)]
     titles = {ld: LOADS[ld] for ld in loads_run}
     have_charts = available("matplotlib")
     text = _report.section(meta, config, samples, verdicts, titles, servers_run, have_charts)
     print()
     print(text)
-    partial = bool(args.servers or args.loads)
-    if args.no_write or partial:
-        print("\n(results not written: --no-write, --servers or --loads was given)")
-        return 0
+    if not write:
+        return
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     summary = {
         f"{server}/{load}": _summary.as_json(_summary.medians(samples, server, load))
@@ -447,6 +458,14 @@ def main(argv: list[str] | None = None) -> int:
     _report.write_page(PAGE, text)
     print(f"\nwrote {RESULTS.relative_to(ROOT)}, {PAGE.relative_to(ROOT)}"
           + (" and its charts" if have_charts else " (no matplotlib: no charts)"))
+
+
+def render() -> int:
+    """Rebuild the page and charts from ``bench/results/latest.json``, measuring nothing."""
+    saved = json.loads(RESULTS.read_text())
+    samples = [Sample(**s) for s in saved["samples"]]
+    publish(saved["machine"], saved["config"], samples, list(saved["loads"]),
+            saved["servers"], write=True)
     return 0
 
 
