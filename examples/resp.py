@@ -339,8 +339,10 @@ def split_inline(line: bytes) -> list[bytes]:
     Raises:
         ProtocolError: ``unbalanced quotes in request``.
     """
-    if b'"' not in line and b"'" not in line and b"\x0b" not in line and b"\x0c" not in line:
-        return line.split()  # the common case: no quotes, ASCII whitespace
+    # The common case: no quotes, only ASCII whitespace. Testing for an int
+    # (a byte value) is about ten times faster than for a one-byte string.
+    if 34 not in line and 39 not in line and 11 not in line and 12 not in line:  # " ' \v \f
+        return line.split()
     words: list[bytes] = []
     n = len(line)
     i = 0
