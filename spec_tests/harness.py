@@ -67,6 +67,12 @@ def wait_for(pred: Callable[[], object], timeout: float = DEADLINE, what: str = 
         time.sleep(0.002)
 
 
+def pattern(n: int, seed: int = 0) -> bytes:
+    """``n`` bytes that are not periodic in any small period."""
+    block = bytes((i * 7 + seed * 13 + (i >> 8)) & 0xFF for i in range(65521))
+    return (block * (n // len(block) + 1))[:n]
+
+
 def recv_exactly(s: socket.socket, n: int) -> bytes:
     """Read exactly ``n`` bytes (the socket's timeout bounds each read)."""
     buf = bytearray()

@@ -18,19 +18,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from harness import DEADLINE, Recorder, Running, recv_all, recv_exactly, running, wait_for
+from harness import DEADLINE, Recorder, Running, pattern, recv_all, recv_exactly, running, wait_for
 
 import evio
 from evio import Action
 
 MiB = 1 << 20
 NO_FLOW_CONTROL = 1 << 40  # a high-water mark no test reaches
-
-
-def pattern(n: int, seed: int = 0) -> bytes:
-    """``n`` bytes that are not periodic in any small period."""
-    block = bytes((i * 7 + seed * 13 + (i >> 8)) & 0xFF for i in range(65521))
-    return (block * (n // len(block) + 1))[:n]
 
 
 # More than any loopback socket buffers hold: most of it stays pending.

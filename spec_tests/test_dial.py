@@ -24,7 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import DEADLINE, Recorder, echo_events, recv_all, recv_exactly, running, wait_for
+from harness import (
+    DEADLINE,
+    Recorder,
+    echo_events,
+    pattern,
+    recv_all,
+    recv_exactly,
+    running,
+    wait_for,
+)
 
 import evio
 import evio.dial
@@ -32,12 +41,6 @@ from evio import Action
 
 MiB = 1 << 20
 TCP = ["tcp4", "tcp6"]
-
-
-def pattern(n: int, seed: int = 0) -> bytes:
-    """``n`` bytes that are not periodic in any small period."""
-    block = bytes((i * 7 + seed * 13 + (i >> 8)) & 0xFF for i in range(65521))
-    return (block * (n // len(block) + 1))[:n]
 
 
 def dial_text(bound: Any) -> str:

@@ -60,6 +60,7 @@ from harness import (
     echo_events,
     listen_address,
     open_descriptors,
+    pattern,
     recv_all,
     recv_exactly,
     running,
@@ -84,12 +85,6 @@ KiB = 1 << 10
 ROOT = Path(__file__).resolve().parent.parent
 # A peer that goes away may surface as either, depending on family and timing.
 GONE = (ConnectionResetError, BrokenPipeError)
-
-
-def pattern(n: int, seed: int = 0) -> bytes:
-    """``n`` bytes that are not periodic in any small period."""
-    block = bytes((i * 7 + seed * 13 + (i >> 8)) & 0xFF for i in range(65521))
-    return (block * (n // len(block) + 1))[:n]
 
 
 def family_of(bound: Any) -> socket.AddressFamily:

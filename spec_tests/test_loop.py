@@ -21,6 +21,7 @@ from harness import (
     Recorder,
     connect_to,
     echo_events,
+    pattern,
     recv_all,
     recv_exactly,
     running,
@@ -32,12 +33,6 @@ import evio
 from evio import Action
 
 MiB = 1 << 20
-
-
-def pattern(n: int, seed: int = 0) -> bytes:
-    """``n`` bytes that are not periodic in any small period."""
-    block = bytes((i * 7 + seed * 13 + (i >> 8)) & 0xFF for i in range(65521))
-    return (block * (n // len(block) + 1))[:n]
 
 
 # ----------------------------------------------------------------- start

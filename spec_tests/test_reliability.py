@@ -12,18 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Recorder, echo_events, recv_exactly, running, wait_for
+from harness import Recorder, echo_events, pattern, recv_exactly, running, wait_for
 
 import evio
 from evio import Action
 
 MiB = 1 << 20
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def pattern(n: int, seed: int = 0) -> bytes:
-    block = bytes((i * 7 + seed * 13 + (i >> 8)) & 0xFF for i in range(65521))
-    return (block * (n // len(block) + 1))[:n]
 
 
 # ---------------------------------------------------------- flow control

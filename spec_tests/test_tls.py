@@ -42,6 +42,7 @@ from harness import (
     Running,
     echo_events,
     listen_address,
+    pattern,
     recv_exactly,
     running,
     wait_for,
@@ -60,12 +61,6 @@ PROPERTY = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-
-
-def pattern(n: int, seed: int = 0) -> bytes:
-    """``n`` bytes that are not periodic in any small period."""
-    block = bytes((i * 7 + seed * 13 + (i >> 8)) & 0xFF for i in range(65521))
-    return (block * (n // len(block) + 1))[:n]
 
 
 # ------------------------------------------------------------ certificates

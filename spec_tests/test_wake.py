@@ -24,19 +24,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import CountingPoller, Recorder, echo_events, recv_all, recv_exactly, running, wait_for
+from harness import (
+    CountingPoller,
+    Recorder,
+    echo_events,
+    pattern,
+    recv_all,
+    recv_exactly,
+    running,
+    wait_for,
+)
 
 import evio
 from evio import Action
 from evio.pollers import READ, WRITE
 
 MiB = 1 << 20
-
-
-def pattern(n: int, seed: int = 0) -> bytes:
-    """``n`` bytes that are not periodic in any small period."""
-    block = bytes((i * 7 + seed * 13 + (i >> 8)) & 0xFF for i in range(65521))
-    return (block * (n // len(block) + 1))[:n]
 
 
 BIG = pattern(16 * MiB, 3)
