@@ -344,3 +344,41 @@ class Lines:
             self.buf += chunk
         line, _, self.buf = self.buf.partition(self.end)
         return line + self.end
+
+
+@contextlib.contextmanager
+def unanswered_listener(family: str = "tcp4") -> Iterator[tuple[Any, ...]]:
+    """The address of a tcp listener whose connects never complete.
+
+    Linux drops a SYN when the listener's accept queue is full, and the
+    connecting side keeps retransmitting it for minutes. ``listen(0)`` leaves
+    room for one connection: connect until one gets no answer, accept none.
+    """
+    import select
+
+    fam = socket.AF_INET6 if family == "tcp6" else socket.AF_INET
+    host = "::1" if family == "tcp6" else "127.0.0.1"
+    with socket.socket(fam, socket.SOCK_STREAM) as lst, contextlib.ExitStack() as fillers:
+        lst.bind((host, 0))
+        lst.listen(0)
+        for _ in range(16):
+            c = fillers.enter_context(socket.socket(fam, socket.SOCK_STREAM))
+            c.setblocking(False)
+            c.connect_ex(lst.getsockname())
+            if not select.select([], [c], [], 0.2)[1]:
+                break  # this one hangs: the queue is full
+        else:
+            raise AssertionError("could not fill the listener's accept queue")
+        yield lst.getsockname()
+
+
+def read_until_eof(c: socket.socket) -> bytes:
+    """Everything the peer sends until it closes (a reset after it counts as the end)."""
+    buf = bytearray()
+    with contextlib.suppress(ConnectionResetError):
+        while True:
+            chunk = c.recv(1 << 20)
+            if not chunk:
+                break
+            buf += chunk
+    return bytes(buf)

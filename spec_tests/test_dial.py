@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import select
 import socket
 import threading
 import time
@@ -23,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import harness
 import pytest
 from harness import (
     DEADLINE,
@@ -84,26 +84,9 @@ def refusing(family: str, tmp_path: Path) -> Iterator[str]:
 
 @contextlib.contextmanager
 def unanswered_listener(family: str) -> Iterator[str]:
-    """The dial address of a tcp listener whose connects never complete.
-
-    Linux drops a SYN when the listener's accept queue is full, and the
-    connecting side keeps retransmitting it for minutes. ``listen(0)`` leaves
-    room for one connection: connect until one gets no answer, accept none.
-    """
-    fam = socket.AF_INET6 if family == "tcp6" else socket.AF_INET
-    host = "::1" if family == "tcp6" else "127.0.0.1"
-    with socket.socket(fam, socket.SOCK_STREAM) as lst, contextlib.ExitStack() as fillers:
-        lst.bind((host, 0))
-        lst.listen(0)
-        for _ in range(16):
-            c = fillers.enter_context(socket.socket(fam, socket.SOCK_STREAM))
-            c.setblocking(False)
-            c.connect_ex(lst.getsockname())
-            if not select.select([], [c], [], 0.2)[1]:
-                break  # this one hangs: the queue is full
-        else:
-            raise AssertionError("could not fill the listener's accept queue")
-        yield dial_text(lst.getsockname())
+    """The dial address of a tcp listener whose connects never complete."""
+    with harness.unanswered_listener(family) as bound:
+        yield dial_text(bound)
 
 
 def accept(lst: socket.socket, r: Any) -> socket.socket:

@@ -28,7 +28,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import POLLERS, Lines, connect_to, in_thread, recv_all, recv_exactly
+from harness import (
+    POLLERS,
+    Lines,
+    connect_to,
+    in_thread,
+    recv_all,
+    recv_exactly,
+    unanswered_listener,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 30.0  # any one socket operation, and starting or stopping a process
@@ -331,32 +339,20 @@ def test_proxy_closes_the_client_when_the_upstream_refuses() -> None:
 def test_proxy_closes_a_client_that_sends_too_much_before_the_upstream_connects() -> None:
     # A listener whose backlog is full: Linux drops further SYNs, so a dial
     # to it stays in progress (the proxy's dial timeout is 10 s).
-    with socket.socket() as full:
-        full.bind(("127.0.0.1", 0))
-        full.listen(0)
-        fillers = [socket.socket() for _ in range(3)]
-        try:
-            for f in fillers:
-                f.setblocking(False)
-                f.connect_ex(full.getsockname())
-            with socket.socket() as probe:
-                probe.settimeout(0.5)
-                if probe.connect_ex(full.getsockname()) == 0:
-                    pytest.skip("this kernel does not hold connects to a full backlog")
-            with proxy(f"tcp://127.0.0.1:{full.getsockname()[1]}") as (proc, port):
-                with connect_to(("127.0.0.1", port), TIMEOUT) as c:
-                    started = time.monotonic()
-                    join = in_thread(lambda: send_ignoring_reset(c, os.urandom(6 * MiB)))
-                    with contextlib.suppress(ConnectionResetError):
-                        assert c.recv(1) == b""
-                    join()
-                    assert time.monotonic() - started < 5  # not the dial timeout
-                # The upstream's dial is still in progress when the proxy
-                # stops: it ends as aborted.
-                _, err = stop(proc)
-        finally:
-            for f in fillers:
-                f.close()
+    with (
+        unanswered_listener() as (_, upstream_port),
+        proxy(f"tcp://127.0.0.1:{upstream_port}") as (proc, port),
+    ):
+        with connect_to(("127.0.0.1", port), TIMEOUT) as c:
+            started = time.monotonic()
+            join = in_thread(lambda: send_ignoring_reset(c, os.urandom(6 * MiB)))
+            with contextlib.suppress(ConnectionResetError):
+                assert c.recv(1) == b""
+            join()
+            assert time.monotonic() - started < 5  # not the dial timeout
+        # The upstream's dial is still in progress when the proxy
+        # stops: it ends as aborted.
+        _, err = stop(proc)
     assert "ConnectionAbortedError" in err, err
 
 

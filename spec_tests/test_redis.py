@@ -44,7 +44,7 @@ from typing import Any
 
 import pytest
 import redis
-from harness import POLLERS, Lines, in_thread, recv_exactly
+from harness import POLLERS, Lines, in_thread, recv_exactly, unanswered_listener
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -919,32 +919,16 @@ def test_wget_times_out_while_other_clients_are_served() -> None:
 @pytest.mark.rule("REDIS-17")
 def test_wget_to_a_full_backlog_times_out_in_the_connect() -> None:
     # Linux drops SYNs to a listener whose backlog is full: the connect hangs.
-    with socket.socket() as full:
-        full.bind(("127.0.0.1", 0))
-        full.listen(0)
-        fillers = [socket.socket() for _ in range(3)]
-        try:
-            for f in fillers:
-                f.setblocking(False)
-                f.connect_ex(full.getsockname())
-            with socket.socket() as probe:
-                probe.settimeout(0.5)
-                if probe.connect_ex(full.getsockname()) == 0:
-                    pytest.skip("this kernel does not hold connects to a full backlog")
-            port = full.getsockname()[1]
-            with redis_server() as server:
-                s = server.connect()
-                started = time.monotonic()
-                s.sendall(f"WGET 127.0.0.1:{port} 0.5\r\n".encode())
-                reply = Lines(s, b"\r\n").next()
-                # The dial's own timeout, or (if the tick gets there first) ours.
-                assert re.fullmatch(rf"-ERR WGET 127\.0\.0\.1:{port}: (dial 'tcp://127\.0\.0\.1:"
-                                    rf"{port}' timed out|timed out after 0\.5 seconds)\r\n",
-                                    reply.decode()), reply
-                assert 0.4 < time.monotonic() - started < 5
-        finally:
-            for f in fillers:
-                f.close()
+    with unanswered_listener() as (_, port), redis_server() as server:
+        s = server.connect()
+        started = time.monotonic()
+        s.sendall(f"WGET 127.0.0.1:{port} 0.5\r\n".encode())
+        reply = Lines(s, b"\r\n").next()
+        # The dial's own timeout, or (if the tick gets there first) ours.
+        assert re.fullmatch(rf"-ERR WGET 127\.0\.0\.1:{port}: (dial 'tcp://127\.0\.0\.1:"
+                            rf"{port}' timed out|timed out after 0\.5 seconds)\r\n",
+                            reply.decode()), reply
+        assert 0.4 < time.monotonic() - started < 5
 
 
 @pytest.mark.rule("REDIS-18", "REDIS-15")

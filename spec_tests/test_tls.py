@@ -43,6 +43,7 @@ from harness import (
     echo_events,
     listen_address,
     pattern,
+    read_until_eof,
     recv_exactly,
     running,
     wait_for,
@@ -148,18 +149,6 @@ def errors_of(rec: Recorder, cid: int) -> list[Any]:
 
 def data_of(rec: Recorder, cid: int) -> bytes:
     return b"".join(d for i, d in rec.of("data") if i == cid and d is not None)
-
-
-def read_until_eof(c: socket.socket) -> bytes:
-    """Raw bytes until the server closes (a reset counts as the end)."""
-    buf = bytearray()
-    with contextlib.suppress(ConnectionResetError):
-        while True:
-            chunk = c.recv(1 << 20)
-            if not chunk:
-                break
-            buf += chunk
-    return bytes(buf)
 
 
 def dial_text(bound: Any) -> str:

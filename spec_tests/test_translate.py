@@ -38,6 +38,7 @@ from harness import (
     echo_events,
     listen_address,
     pattern,
+    read_until_eof,
     recv_all,
     recv_exactly,
     running,
@@ -158,18 +159,6 @@ def errors_of(rec: Recorder, cid: int) -> list[Any]:
 
 def data_of(rec: Recorder, cid: int) -> list[Any]:
     return [d for i, d in rec.of("data") if i == cid]
-
-
-def read_until_eof(c: socket.socket) -> bytes:
-    """Everything the server sends until it closes (a reset after it counts as the end)."""
-    buf = bytearray()
-    with contextlib.suppress(ConnectionResetError):
-        while True:
-            chunk = c.recv(1 << 20)
-            if not chunk:
-                break
-            buf += chunk
-    return bytes(buf)
 
 
 def has_calls(rec: Recorder, kind: str, n: int) -> bool:
