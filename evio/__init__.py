@@ -17,9 +17,11 @@ evio.serve(evio.Events(data=data), "tcp://127.0.0.1:5000")
 from .addresses import Address, parse_address
 from .detach import DetachedConn
 from .events import Action, Events, Info, InputStream, Options
-from .loop import Server, serve
+from .loop import serve
 from .pollers import Poller, available_pollers
-from .translate import Passthrough, Translator, ZlibTranslator, translate
+from .server import Server
+from .translate import translate
+from .translators import Passthrough, Translator, ZlibTranslator
 
 __all__ = [
     "Action",

@@ -13,7 +13,7 @@ Two things can go wrong at that hand-over, and both bit the original's users:
    not take yet.  Writing them from the loop would block it (the peer may
    never read); dropping them loses data; letting the new owner write first
    reorders the stream.  So the pending bytes travel *with* the socket, in
-   :class:`DetachedConn`, and every operation of the new owner -- a read, a
+   `DetachedConn`, and every operation of the new owner -- a read, a
    write, a shutdown, a close -- first sends them, blocking in the owner's
    thread, never the loop's.  Reads flush too: a peer may wait for our
    pending reply before it says anything, and a reader that did not flush
@@ -44,7 +44,7 @@ class DetachedConn:
 
     Attributes:
         socket: The underlying blocking ``socket.socket``. Using it directly
-            skips the pending-output rule; call :meth:`flush` first.
+            skips the pending-output rule; call `flush` first.
     """
 
     def __init__(self, sock: socket.socket, pending: bytes) -> None:
@@ -110,7 +110,7 @@ class DetachedConn:
         """Send what is pending, then close.
 
         Sending blocks until the peer has taken it all, the peer is gone, or
-        the timeout set with :meth:`settimeout` passes; then the socket is
+        the timeout set with `settimeout` passes; then the socket is
         closed either way.
         """
         try:
@@ -118,6 +118,19 @@ class DetachedConn:
                 self.flush()
         except OSError:
             pass  # the peer is gone, or the owner's timeout passed
+        finally:
+            self.socket.close()
+
+    def abandon(self) -> None:
+        """Close at once, without blocking: one non-blocking try to send
+        what is pending, then close. The loop calls this when ``detached``
+        raised and nobody owns the socket."""
+        try:
+            self.socket.setblocking(False)
+            if self._pending:
+                self.socket.send(self._pending)
+        except OSError:
+            pass  # the peer is gone, or its buffer is full: the rest is lost
         finally:
             self.socket.close()
 

@@ -31,22 +31,26 @@ Every dial the server accepted ends in exactly one ``opened`` and one
 from __future__ import annotations
 
 import errno
-import heapq
 import ipaddress
+import itertools
 import logging
 import os
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from .addresses import Address, parse_address
-from .events import Action, Events, Info, split_action
+from .callbacks import Policy
+from .events import Info
+from .lifecycle import Conn, On, State, move
 from .pollers import WRITE, Poller
+from .timers import Timer, Timers
 from .wake import Waker
 
-__all__ = ["Dial", "Dialing", "dial_address", "needs_resolving", "resolve", "targets_now"]
+__all__ = ["Dial", "Dialer", "dial_address", "needs_resolving", "resolve", "targets_now"]
 
 log = logging.getLogger("evio")
 
@@ -65,7 +69,9 @@ class Dial:
         sock: The socket of the attempt in progress.
         woken: A wake arrived while dialing; deliver it once open.
         error: The last failure, reported if no target connects.
-        done: Opened or failed; late events for it are ignored.
+        state: ``DIALING``, then ``OPENING`` (connected) or ``CLOSED``
+            (failed); late events for a dial no longer dialing are ignored.
+        timer: Its timeout in the loop's timer queue.
     """
 
     id: int
@@ -75,7 +81,13 @@ class Dial:
     sock: socket.socket | None = None
     woken: bool = False
     error: BaseException | None = None
-    done: bool = False
+    state: State = State.DIALING
+    timer: Timer | None = None
+
+    @property
+    def done(self) -> bool:
+        """Connected or failed."""
+        return self.state is not State.DIALING
 
     @property
     def remote(self) -> Any:
@@ -134,35 +146,84 @@ def resolve(a: Address) -> list[tuple[int, Any]]:
     return [(family, sockaddr) for family, _, _, _, sockaddr in infos]
 
 
-class Dialing:
-    """The loop's side of dialing, mixed into the loop.
+class _Streams(Protocol):
+    """What the dialer asks of `evio.streams.Streams` once a dial connects."""
 
-    Everything here runs on the loop's thread, except `_resolve`, which
-    runs on a resolver thread and only posts its answer back.
+    def adopt(self, sock: socket.socket, index: int, cid: int | None = None) -> Conn | None: ...
+
+    def begin(self, c: Conn, remote: Any, woken: bool = False) -> None: ...
+
+
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is not None and (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not 0 < timeout < float("inf")
+    ):
+        raise ValueError(
+            f"dial timeout must be a positive, finite number of seconds, not {timeout!r}"
+        )
+
+
+class Dialer:
+    """The loop's outbound connections, from request to ``opened``.
+
+    `request` runs on any thread; everything else on the loop's thread,
+    except `_resolve`, which runs on a resolver thread and only posts its
+    answer back.
+
+    Args:
+        poller: The loop's poller.
+        timers: The loop's deadline queue (dial timeouts).
+        waker: The loop's doorbell (requests and resolver answers arrive here).
+        policy: Calls the callbacks (for dials that fail).
+        handlers: The loop's dispatch table (sockets still connecting).
+        ids: Where connection ids come from.
+        streams: Takes a connected socket into the loop.
     """
 
-    ev: Events
-    poller: Poller
-    waker: Waker
-    stopping: bool
-    dials: dict[int, Dial]  # by id, until opened or failed
-    connecting: dict[int, Dial]  # by descriptor, while connecting
-    timers: list[tuple[float, int, Dial]]  # dial deadlines (a heap)
-    resolver: ThreadPoolExecutor | None
+    def __init__(self, poller: Poller, timers: Timers, waker: Waker, policy: Policy,
+                 handlers: dict[int, Any], ids: itertools.count[int],
+                 streams: _Streams) -> None:
+        self.poller = poller
+        self.timers = timers
+        self.waker = waker
+        self.policy = policy
+        self.handlers = handlers
+        self.ids = ids
+        self.streams = streams
+        self.dials: dict[int, Dial] = {}  # by id, until opened or failed
+        self.resolver: ThreadPoolExecutor | None = None
 
-    def _open(self, sock: socket.socket, remote: Any, index: int,
-              dial: Dial | None = None) -> None:
-        raise NotImplementedError  # the loop's: adopt a connected socket
+    def request(self, addr: str, timeout: float | None) -> int:
+        """`evio.Server.dial`: validate, draw an id, post the dial to the loop."""
+        a = dial_address(addr)
+        _check_timeout(timeout)
+        cid = next(self.ids)  # next() is atomic: any thread may draw an id
+        deadline = None if timeout is None else time.monotonic() + timeout
+        d = Dial(cid, a, deadline)
+        if not self.waker.post(partial(self._start, d),
+                               before=partial(self.dials.__setitem__, cid, d)):
+            raise RuntimeError(f"cannot dial {addr!r}: the server has shut down")
+        return cid
 
-    def start_dial(self, d: Dial) -> None:
+    def woken(self, cid: int) -> bool:
+        """A wake for a dial in progress is kept until it opens."""
+        d = self.dials.get(cid)
+        if d is None:
+            return False
+        d.woken = True
+        return True
+
+    def _start(self, d: Dial) -> None:
         """A dial request reached the loop: resolve off the loop, or connect now."""
         if d.done:
             return
         if d.deadline is not None:
-            heapq.heappush(self.timers, (d.deadline, d.id, d))
+            d.timer = self.timers.at(d.deadline, partial(self._timed_out, d))
         if not needs_resolving(d.address):
             d.targets = targets_now(d.address)
-            self._dial_next(d)
+            self._next(d)
             return
         if self.resolver is None:
             self.resolver = ThreadPoolExecutor(max_workers=4, thread_name_prefix="evio-resolve")
@@ -180,12 +241,16 @@ class Dialing:
         if d.done:
             return  # timed out meanwhile
         if isinstance(targets, BaseException):
-            self._dial_failed(d, targets)
+            self.failed(d, On.DIAL_FAILED, targets)
             return
         d.targets = targets
-        self._dial_next(d)
+        self._next(d)
 
-    def _dial_next(self, d: Dial) -> None:
+    def _timed_out(self, d: Dial) -> None:
+        d.timer = None
+        self.failed(d, On.DIAL_FAILED, TimeoutError(f"dial {d.address.text!r} timed out"))
+
+    def _next(self, d: Dial) -> None:
         """Start connecting to the next target, or fail with the last error."""
         while d.targets:
             family, target = d.targets.pop(0)
@@ -216,18 +281,22 @@ class Dialing:
                     remote = sock.getpeername()
                 except OSError:
                     remote = d.remote
-                self._open(sock, remote, -1, d)
+                self._open(d, sock, remote)
             else:
                 d.sock = sock
-                self.connecting[sock.fileno()] = d
+                self.handlers[sock.fileno()] = (self.connected, d)
             return
-        self._dial_failed(d, d.error or OSError(errno.EHOSTUNREACH, "no address to dial"))
+        self.failed(d, On.DIAL_FAILED, d.error or OSError(errno.EHOSTUNREACH,
+                                                          "no address to dial"))
 
-    def _connected(self, d: Dial) -> None:
+    def connected(self, d: Dial, mask: int) -> None:
         """The socket of a dial in progress became writable: did it connect?"""
         sock = d.sock
-        assert sock is not None
+        if sock is None or d.done:
+            return
         d.sock = None
+        fd = sock.fileno()
+        self.handlers.pop(fd, None)
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err == 0:
             try:
@@ -235,36 +304,42 @@ class Dialing:
             except OSError as e:  # reset between connect and now
                 err = e.errno or errno.ECONNRESET
             else:
-                self._open(sock, remote, -1, d)
+                self._open(d, sock, remote)
                 return
-        self.poller.unregister(sock.fileno())
+        self.poller.unregister(fd)
         sock.close()
         d.error = OSError(err, os.strerror(err))
-        self._dial_next(d)
+        self._next(d)
 
-    def _dial_failed(self, d: Dial, err: BaseException) -> None:
+    def _open(self, d: Dial, sock: socket.socket, remote: Any) -> None:
+        """Connected: the socket becomes a stream connection with the dial's id."""
+        move(d, On.CONNECTED)
+        self.timers.cancel(d.timer)
+        c = self.streams.adopt(sock, -1, d.id)
+        del self.dials[d.id]  # after adopt: wake() always finds the id
+        assert c is not None
+        self.streams.begin(c, remote, d.woken)
+
+    def failed(self, d: Dial, on: On, err: BaseException) -> None:
         """Report a dial that will not connect: opened (closing), then closed."""
         if d.done:
             return
-        d.done = True
+        move(d, on)
+        self.timers.cancel(d.timer)
         if d.sock is not None:
             fd = d.sock.fileno()
-            self.connecting.pop(fd, None)
+            self.handlers.pop(fd, None)
             self.poller.unregister(fd)
             d.sock.close()
             d.sock = None
         self.dials.pop(d.id, None)
-        ev = self.ev
-        if ev.opened is not None:
-            try:
-                ev.opened(d.id, Info(True, -1, None, d.remote))
-            except Exception:
-                log.exception("opened raised for failed dial %d; ignored", d.id)
-        if ev.closed is not None:
-            try:
-                action = split_action(ev.closed(d.id, err), "closed")
-            except Exception:
-                log.exception("closed raised for dial %d; ignored", d.id)
-                return
-            if action is Action.SHUTDOWN:
-                self.stopping = True
+        self.policy.unopened(d.id, Info(True, -1, None, d.remote), err)
+
+    def shut(self, cid: int) -> None:
+        """Shutdown: fail a dial in progress with ``ConnectionAbortedError``."""
+        self.failed(self.dials[cid], On.SHUTDOWN, ConnectionAbortedError("the server shut down"))
+
+    def close(self) -> None:
+        """Stop the resolver threads (answers still coming are dropped)."""
+        if self.resolver is not None:
+            self.resolver.shutdown(wait=False, cancel_futures=True)

@@ -1,14 +1,25 @@
-"""Connection records and the connection lifecycle, as data.
+"""Connection records and the connection lifecycle, as data that drives the code.
 
 Theory of operation
 -------------------
-A connection's life is a handful of states -- open, flushing before close,
-closed, detached -- and the events that move it between them.  Writing the
-transitions down as a table (`LIFECYCLE`) rather than leaving them implied
-by flags scattered through the loop gives three things: the spec page's
-table and diagram are drawn from it (``tools/lifecycle_doc.py``, checked by
-the conformance suite), the loop's code can be read against it, and a new
-transition has exactly one place to be declared.
+A connection's life is a handful of states -- dialing, opening, open,
+flushing before close, closed, detached -- and the events that move it
+between them.  Writing the transitions down as a table (`LIFECYCLE`)
+rather than leaving them implied by flags scattered through the loop gives
+three things:
+
+* the spec page's table and diagram are drawn from it
+  (``tools/lifecycle_doc.py``, checked by the conformance suite);
+* every change of state goes through `move`, which looks the change up in
+  the table and refuses one that is not there -- so the table cannot drift
+  from the code, and a new transition has exactly one place to be declared;
+* `observe` lets the conformance suite watch every transition the loop
+  makes and check that together they cover the table.
+
+A row whose source and target are the same (reading pauses, reading
+resumes) is a change of behaviour, not of state; the loop calls `move` for
+it too, except for "bytes read", which happens on every read and is shown
+by the ``data`` call itself.
 
 The per-connection record, `Conn`, is a slotted dataclass: small, fast to
 reach from the hot path, and explicit about every field the loop keeps.
@@ -17,83 +28,196 @@ reach from the hot path, and explicit about every field the loop keeps.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Protocol
 
 from .pollers import READ
-from .translate import Translator
+from .timers import Timer
+from .translators import Translator
 
-__all__ = ["LIFECYCLE", "LIVE", "Conn", "State", "Transition"]
+__all__ = ["LIFECYCLE", "LIVE", "Conn", "LifecycleError", "On", "State", "Transition", "move",
+           "observe"]
 
 
 class State(Enum):
     """Where a connection is in its life (see `LIFECYCLE`)."""
 
+    DIALING = "dialing"
+    OPENING = "opening"
     OPEN = "open"
     FLUSHING = "flushing"
     CLOSED = "closed"
     DETACHED = "detached"
 
 
+class On(Enum):
+    """What happened to a connection: the events of `LIFECYCLE`."""
+
+    CONNECTED = "connected"
+    DIAL_FAILED = "refused, unresolvable or timed out"
+    OPENED = "opened called"
+    SETUP_FAILED = "translator set-up failed"
+    BYTES_READ = "bytes read"
+    ABOVE_HIGH = "output above the high-water mark"
+    AT_LOW = "output at or below the low-water mark"
+    IDLE = "idle timeout"
+    CLOSE = "CLOSE returned"
+    PEER_EOF = "peer's end of stream"
+    RAISED = "callback raised"
+    TRANSLATOR_RAISED = "translator raised"
+    IO_ERROR = "read or write error"
+    HOOK_RAISED = "prewrite or postwrite raised"
+    DRAINED = "output drained"
+    DETACH = "DETACH returned"
+    SHUTDOWN = "SHUTDOWN"
+
+
 LIVE = (State.OPEN, State.FLUSHING)
+"""The states in which a connection holds a registered socket."""
 
 
 @dataclass(frozen=True, slots=True)
 class Transition:
     """One row of the connection lifecycle table."""
 
-    source: str
-    event: str
-    target: str
+    source: State
+    event: On
+    target: State
     effect: str
 
 
+_S, _O = State, On
 LIFECYCLE: tuple[Transition, ...] = (
-    Transition("accepted", "opened returns", "open", "opened's output is written first"),
-    Transition("dialing", "connected", "open", "opened(id, info) with addr_index -1"),
-    Transition("dialing", "refused, unresolvable or timed out", "closed",
+    Transition(_S.DIALING, _O.CONNECTED, _S.OPENING, "from here on like an accepted connection"),
+    Transition(_S.DIALING, _O.DIAL_FAILED, _S.CLOSED,
                "opened with info.closing, then closed(id, err)"),
-    Transition("dialing", "SHUTDOWN", "closed",
+    Transition(_S.DIALING, _O.SHUTDOWN, _S.CLOSED,
                "opened with info.closing, then closed(id, ConnectionAbortedError)"),
-    Transition("open", "bytes read", "open", "data(id, bytes); its output is appended"),
-    Transition("open", "output above the high-water mark", "open", "reading pauses"),
-    Transition("open", "output at or below the low-water mark", "open", "reading resumes"),
-    Transition("open", "idle timeout", "closed", "pending output is dropped; err is TimeoutError"),
-    Transition("open", "CLOSE returned", "flushing", "reading stops"),
-    Transition("open", "peer's end of stream", "flushing", "reading stops"),
-    Transition("open", "callback raised", "flushing", "reading stops; err is kept"),
-    Transition("open", "read or write error", "closed", "pending output is dropped"),
-    Transition("open", "prewrite or postwrite raised", "closed", "pending output is dropped"),
-    Transition("flushing", "output drained", "closed", "closed(id, err)"),
-    Transition("flushing", "write error", "closed", "closed(id, err)"),
-    Transition("open", "DETACH returned", "detached",
+    Transition(_S.OPENING, _O.OPENED, _S.OPEN, "opened's output is written first"),
+    Transition(_S.OPENING, _O.SETUP_FAILED, _S.CLOSED,
+               "accepted: no opened, no closed; dialed: as a failed dial"),
+    Transition(_S.OPENING, _O.SHUTDOWN, _S.CLOSED, "no opened, no closed"),
+    Transition(_S.OPEN, _O.BYTES_READ, _S.OPEN, "data(id, bytes); its output is appended"),
+    Transition(_S.OPEN, _O.ABOVE_HIGH, _S.OPEN, "reading pauses"),
+    Transition(_S.OPEN, _O.AT_LOW, _S.OPEN, "reading resumes"),
+    Transition(_S.OPEN, _O.CLOSE, _S.FLUSHING, "reading stops"),
+    Transition(_S.OPEN, _O.PEER_EOF, _S.FLUSHING, "reading stops"),
+    Transition(_S.OPEN, _O.RAISED, _S.FLUSHING, "reading stops; err is kept"),
+    Transition(_S.OPEN, _O.TRANSLATOR_RAISED, _S.FLUSHING,
+               "its alert is sent; reading stops; err is kept"),
+    Transition(_S.OPEN, _O.IDLE, _S.CLOSED, "pending output is dropped; err is TimeoutError"),
+    Transition(_S.OPEN, _O.IO_ERROR, _S.CLOSED, "pending output is dropped"),
+    Transition(_S.OPEN, _O.HOOK_RAISED, _S.CLOSED, "pending output is dropped"),
+    Transition(_S.FLUSHING, _O.DRAINED, _S.CLOSED, "closed(id, err)"),
+    Transition(_S.FLUSHING, _O.IDLE, _S.CLOSED, "pending output is dropped; err is TimeoutError"),
+    Transition(_S.FLUSHING, _O.IO_ERROR, _S.CLOSED, "pending output is dropped"),
+    Transition(_S.FLUSHING, _O.HOOK_RAISED, _S.CLOSED, "pending output is dropped"),
+    Transition(_S.OPEN, _O.DETACH, _S.DETACHED,
                "detached(id, conn); pending output goes with conn"),
-    Transition("flushing", "DETACH returned", "detached",
+    Transition(_S.FLUSHING, _O.DETACH, _S.DETACHED,
                "detached(id, conn); pending output goes with conn"),
-    Transition("open", "SHUTDOWN", "closed", "one last non-blocking write"),
-    Transition("flushing", "SHUTDOWN", "closed", "one last non-blocking write"),
+    Transition(_S.OPEN, _O.SHUTDOWN, _S.CLOSED, "one last non-blocking write"),
+    Transition(_S.FLUSHING, _O.SHUTDOWN, _S.CLOSED, "one last non-blocking write"),
 )
-"""The connection lifecycle as data: the spec page's table and diagram are
-checked against it."""
+"""The connection lifecycle as data: `move` allows exactly these changes,
+and the spec page's table and diagram are checked against it."""
+
+_NEXT: dict[tuple[State, On], State] = {(t.source, t.event): t.target for t in LIFECYCLE}
+assert len(_NEXT) == len(LIFECYCLE), "two rows share a source and an event"
+
+Observer = Callable[[int, State, On, State], None]
+_observers: list[Observer] = []
+
+
+class LifecycleError(RuntimeError):
+    """A change of state that `LIFECYCLE` does not allow: a bug in evio."""
+
+
+class _Record(Protocol):
+    id: int
+    state: State
+
+
+def move(rec: _Record, event: On) -> State:
+    """Apply ``event`` to a connection (or dial) record, as the table says.
+
+    Returns:
+        The new state.
+
+    Raises:
+        LifecycleError: the table has no row for the record's state and
+            ``event``.
+    """
+    source = rec.state
+    target = _NEXT.get((source, event))
+    if target is None:
+        raise LifecycleError(f"connection {rec.id}: no transition from {source.value} "
+                             f"on {event.value!r}")
+    rec.state = target
+    if _observers:
+        for fn in tuple(_observers):
+            fn(rec.id, source, event, target)
+    return target
+
+
+def observe(fn: Observer) -> Callable[[], None]:
+    """Call ``fn(id, source, event, target)`` after every `move`, in any loop.
+
+    A debugging and testing aid: the conformance suite uses it to check that
+    the loop's transitions are exactly the table's.
+
+    Returns:
+        A function that stops the observing.
+    """
+    _observers.append(fn)
+    return lambda: _observers.remove(fn)
 
 
 @dataclass(slots=True, eq=False)
 class Conn:
-    """Per-connection state. ``mask`` is what the poller was last told."""
+    """One stream connection's state.
+
+    Attributes:
+        id: The id callbacks receive.
+        sock: The non-blocking socket.
+        fd: Its descriptor (kept: it is the key in the loop's tables).
+        addr_index: Index of the listener that accepted it, -1 if dialed.
+        state: Where it is in `LIFECYCLE`.
+        dialed: It came from `evio.Server.dial`.
+        pending: Output not yet taken by the socket, oldest first.
+        interest: The mask the poller was last told (`evio.pollers.READ`,
+            ``WRITE``).
+        reuse_input: ``data`` gets a view into the loop's read buffer.
+        err: The error ``closed`` will report.
+        translator: Its `evio.translators.Translator`, if translated.
+        peer_said_goodbye: The peer ended the translated protocol stream
+            (a TLS ``close_notify``): a reset after that is orderly.
+        reading_paused: Reading is paused because more than
+            ``high_water`` bytes are pending.
+        high_water: Pause reading above this many pending bytes ...
+        low_water: ... and resume at or below this many.
+        idle_timeout: Seconds of silence before it is closed, or ``None``.
+        last_active: ``time.monotonic()`` of the last byte read or written.
+        idle_timer: The pending idle check in the loop's timer queue.
+    """
 
     id: int
     sock: socket.socket
     fd: int
     addr_index: int
-    out: bytearray = field(default_factory=bytearray)
-    state: State = State.OPEN
-    mask: int = READ
-    reuse: bool = False
+    state: State = State.OPENING
+    dialed: bool = False
+    pending: bytearray = field(default_factory=bytearray)
+    interest: int = READ
+    reuse_input: bool = False
     err: BaseException | None = None
-    tr: Translator | None = None  # see evio.translate
-    goodbye: bool = False  # the peer ended the translated protocol stream
-    paused: bool = False  # reading paused: output above the high-water mark
-    high: int = 65536
-    low: int = 16384
-    idle: float | None = None  # idle timeout, seconds
-    last: float = 0.0  # time.monotonic() of the last byte read or written
+    translator: Translator | None = None
+    peer_said_goodbye: bool = False
+    reading_paused: bool = False
+    high_water: int = 65536
+    low_water: int = 16384
+    idle_timeout: float | None = None
+    last_active: float = 0.0
+    idle_timer: Timer | None = None

@@ -8,21 +8,21 @@ blocks; ``SSLObject`` owns nothing: it reads TLS records from one
 and writes records to another (the *outgoing* buffer we empty onto the
 wire).  Every call either completes or raises ``SSLWantReadError``, which
 here simply means "feed me more bytes from the peer".  That makes TLS a
-`evio.translate.Translator`:
+`evio.translators.Translator`:
 
-* :meth:`receive` writes the wire bytes into the incoming buffer, advances
+* `TLSTranslator.receive` writes the wire bytes into the incoming buffer, advances
   the handshake if it is not done, reads whatever plaintext is now
   complete, and returns it with whatever the outgoing buffer holds (server
   hello, certificates, session tickets, alerts);
-* :meth:`send` encrypts plaintext -- or, while the handshake is still
+* `TLSTranslator.send` encrypts plaintext -- or, while the handshake is still
   running, holds it and encrypts it the moment the handshake completes;
-* :meth:`close` writes ``close_notify``.
+* `TLSTranslator.close` writes ``close_notify``.
 
 The traps:
 
 * A handshake *failure* still produces bytes to send (an alert).  The
   exception is raised after those bytes are saved, and
-  :attr:`TLSTranslator.alert` holds them; the loop sends them before closing.
+  `TLSTranslator.alert` holds them; the loop sends them before closing.
 * The peer's ``close_notify`` is not an error: ``read`` returns ``b""``
   (or raises ``SSLZeroReturnError``). We mark the stream ended and return
   what plaintext came before it.
@@ -38,7 +38,7 @@ from __future__ import annotations
 import contextlib
 import ssl
 
-from .translate import Translator
+from .translators import Translator
 
 __all__ = ["TLSTranslator", "client_context", "server_context"]
 

@@ -10,19 +10,23 @@ has a better fit: the protocol libraries are already *sans-I/O* --
 decompress objects -- bytes in, bytes out, no sockets, no threads.  So the
 loop itself pumps them:
 
-* inbound, every read goes through :meth:`Translator.receive`, which
+* inbound, every read goes through `Translator.receive`, which
   returns the plaintext for ``data`` *and* any wire bytes the protocol wants
   to send in answer (a TLS handshake is mostly this);
 * outbound, every output -- from ``opened``, ``data``, a woken ``data`` --
-  goes through :meth:`Translator.send` before it is queued;
-* on ``CLOSE``, :meth:`Translator.close` supplies the protocol's goodbye
+  goes through `Translator.send` before it is queued;
+* on ``CLOSE``, `Translator.close` supplies the protocol's goodbye
   (a TLS ``close_notify``), sent before the socket closes.
 
-:func:`translate` marks an :class:`~evio.Events` record with the choice
+`translate` marks an `evio.Events` record with the choice
 function and the translator factory; the loop asks ``should(id, info)``
 once per connection, as it opens, and keeps the translator in the
 connection's record.  A connection that is not translated pays one
 attribute test per read and per write, nothing more.
+
+The translators themselves live in `evio.translators`; this module is the
+choice (`translate`) and the pump (`Pump`), which `evio.streams` calls at
+each of those points.
 
 Errors: a translator that raises (a TLS handshake failure, a plain-text
 client on a TLS port, corrupt compressed data) closes *that* connection;
@@ -34,104 +38,21 @@ one.  It is not logged as a callback error: it is the peer's doing.
 from __future__ import annotations
 
 import dataclasses
-import zlib
+import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
+from .callbacks import Policy, Side
 from .events import Events, Info
+from .lifecycle import LIVE, Conn, On, State
+from .translators import Passthrough, Translator, ZlibTranslator
 
 if TYPE_CHECKING:
     from .events import Buffer
 
-__all__ = ["Passthrough", "Translator", "ZlibTranslator", "translate"]
+__all__ = ["Passthrough", "Pump", "Translator", "ZlibTranslator", "translate"]
 
-
-class Translator:
-    """Bytes in, bytes out, in both directions, for one connection.
-
-    Subclasses override what they need; the base class passes bytes through
-    unchanged. No method may block or touch a socket.
-
-    Attributes:
-        ended: Set by :meth:`receive` when the peer ended the protocol
-            stream (a TLS ``close_notify``): the loop then closes the
-            connection after sending what is pending.
-    """
-
-    ended: bool = False
-
-    def start(self) -> bytes:
-        """Wire bytes to send as the connection opens (a TLS client hello)."""
-        return b""
-
-    def receive(self, wire: bytes) -> tuple[bytes, bytes]:
-        """Feed bytes read from the socket.
-
-        Returns:
-            ``(plain, reply)``: plaintext for ``data`` (maybe empty), and
-            wire bytes to send back (maybe empty).
-
-        Raises:
-            Exception: the peer sent something the protocol rejects; the
-                connection closes with it.
-        """
-        return wire, b""
-
-    def send(self, plain: bytes) -> bytes:
-        """Turn outbound plaintext into wire bytes (may hold it back until
-        the protocol is ready, e.g. during a TLS handshake)."""
-        return plain
-
-    def close(self) -> bytes:
-        """Wire bytes that end the protocol stream (a TLS ``close_notify``)."""
-        return b""
-
-    def eof(self) -> BaseException | None:
-        """The peer ended its byte stream: is that an error for the protocol?
-
-        Returns:
-            The error for ``closed`` (a TLS handshake cut short), or ``None``
-            when ending here is orderly.
-        """
-        return None
-
-
-class Passthrough(Translator):
-    """The identity translator: useful as a template and in tests."""
-
-
-class ZlibTranslator(Translator):
-    """A zlib stream in both directions.
-
-    Each output is compressed and sync-flushed, so the peer can decompress
-    it at once; :meth:`close` ends the stream. Inbound data is decompressed
-    as it arrives; corrupt input raises ``zlib.error``.
-
-    Args:
-        level: Compression level, 0-9.
-        max_plain: Largest plaintext one read may expand to; more is a
-            ``ValueError`` (a "zip bomb" guard).
-    """
-
-    def __init__(self, level: int = 6, max_plain: int = 16 << 20) -> None:
-        self._c = zlib.compressobj(level)
-        self._d = zlib.decompressobj()
-        self._max = max_plain
-
-    def receive(self, wire: bytes) -> tuple[bytes, bytes]:
-        plain = self._d.decompress(wire, self._max)
-        if self._d.unconsumed_tail:
-            raise ValueError(f"compressed input expands beyond {self._max} bytes in one read")
-        if self._d.eof:
-            self.ended = True
-        return plain, b""
-
-    def send(self, plain: bytes) -> bytes:
-        return self._c.compress(plain) + self._c.flush(zlib.Z_SYNC_FLUSH)
-
-    def close(self) -> bytes:
-        return self._c.flush(zlib.Z_FINISH)
-
+log = logging.getLogger("evio")
 
 Should = Callable[[int, Info], bool]
 Factory = Callable[[int, Info], Translator]
@@ -148,7 +69,7 @@ def translate(events: Events, should: Should | None, factory: Factory) -> Events
 
     Returns:
         A copy of ``events`` carrying the translation. Pass it to
-        `serve()`.
+        `evio.serve`.
 
     Raises:
         ValueError: ``events`` is already translated.
@@ -165,3 +86,98 @@ def _always(cid: int, info: Info) -> bool:
 def as_bytes(b: Buffer) -> bytes:
     """Translators take ``bytes``: copy views and bytearrays."""
     return b if type(b) is bytes else bytes(b)
+
+
+class _Stream(Side[Conn], Protocol):
+    """What the pump asks of `evio.streams.Streams`."""
+
+    policy: Policy
+
+    def write(self, c: Conn, out: Any) -> None: ...
+
+    def finish(self, c: Conn, on: On, err: BaseException | None) -> None: ...
+
+
+class Pump:
+    """Moves a stream's bytes through its translator, both ways.
+
+    Args:
+        streams: The loop's stream connections.
+        should: Which connections to translate.
+        factory: Makes a connection's translator.
+    """
+
+    def __init__(self, streams: _Stream, should: Should, factory: Factory) -> None:
+        self.streams = streams
+        self.should = should
+        self.factory = factory
+
+    def setup(self, c: Conn, info: Info) -> Exception | None:
+        """Ask ``should``; make and start the translator. The error, if any."""
+        try:
+            if self.should(c.id, info):
+                c.translator = self.factory(c.id, info)
+                # Queued, not sent: a send could fail and close the
+                # connection before opened has been called.
+                c.pending += c.translator.start()
+        except Exception as e:
+            return e
+        return None
+
+    def receive(self, c: Conn, wire: Any) -> None:
+        """Wire bytes in; its reply out; plaintext to ``data``."""
+        tr = c.translator
+        assert tr is not None
+        try:
+            plain, reply = tr.receive(as_bytes(wire))
+        except Exception as e:
+            self.failed(c, tr, e)
+            return
+        s = self.streams
+        if reply:
+            s.write(c, reply)
+        if plain and c.state is State.OPEN:
+            s.policy.data(s, c, plain)
+        if tr.ended and c.state is State.OPEN:
+            c.peer_said_goodbye = True
+            s.finish(c, On.PEER_EOF, None)  # the peer ended the protocol stream
+
+    def encode(self, c: Conn, plain: Any) -> bytes:
+        """Outbound plaintext to wire bytes (empty: held back, or it failed)."""
+        tr = c.translator
+        assert tr is not None
+        try:
+            return tr.send(as_bytes(plain))
+        except Exception as e:
+            self.failed(c, tr, e)
+            return b""
+
+    def goodbye(self, c: Conn) -> bytes:
+        """Detach the translator and return its goodbye (a TLS ``close_notify``)."""
+        tr, c.translator = c.translator, None
+        assert tr is not None
+        try:
+            return tr.close()
+        except Exception:
+            return b""  # a goodbye is a courtesy; the close goes on
+
+    def eof(self, c: Conn) -> BaseException | None:
+        """The peer ended its byte stream: the error for ``closed``, if any."""
+        assert c.translator is not None
+        try:
+            return c.translator.eof()
+        except Exception as e:
+            return e
+
+    def failed(self, c: Conn, tr: Translator, e: Exception) -> None:
+        """The peer broke the translated protocol: send the alert, close with ``e``."""
+        log.debug("translator for connection %d failed: %r", c.id, e)
+        c.translator = None  # nothing more goes through it, close_notify included
+        alert = getattr(tr, "alert", b"")
+        s = self.streams
+        if alert and c.state in LIVE:
+            s.write(c, alert)
+        if c.state is State.OPEN:
+            s.finish(c, On.TRANSLATOR_RAISED, e)
+        elif c.err is None:
+            c.err = e

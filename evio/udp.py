@@ -20,7 +20,7 @@ What is different, and why:
   senders have likely given up.  A send that fails for another reason (a
   datagram too large: ``EMSGSIZE``) forgets the remote with that error.
 * **A read drains a batch.**  One readiness report may stand for many
-  datagrams; the loop reads up to :data:`UDP_BATCH` before polling again,
+  datagrams; the loop reads up to `UDP_BATCH` before polling again,
   so a busy UDP socket costs one poll per batch, not per datagram, and still
   cannot starve the stream connections.
 * ``wake`` and ``dial`` do not apply; ``DETACH`` has no socket to hand over
@@ -31,13 +31,16 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from .addresses import Listener
-from .events import Action, Events, Info, split_action, split_opened, split_reply
+from .callbacks import Policy
+from .events import Events, Info, Options
+from .pollers import READ, Poller
 
-__all__ = ["UDP_BATCH", "UDP_MAX", "UdpSide"]
+__all__ = ["UDP_BATCH", "UDP_MAX", "UdpSide", "is_udp"]
 
 log = logging.getLogger("evio")
 
@@ -47,34 +50,58 @@ UDP_BATCH = 64
 """At most this many datagrams are read per readiness report."""
 
 
-class _Loop(Protocol):
-    ev: Events
-    stopping: bool
-
-    def new_id(self) -> int: ...
-
-
 @dataclass(slots=True, eq=False)
-class _Peer:
+class Peer:
+    """One remote address a UDP listener has heard from.
+
+    Attributes:
+        id: The id callbacks receive.
+        index: The listener's index in ``serve``'s addresses.
+        listener: The listener it talks through.
+        remote: Its address.
+        reuse_input: ``data`` gets a view into the shared receive buffer.
+    """
+
     id: int
     index: int
     listener: Listener
     remote: Any
-    reuse: bool = False
+    reuse_input: bool = False
 
 
 class UdpSide:
-    """The loop's UDP listeners and the remotes it knows."""
+    """The loop's UDP listeners and the remotes they know (a `evio.callbacks.Side`).
 
-    def __init__(self, loop: _Loop) -> None:
-        self.loop = loop
-        self.peers: dict[int, _Peer] = {}  # by id
-        self.by_remote: dict[tuple[int, Any], _Peer] = {}  # by (listener fd, remote)
+    Args:
+        events: The callbacks.
+        poller: The loop's poller.
+        policy: Calls the callbacks.
+        handlers: The loop's dispatch table.
+        new_id: Draws a connection id.
+    """
+
+    def __init__(self, events: Events, poller: Poller, policy: Policy,
+                 handlers: dict[int, Any], new_id: Callable[[], int]) -> None:
+        self.ev = events
+        self.poller = poller
+        self.policy = policy
+        self.handlers = handlers
+        self.new_id = new_id
+        self.peers: dict[int, Peer] = {}  # by id
+        self.by_remote: dict[tuple[int, Any], Peer] = {}  # by (listener fd, remote)
         self.buf = bytearray(UDP_MAX)
         self.view = memoryview(self.buf)
 
-    def readable(self, index: int, lst: Listener) -> None:
+    def listen(self, index: int, lst: Listener) -> None:
+        """Watch a UDP listener."""
+        fd = lst.sock.fileno()
+        self.handlers[fd] = (self.readable, (index, lst))
+        self.poller.register(fd, READ)
+
+    def readable(self, entry: tuple[int, Listener], mask: int) -> None:
         """Read up to a batch of datagrams from one UDP listener."""
+        index, lst = entry
+        stopping = self.policy.stopping
         for _ in range(UDP_BATCH):
             try:
                 n, remote = lst.sock.recvfrom_into(self.buf)
@@ -86,85 +113,64 @@ class UdpSide:
                 log.debug("UDP receive on %s: %s", lst.address.text, e)
                 continue
             self._datagram(index, lst, remote, n)
-            if self.loop.stopping:
+            if stopping():
                 return
 
     def _datagram(self, index: int, lst: Listener, remote: Any, n: int) -> None:
-        ev = self.loop.ev
         key = (lst.sock.fileno(), remote)
         peer = self.by_remote.get(key)
         if peer is None:
-            peer = _Peer(self.loop.new_id(), index, lst, remote)
+            peer = Peer(self.new_id(), index, lst, remote)
             self.peers[peer.id] = peer
             self.by_remote[key] = peer
-            if ev.opened is not None:
-                try:
-                    out, options, action = split_opened(
-                        ev.opened(peer.id, Info(False, index, lst.bound, remote))
-                    )
-                except Exception as e:
-                    self._fail(peer, e, "opened")
-                    return
-                if options is not None:
-                    peer.reuse = options.reuse_input_buffer
-                if not self._answer(peer, out, action):
-                    return
-        if ev.data is None:
+            self.policy.opened(self, peer, Info(False, index, lst.bound, remote))
+            if peer.id not in self.peers:
+                return  # opened closed it, or raised
+        if self.ev.data is None:
             return
         view = self.view[:n]
         try:
-            try:
-                packet: Any = view if peer.reuse else bytes(view)
-                out, action = split_reply(ev.data(peer.id, packet))
-            except Exception as e:
-                self._fail(peer, e, "data")
-                return
-            self._answer(peer, out, action)
+            self.policy.data(self, peer, view if peer.reuse_input else bytes(view))
         finally:
             view.release()
 
-    def _answer(self, peer: _Peer, out: Any, action: Action) -> bool:
-        """Send ``out`` as one datagram, apply ``action``; False if forgotten."""
-        if out and not self._send(peer, out):
-            return False
-        if action is Action.CLOSE or action is Action.DETACH:
-            self.forget(peer.id, None)
-            return False
-        if action is Action.SHUTDOWN:
-            self.loop.stopping = True
-        return True
+    # ---------------------------------------------------------- the Side
 
-    def _send(self, peer: _Peer, out: Any) -> bool:
-        ev = self.loop.ev
-        if ev.prewrite is not None and not self._around(peer, ev.prewrite, (peer.id, len(out))):
-            return False
+    def send(self, peer: Peer, out: Any) -> None:
+        """Send ``out`` as one datagram; one that does not fit now is dropped."""
+        policy = self.policy
+        if self.ev.prewrite is not None and not policy.around(
+                self, peer, "prewrite", (peer.id, len(out))):
+            return
         try:
             n = peer.listener.sock.sendto(out, peer.remote)
         except (BlockingIOError, InterruptedError):
             n = 0  # the send buffer is full: the datagram is dropped
         except OSError as e:
-            self.forget(peer.id, e)
-            return False
-        if ev.postwrite is not None:
-            return self._around(peer, ev.postwrite, (peer.id, n, 0))
-        return True
+            if self.ev.postwrite is None or policy.around(self, peer, "postwrite",
+                                                          (peer.id, 0, 0)):
+                self.forget(peer.id, e)
+            return
+        if self.ev.postwrite is not None:
+            policy.around(self, peer, "postwrite", (peer.id, n, 0))
 
-    def _around(self, peer: _Peer, cb: Any, args: tuple[int, ...]) -> bool:
-        try:
-            action = split_action(cb(*args), "prewrite/postwrite")
-        except Exception as e:
-            self._fail(peer, e, "prewrite/postwrite")
-            return False
-        if action is Action.CLOSE or action is Action.DETACH:
-            self.forget(peer.id, None)
-            return False
-        if action is Action.SHUTDOWN:
-            self.loop.stopping = True
-        return True
+    def end(self, peer: Peer) -> None:
+        """``CLOSE``: forget the remote."""
+        self.forget(peer.id, None)
 
-    def _fail(self, peer: _Peer, e: Exception, where: str) -> None:
-        log.error("%s raised for UDP remote %d; forgetting it", where, peer.id, exc_info=e)
+    detach = end  # no socket of its own to hand over: DETACH acts as CLOSE
+
+    def raised(self, peer: Peer, where: str, e: Exception) -> None:
+        """A callback for this remote raised: forget it with ``e``."""
         self.forget(peer.id, e)
+
+    def configure(self, peer: Peer, options: Options) -> None:
+        """Of the `Options`, only ``reuse_input_buffer`` applies to UDP."""
+        peer.reuse_input = options.reuse_input_buffer
+
+    def live(self, peer: Peer) -> bool:
+        """Whether the remote is still known."""
+        return peer.id in self.peers
 
     def forget(self, cid: int, err: BaseException | None) -> None:
         """Forget a remote and call ``closed``; its next datagram opens a new id."""
@@ -172,16 +178,7 @@ class UdpSide:
         if peer is None:
             return
         del self.by_remote[(peer.listener.sock.fileno(), peer.remote)]
-        closed = self.loop.ev.closed
-        if closed is None:
-            return
-        try:
-            action = split_action(closed(cid, err), "closed")
-        except Exception:
-            log.exception("closed raised for UDP remote %d; ignored", cid)
-            return
-        if action is Action.SHUTDOWN:
-            self.loop.stopping = True
+        self.policy.closed(cid, err)
 
 
 def is_udp(lst: Listener) -> bool:

@@ -21,7 +21,7 @@ Two traps decide the design:
 1. **Drain every time.**  The wake descriptor is level-triggered.  If the
    loop handles a wake without reading the descriptor empty, ``poll``
    reports it ready again at once, forever: a 100%-CPU spin (the original's
-   issue #61).  :meth:`Waker.drain` reads until the descriptor is empty.
+   issue #61).  `Waker.drain` reads until the descriptor is empty.
 2. **Never lose a wake, never write more than needed.**  The ids to wake
    live in a set guarded by a lock; the descriptor is only a doorbell.  A
    thread adds its id and rings the bell only if nobody has rung it since the
@@ -31,7 +31,7 @@ Two traps decide the design:
    next batch: none is dropped, and many wakes cost one system call.
 
 The doorbell also carries other cross-thread work (dial requests, resolved
-addresses), posted as callables with :meth:`Waker.post`.
+addresses), posted as callables with `Waker.post`.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ __all__ = ["Waker"]
 class Waker:
     """The loop's doorbell and its mailbox of ids and jobs.
 
-    ``ring``-side methods (:meth:`wake`, :meth:`post`) are safe from any
+    ``ring``-side methods (`wake`, `post`) are safe from any
     thread; the rest belong to the loop's thread.
     """
 
@@ -89,7 +89,7 @@ class Waker:
         """Run ``job`` on the loop's thread soon. False once closed.
 
         ``before``, if given, runs under the lock just before the job is
-        queued: whatever it records is visible to :meth:`close`'s caller
+        queued: whatever it records is visible to `close`'s caller
         exactly when the job was accepted.
         """
         with self._lock:
@@ -102,6 +102,24 @@ class Waker:
                 self._rung = True
                 self._ring()
         return True
+
+    def nudge(self) -> None:
+        """Make the loop's poll return soon, queueing nothing.
+
+        Safe from any thread *and from a signal handler*: it never waits for
+        the lock (a handler that ran while its own thread held the lock
+        would wait forever).  If the lock is busy, its holder is the loop
+        itself (awake, so it will see why it was nudged before it sleeps
+        again) or a thread inside `wake` or `post`, which rings the bell or
+        finds it already rung: either way the loop's poll returns.
+        """
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            if not self._closed:
+                self._ring()
+        finally:
+            self._lock.release()
 
     def _ring(self) -> None:
         # Called with the lock held, so close() cannot free the descriptor

@@ -3,8 +3,9 @@
 Every server a test starts goes through :func:`running`, which
 
 * starts ``serve()`` on a thread and waits for ``serving``;
-* stops it by making ``tick`` return ``SHUTDOWN`` (the loop has no
-  thread-safe stop call of its own yet), unless the test stops it itself;
+* stops it with `evio.Server.stop` (safe from any thread), unless the
+  test stops it itself -- so a server under test has no timer of its own
+  and its loop blocks without a timeout, as a real one does;
 * closes the test's client sockets, joins the thread, re-raises anything
   ``serve()`` raised, and checks that no socket or poller descriptor opened
   while it ran is still open (rule LOOP-19).
@@ -26,7 +27,6 @@ import evio
 
 POLLERS = evio.available_pollers()
 FAMILIES = ["tcp4", "tcp6", "unix"]
-STOP_PERIOD = 0.01
 DEADLINE = 10.0
 
 
@@ -157,18 +157,18 @@ class Running:
 
     def __init__(self, events: evio.Events, addrs: tuple[str, ...], poller: Any,
                  stoppable: bool) -> None:
-        self.stop_flag = threading.Event()
+        self.stoppable = stoppable
         self.ready = threading.Event()
         self.server: evio.Server | None = None
         self.error: BaseException | None = None
         self.clients: list[socket.socket] = []
-        self.events = self._wrap(events, stoppable)
+        self.events = self._wrap(events)
         self.thread = threading.Thread(
             target=self._main, args=(addrs, poller), daemon=True, name="evio-serve"
         )
 
-    def _wrap(self, ev: evio.Events, stoppable: bool) -> evio.Events:
-        user_serving, user_tick = ev.serving, ev.tick
+    def _wrap(self, ev: evio.Events) -> evio.Events:
+        user_serving = ev.serving
 
         def serving(server: evio.Server) -> Any:
             try:
@@ -177,19 +177,7 @@ class Running:
                 self.server = server
                 self.ready.set()
 
-        changes: dict[str, Any] = {"serving": serving}
-        if stoppable:
-            flag = self.stop_flag
-
-            if user_tick is None:
-                def tick() -> Any:
-                    return evio.Action.SHUTDOWN if flag.is_set() else STOP_PERIOD
-            else:
-                def tick() -> Any:
-                    return evio.Action.SHUTDOWN if flag.is_set() else user_tick()
-
-            changes["tick"] = tick
-        return dataclasses.replace(ev, **changes)
+        return dataclasses.replace(ev, serving=serving)
 
     def _main(self, addrs: tuple[str, ...], poller: Any) -> None:
         try:
@@ -217,7 +205,8 @@ class Running:
     def stop(self) -> None:
         for c in self.clients:
             c.close()
-        self.stop_flag.set()
+        if self.stoppable and self.server is not None:
+            self.server.stop()
         self.join()
 
 

@@ -136,15 +136,6 @@ def test_opened_reply_shapes(
     assert set(kinds) == {memoryview if views else bytes}
 
 
-@pytest.mark.rule("EV-5", "EV-12")
-@pytest.mark.parametrize("action", [Action.CLOSE, Action.DETACH])
-def test_connection_actions_from_serving_are_type_errors(
-    poller: str, addr: str, action: Action
-) -> None:
-    with pytest.raises(TypeError, match=action.name):
-        evio.serve(evio.Events(serving=lambda s: action), addr, poller=poller)
-
-
 @pytest.mark.rule("EV-5")
 def test_action_only_callbacks(poller: str, addr: str) -> None:
     rec = Recorder()

@@ -576,7 +576,7 @@ def wait_until_asleep(pid: int, quiet: float = 0.2, timeout: float = 10.0) -> No
     raise AssertionError(f"process {pid} never settled in its poll (state {state})")
 
 
-@pytest.mark.rule("LOOP-18", "LOOP-19")
+@pytest.mark.rule("LOOP-18", "LOOP-19", "LOOP-24")
 @pytest.mark.parametrize("how", ["SIGINT-flag", "SIGTERM-flag", "SIGINT-KeyboardInterrupt"])
 def test_a_signal_with_output_pending_closes_everything(
     poller: str, tmp_path: Path, how: str
@@ -647,12 +647,7 @@ _LOST_SIGINT_CHILD = textwrap.dedent("""
 """)
 
 
-@pytest.mark.rule("LOOP-2", "LOOP-19")
-@pytest.mark.xfail(strict=True, reason=(
-    "No signal wakeup fd: a SIGINT that is handled while the loop is not inside its "
-    "poll (delivered to another thread, or just before the poll blocks) only flags "
-    "the main thread, which then sleeps in poll(None) until an unrelated descriptor "
-    "is ready. The fix is signal.set_wakeup_fd on a socket the loop watches."))
+@pytest.mark.rule("LOOP-23", "LOOP-24", "LOOP-19")
 def test_sigint_while_the_loop_sleeps_is_not_lost(poller: str) -> None:
     """Python's default SIGINT handler, an idle loop, and the signal taken by
     another thread of the process (as the kernel may choose for ``kill``)."""
@@ -686,12 +681,7 @@ class _InterruptingPoller(CountingPoller):
             raise KeyboardInterrupt
 
 
-@pytest.mark.rule("LOOP-15", "LOOP-19")
-@pytest.mark.xfail(strict=True, reason=(
-    "KeyboardInterrupt inside _close, after state=CLOSED but before sock.close() and "
-    "closed(): _shutdown skips the connection (state not LIVE), so closed(id) never "
-    "fires and its socket outlives serve(). Under load, a real SIGINT hit this or a "
-    "neighbouring window in 11 of 80 runs."))
+@pytest.mark.rule("LOOP-15", "LOOP-19", "LOOP-24")
 def test_keyboard_interrupt_inside_a_close_still_closes_it_once(poller: str) -> None:
     """SIGINT that lands while the loop is closing a connection."""
     rec = Recorder()

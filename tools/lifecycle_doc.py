@@ -26,10 +26,11 @@ def render() -> str:
     """The markdown between the markers: a table, then a mermaid diagram."""
     rows = ["| from | on | to | what happens |", "| --- | --- | --- | --- |"]
     for t in LIFECYCLE:
-        rows.append(f"| {t.source} | {t.event} | {t.target} | {t.effect} |")
-    diagram = ["```mermaid", "stateDiagram-v2", "    [*] --> accepted"]
+        rows.append(f"| {t.source.value} | {t.event.value} | {t.target.value} | {t.effect} |")
+    diagram = ["```mermaid", "stateDiagram-v2", "    [*] --> opening: accepted",
+               "    [*] --> dialing: Server.dial"]
     for t in LIFECYCLE:
-        diagram.append(f"    {t.source} --> {t.target}: {t.event}")
+        diagram.append(f"    {t.source.value} --> {t.target.value}: {t.event.value}")
     diagram += ["    closed --> [*]", "```"]
     return "\n".join([BEGIN, *rows, "", *diagram, END])
 

@@ -1,0 +1,216 @@
+"""Callbacks: the one place that calls user code and acts on its answer.
+
+Theory of operation
+-------------------
+A user callback can do three things the loop must handle: return output,
+return an `Action`, or raise.  Handled in each place that calls one --
+reads, wakes, dials, UDP datagrams, write hooks -- the same decisions end
+up written several times and drift apart (was ``closed`` called?  was the
+shutdown noticed?).  So every call into user code goes through a `Policy`,
+which
+
+1. calls the callback and unpacks its answer (`evio.events.split_reply`
+   and friends; a wrong shape is a ``TypeError``, handled like a raise);
+2. on a raise, logs it and hands the exception to the connection's *side*
+   (`Side.raised`): a stream connection finishes with it as ``closed``'s
+   ``err``, a UDP remote is forgotten with it;
+3. applies the answer: output goes to ``Side.send``, ``CLOSE`` to
+   ``Side.end``, ``DETACH`` to ``Side.detach``, ``SHUTDOWN`` to the loop's
+   one stop request.
+
+What each callback may answer, and what each action does there, is the
+table on the spec page *Events and actions* (rules EV-16 to EV-22):
+``serving``, ``tick``, ``closed`` and ``detached`` have no connection left
+to act on, so only ``SHUTDOWN`` has an effect there; ``CLOSE`` and
+``DETACH`` are accepted and do nothing.  ``serving`` and ``tick`` raising
+ends `evio.serve` (they are the server's, not a connection's); ``closed``
+and ``detached`` raising is logged and the loop goes on.
+
+``data`` runs once per read, so `Policy.data` keeps the common answer --
+plain ``bytes`` -- to one type check.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+from .events import Action, Events, Options, split_action, split_opened, split_reply, split_tick
+
+__all__ = ["Policy", "Side"]
+
+log = logging.getLogger("evio")
+
+C = TypeVar("C", contravariant=True)
+
+_NONE = Action.NONE
+_CLOSE = Action.CLOSE
+_DETACH = Action.DETACH
+_SHUTDOWN = Action.SHUTDOWN
+
+
+class Side(Protocol[C]):
+    """What the policy asks of the code that owns a kind of connection."""
+
+    def send(self, c: C, out: Any) -> None:
+        """Queue or send output a callback returned."""
+
+    def end(self, c: C) -> None:
+        """``Action.CLOSE``: close once pending output is sent."""
+
+    def detach(self, c: C) -> None:
+        """``Action.DETACH``."""
+
+    def raised(self, c: C, where: str, e: Exception) -> None:
+        """A callback for ``c`` raised ``e`` (already logged)."""
+
+    def configure(self, c: C, options: Options) -> None:
+        """Apply the `Options` that ``opened`` returned."""
+
+    def live(self, c: C) -> bool:
+        """Whether ``c`` can still take output."""
+
+
+class Policy:
+    """Calls the user's callbacks; see the module docstring.
+
+    Args:
+        events: The callbacks.
+        stop: Asks the loop to shut down (``Action.SHUTDOWN``).
+        stopping: Whether the loop has been asked to.
+    """
+
+    __slots__ = ("_data", "ev", "stop", "stopping")
+
+    def __init__(self, events: Events, stop: Callable[[], None],
+                 stopping: Callable[[], bool]) -> None:
+        self.ev = events
+        self.stop = stop
+        self.stopping = stopping
+        self._data = events.data
+
+    # ------------------------------------------------- connection callbacks
+
+    def act(self, side: Side[Any], c: Any, action: Action) -> None:
+        """Apply an action a connection callback returned."""
+        if action is _CLOSE:
+            side.end(c)
+        elif action is _DETACH:
+            side.detach(c)
+        elif action is _SHUTDOWN:
+            self.stop()
+
+    def data(self, side: Side[Any], c: Any, payload: Any) -> None:
+        """``data(id, payload)`` (``payload`` None for a wake); act on the answer."""
+        fn = self._data
+        if fn is None:
+            return
+        try:
+            r = fn(c.id, payload)
+            if r is None:
+                return
+            if type(r) is bytes:
+                out: Any = r
+                action = _NONE
+            else:
+                out, action = split_reply(r)
+        except Exception as e:
+            self.failed(side, c, "data", e)
+            return
+        if out:
+            side.send(c, out)
+        if action is not _NONE:
+            self.act(side, c, action)
+
+    def opened(self, side: Side[Any], c: Any, info: Any) -> None:
+        """``opened(id, info)``: options first, then output, then the action."""
+        fn = self.ev.opened
+        if fn is None:
+            return
+        try:
+            out, options, action = split_opened(fn(c.id, info))
+        except Exception as e:
+            self.failed(side, c, "opened", e)
+            return
+        if options is not None:
+            side.configure(c, options)
+        if out:
+            side.send(c, out)
+        if action is not _NONE:
+            self.act(side, c, action)
+
+    def around(self, side: Side[Any], c: Any, where: str, args: tuple[int, ...]) -> bool:
+        """``prewrite`` or ``postwrite``; False if ``c`` did not survive it."""
+        cb = self.ev.prewrite if where == "prewrite" else self.ev.postwrite
+        assert cb is not None
+        try:
+            action = split_action(cb(*args), where)
+        except Exception as e:
+            self.failed(side, c, where, e)
+            return side.live(c)
+        if action is not _NONE:
+            self.act(side, c, action)
+        return side.live(c)
+
+    def failed(self, side: Side[Any], c: Any, where: str, e: Exception) -> None:
+        """A connection callback raised: log it, let the side end the connection."""
+        log.error("%s raised for connection %d; closing it", where, c.id, exc_info=e)
+        side.raised(c, where, e)
+
+    # ------------------------------------------- callbacks with no connection
+
+    def closed(self, cid: int, err: BaseException | None) -> None:
+        """``closed(id, err)``: a raise is logged; only ``SHUTDOWN`` has an effect."""
+        fn = self.ev.closed
+        if fn is None:
+            return
+        try:
+            action = split_action(fn(cid, err), "closed")
+        except Exception:
+            log.exception("closed raised for connection %d; ignored", cid)
+            return
+        self.server_action(action)
+
+    def unopened(self, cid: int, info: Any, err: BaseException) -> None:
+        """A dialed id that never opened: ``opened`` with ``info.closing``
+        (a raise is logged; its answer is ignored), then ``closed(id, err)``."""
+        if self.ev.opened is not None:
+            try:
+                self.ev.opened(cid, info)
+            except Exception:
+                log.exception("opened raised for failed dial %d; ignored", cid)
+        self.closed(cid, err)
+
+    def detached(self, cid: int, conn: Any) -> bool:
+        """``detached(id, conn)``; False if it raised (the caller closes ``conn``)."""
+        fn = self.ev.detached
+        assert fn is not None
+        try:
+            action = split_action(fn(cid, conn), "detached")
+        except Exception:
+            log.exception("detached raised for connection %d; closing its socket", cid)
+            return False
+        self.server_action(action)
+        return True
+
+    def serving(self, server: Any) -> None:
+        """``serving(server)``; a raise propagates and ends `evio.serve`."""
+        if self.ev.serving is not None:
+            self.server_action(split_action(self.ev.serving(server), "serving"))
+
+    def tick(self) -> float | None:
+        """``tick()``: the delay to the next one, or None to stop ticking.
+
+        A raise propagates and ends `evio.serve`.
+        """
+        assert self.ev.tick is not None
+        delay, action = split_tick(self.ev.tick())
+        self.server_action(action)
+        return delay
+
+    def server_action(self, action: Action) -> None:
+        """An action from a callback that has no connection to act on."""
+        if action is _SHUTDOWN:
+            self.stop()
+        # NONE, CLOSE and DETACH: nothing to act on (rule EV-16).

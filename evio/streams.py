@@ -1,0 +1,445 @@
+"""Streams: the loop's stream connections -- accept, read, write, close, detach.
+
+Theory of operation
+-------------------
+Everything a TCP or unix-socket connection goes through between ``accept``
+and ``close`` is here; the loop (`evio.loop`) only tells this module which
+descriptor is ready, and `evio.accept` hands it each new socket.  Each
+connection is a `evio.lifecycle.Conn` record,
+and every change of its state goes through `evio.lifecycle.move`.
+
+The traps, and what we chose:
+
+* ``send`` may take part of a buffer.  We always try to write at once (most
+  replies fit) and keep only the rest; write interest is held only while
+  something is pending, because a writable socket is writable almost always
+  and asking about it otherwise is a busy loop.
+* Output is only ever *appended*.  If bytes are pending, new output queues
+  behind them; it never replaces them and never jumps the queue.
+* Interest is *derived*, not toggled: `Streams.sync` computes the mask
+  from the record (open? reading paused? output pending?) and tells the
+  poller only when it changed.  Reading pauses while more than
+  ``high_water`` bytes are pending and resumes at ``low_water`` (flow
+  control), so a peer that never reads cannot make us buffer without bound.
+* A connection callback's exception finishes that connection (the error
+  becomes ``closed``'s ``err``) and the loop goes on: see `evio.callbacks`.
+* A close must not be half done.  The socket is closed and ``closed`` is
+  called in a ``finally``, so an exception that cuts a close short (a
+  ``KeyboardInterrupt`` from a user's signal handler) cannot leak the
+  socket or lose the call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import socket
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from .callbacks import Policy
+from .detach import DetachedConn
+from .events import Events, Info, Options
+from .lifecycle import LIVE, Conn, On, State, move
+from .pollers import READ, WRITE, Poller
+from .timers import Timers
+from .translate import Pump
+
+__all__ = ["READ_SIZE", "Handlers", "Streams"]
+
+log = logging.getLogger("evio")
+
+READ_SIZE = 65536
+"""Bytes asked for in one read; message boundaries are not kept."""
+Handlers = dict[int, tuple[Callable[[Any, int], None], Any]]
+"""The loop's dispatch table: descriptor -> (handler, its argument);
+the loop calls ``handler(argument, mask)`` for each ready descriptor."""
+
+_OPEN = State.OPEN
+_FLUSHING = State.FLUSHING
+
+
+class Streams:
+    """Every stream connection of one loop (a `evio.callbacks.Side`).
+
+    Args:
+        events: The callbacks.
+        poller: The loop's poller.
+        timers: The loop's deadline queue.
+        policy: Calls the callbacks.
+        handlers: The loop's dispatch table; connections and listeners are
+            added and removed here.
+        ids: Where connection ids come from (shared with UDP and dial).
+    """
+
+    def __init__(self, events: Events, poller: Poller, timers: Timers, policy: Policy,
+                 handlers: Handlers, ids: itertools.count[int]) -> None:
+        self.ev = events
+        self.poller = poller
+        self.timers = timers
+        self.policy = policy
+        self.handlers = handlers
+        self.ids = ids
+        self.by_fd: dict[int, Conn] = {}
+        self.by_id: dict[int, Conn] = {}
+        self.pump = Pump(self, *events.translation) if events.translation else None
+        self.rbuf = bytearray(READ_SIZE)
+        self.rview = memoryview(self.rbuf)
+
+    # -------------------------------------------------------------- opening
+
+    def adopt(self, sock: socket.socket, index: int, cid: int | None = None) -> Conn | None:
+        """Take a connected socket into the loop, in state *opening*.
+
+        Args:
+            sock: The accepted or dialed socket.
+            index: The listener's index, -1 for a dial.
+            cid: The dial's id; ``None`` draws a new id (an accepted
+                socket, which is registered here; a dialed one is already
+                registered for its connect).
+
+        Returns:
+            The record, or ``None`` when the poller cannot watch the socket
+            (``select`` above ``FD_SETSIZE``): it is closed, and no
+            callback hears of it.
+        """
+        sock.setblocking(False)
+        if sock.family != socket.AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        fd = sock.fileno()
+        if cid is None:
+            try:
+                self.poller.register(fd, READ)
+            except (ValueError, OSError) as e:
+                log.warning("cannot watch accepted connection (fd %d): %s; closing it", fd, e)
+                sock.close()
+                return None
+            c = Conn(next(self.ids), sock, fd, index)
+        else:
+            self.poller.modify(fd, READ)  # it was registered for the connect
+            c = Conn(cid, sock, fd, index, dialed=True)
+        self.by_fd[fd] = c
+        self.by_id[c.id] = c
+        self.handlers[fd] = (self.ready, c)
+        return c
+
+    def begin(self, c: Conn, remote: Any, woken: bool = False) -> None:
+        """Set up translation, call ``opened``, deliver a wake that came early."""
+        ev = self.ev
+        info = None
+        if self.pump is not None or ev.opened is not None:
+            try:
+                local = c.sock.getsockname()
+            except OSError:  # already reset: opened still fires, then closed
+                local = None
+            info = Info(False, c.addr_index, local, remote)
+        if self.pump is not None:
+            assert info is not None
+            err = self.pump.setup(c, info)
+            if err is not None:
+                self._setup_failed(c, remote, err)
+                return
+        move(c, On.OPENED)
+        if info is not None:
+            self.policy.opened(self, c, info)
+        if woken and c.state is _OPEN:
+            self.policy.data(self, c, None)  # the wake that arrived while dialing
+        if c.state in LIVE:
+            self.sync(c)
+
+    def _setup_failed(self, c: Conn, remote: Any, err: Exception) -> None:
+        """The translation predicate, factory or ``start`` raised: ``opened``
+        was never called, so ``closed`` is not either -- unless the user
+        holds the id from `evio.Server.dial`, which then fails as a dial."""
+        log.error("translator set-up for connection %d failed; closing it", c.id, exc_info=err)
+        move(c, On.SETUP_FAILED)
+        try:
+            self.poller.unregister(c.fd)
+        finally:
+            self._forget(c)
+            if c.dialed:
+                self.policy.unopened(c.id, Info(True, -1, None, remote), err)
+
+    def configure(self, c: Conn, options: Options) -> None:
+        """Apply the `Options` ``opened`` returned."""
+        c.reuse_input = options.reuse_input_buffer
+        c.high_water, c.low_water = options.high_water, options.low_water
+        if options.idle_timeout is not None:
+            c.idle_timeout = options.idle_timeout
+            c.last_active = time.monotonic()
+            self.timers.cancel(c.idle_timer)
+            c.idle_timer = self.timers.at(c.last_active + c.idle_timeout, partial(self._idle, c))
+        ka = options.tcp_keepalive
+        if ka is not None and c.sock.family != socket.AF_UNIX:
+            s = c.sock
+            secs = max(1, round(ka))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            if hasattr(socket, "TCP_KEEPIDLE"):
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, secs)
+            elif sys.platform == "darwin":  # pragma: no cover - macOS spelling
+                s.setsockopt(socket.IPPROTO_TCP, 0x10, secs)  # TCP_KEEPALIVE
+            if hasattr(socket, "TCP_KEEPINTVL"):
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, secs)
+
+    def _idle(self, c: Conn) -> None:
+        """The idle timer fired: close ``c`` if nothing moved since, else look again."""
+        c.idle_timer = None
+        if c.state not in LIVE or c.idle_timeout is None:
+            return
+        due = c.last_active + c.idle_timeout
+        if due > time.monotonic():
+            c.idle_timer = self.timers.at(due, partial(self._idle, c))
+            return
+        c.pending.clear()  # nobody is reading it: an idle peer gets nothing more
+        self.close(c, On.IDLE, TimeoutError(f"connection {c.id} idle for {c.idle_timeout}s"))
+
+    # ------------------------------------------------------------- dispatch
+
+    def ready(self, c: Conn, mask: int) -> None:
+        """The poller reported ``c``: write what is pending, then read once."""
+        if mask & WRITE and c.pending:
+            self.flush(c)
+        if mask & READ and c.state is _OPEN and not c.reading_paused:
+            self.read(c)
+        # The common case -- open, reading, nothing pending -- needs no
+        # change of interest; skip the call.
+        if (c.pending or c.reading_paused or c.interest != READ or c.state is not _OPEN) and (
+            c.state in LIVE
+        ):
+            self.sync(c)
+
+    def sync(self, c: Conn) -> None:
+        """Derive the wanted interest from state; tell the poller if it changed."""
+        pending = len(c.pending)
+        if c.state is _OPEN:
+            if c.reading_paused:
+                if pending <= c.low_water:
+                    c.reading_paused = False
+                    move(c, On.AT_LOW)
+            elif pending > c.high_water:
+                c.reading_paused = True
+                move(c, On.ABOVE_HIGH)
+        want = (READ if c.state is _OPEN and not c.reading_paused else 0) | (
+            WRITE if pending else 0)
+        if want != c.interest:
+            self.poller.modify(c.fd, want)
+            c.interest = want
+
+    def read(self, c: Conn) -> None:
+        """Read once; hand the bytes to ``data`` (through the translator, if any)."""
+        view = None
+        try:
+            if c.reuse_input:
+                n = c.sock.recv_into(self.rbuf)
+                view = self.rview[:n]
+                data: Any = view if n else b""
+            else:
+                data = c.sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return  # a spurious wake-up: nothing to read after all
+        except OSError as e:
+            self.close(c, On.IO_ERROR, e)  # reset: the peer is gone, pending output with it
+            return
+        if not data:
+            # The peer's end of stream: no more data; send what is pending.
+            # A translator may call it an error (a TLS handshake cut short).
+            err = self.pump.eof(c) if c.translator is not None and self.pump else None
+            self.finish(c, On.PEER_EOF, err)
+            return
+        if c.idle_timeout is not None:
+            c.last_active = time.monotonic()
+        try:
+            if c.translator is None:
+                self.policy.data(self, c, data)
+            else:
+                assert self.pump is not None
+                self.pump.receive(c, data)
+        finally:
+            if view is not None:
+                view.release()  # the view is valid only during the call
+
+    def woken(self, cid: int) -> bool:
+        """Deliver a wake as ``data(id, None)``; False if ``cid`` is not ours."""
+        c = self.by_id.get(cid)
+        if c is None:
+            return False
+        if c.state is _OPEN:
+            self.policy.data(self, c, None)
+            if c.state in LIVE:
+                self.sync(c)
+        return True
+
+    # --------------------------------------------------------------- writes
+
+    def send(self, c: Conn, out: Any) -> None:
+        """Output from a callback: through the translator, if any, then `write`."""
+        if c.translator is not None:
+            assert self.pump is not None
+            out = self.pump.encode(c, out)
+            if not out:
+                return  # held back (a handshake in progress), or the translator failed
+        self.write(c, out)
+
+    def write(self, c: Conn, out: Any) -> None:
+        """Queue wire bytes behind anything pending, trying to send them at once."""
+        if c.pending:
+            if c.state in LIVE:
+                c.pending += out  # append, never replace
+            return
+        if c.state not in LIVE:
+            return
+        ev = self.ev
+        if ev.prewrite is not None:
+            # prewrite may detach the connection: the output must already be
+            # pending then, so that it goes with the socket.
+            c.pending += out
+            self.flush(c)
+            return
+        try:
+            n = c.sock.send(out)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError as e:
+            self._write_failed(c, len(out), e)
+            return
+        if n and c.idle_timeout is not None:
+            c.last_active = time.monotonic()
+        if n < len(out):
+            c.pending += memoryview(out)[n:]
+        if ev.postwrite is not None:
+            self.policy.around(self, c, "postwrite", (c.id, n, len(c.pending)))
+
+    def flush(self, c: Conn) -> None:
+        """The socket is writable: send as much pending output as it takes."""
+        ev = self.ev
+        if ev.prewrite is not None and not self.policy.around(
+                self, c, "prewrite", (c.id, len(c.pending))):
+            return
+        try:
+            n = c.sock.send(c.pending)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError as e:
+            self._write_failed(c, len(c.pending), e)
+            return
+        del c.pending[:n]
+        if n and c.idle_timeout is not None:
+            c.last_active = time.monotonic()
+        if ev.postwrite is not None and not self.policy.around(
+                self, c, "postwrite", (c.id, n, len(c.pending))):
+            return
+        if not c.pending and c.state is _FLUSHING:
+            self.close(c, On.DRAINED, c.err)
+
+    def _write_failed(self, c: Conn, unsent: int, e: OSError) -> None:
+        """A send failed (the peer reset): ``postwrite`` still hears of the
+        attempt -- nothing written, ``unsent`` bytes left -- then ``c`` closes."""
+        if self.ev.postwrite is not None and not self.policy.around(
+                self, c, "postwrite", (c.id, 0, unsent)):
+            return
+        self.close(c, On.IO_ERROR, e)
+
+    # ------------------------------------------------------------- endings
+
+    def end(self, c: Conn) -> None:
+        """``Action.CLOSE``: finish ``c`` in order."""
+        self.finish(c, On.CLOSE, None)
+
+    def raised(self, c: Conn, where: str, e: Exception) -> None:
+        """A callback for ``c`` raised: a write hook closes it at once,
+        dropping pending output; any other finishes it with ``e``."""
+        if where in ("prewrite", "postwrite"):
+            c.pending.clear()  # the write path itself failed: nothing more is sent
+            self.close(c, On.HOOK_RAISED, e)
+        elif c.state is _OPEN:
+            self.finish(c, On.RAISED, e)
+        elif c.err is None:
+            c.err = e
+
+    def live(self, c: Conn) -> bool:
+        """Whether ``c`` still holds its socket."""
+        return c.state in LIVE
+
+    def finish(self, c: Conn, on: On, err: BaseException | None) -> None:
+        """Stop reading; close once pending output has been sent."""
+        if c.state is not _OPEN:
+            return
+        if c.translator is not None:
+            assert self.pump is not None
+            goodbye = self.pump.goodbye(c)
+            if goodbye:
+                self.write(c, goodbye)
+                if c.state is not _OPEN:
+                    return  # the write failed and closed it
+        move(c, on)
+        c.err = err
+        if c.pending:
+            self.sync(c)
+        else:
+            self.close(c, On.DRAINED, err)
+
+    def close(self, c: Conn, on: On, err: BaseException | None) -> None:
+        """Close ``c`` now and call ``closed(id, err)``."""
+        if c.state not in LIVE:
+            return
+        if c.peer_said_goodbye and isinstance(err, BrokenPipeError | ConnectionResetError):
+            err = None  # the peer said goodbye in its protocol and left: orderly
+        move(c, on)
+        try:
+            self.poller.unregister(c.fd)
+        finally:
+            self._forget(c)
+            self.policy.closed(c.id, err)
+
+    def _forget(self, c: Conn) -> None:
+        """Drop ``c`` from every table and close its socket."""
+        self.by_fd.pop(c.fd, None)
+        self.by_id.pop(c.id, None)
+        self.handlers.pop(c.fd, None)
+        self.timers.cancel(c.idle_timer)
+        c.idle_timer = None
+        c.sock.close()
+
+    def detach(self, c: Conn) -> None:
+        """``Action.DETACH``: hand the socket, and the output still pending, to
+        ``detached``; if ``detached`` raises, the socket is closed."""
+        if c.state not in LIVE:
+            return
+        if self.ev.detached is None:
+            self.policy.failed(self, c, "DETACH", TypeError("Action.DETACH needs a detached "
+                                                            "callback"))
+            return
+        if c.translator is not None:
+            self.policy.failed(self, c, "DETACH",
+                               TypeError("a translated connection cannot be detached"))
+            return
+        move(c, On.DETACH)
+        self.poller.unregister(c.fd)
+        self.by_fd.pop(c.fd, None)
+        self.by_id.pop(c.id, None)
+        self.handlers.pop(c.fd, None)
+        self.timers.cancel(c.idle_timer)
+        conn = DetachedConn(c.sock, bytes(c.pending))
+        c.pending.clear()
+        if not self.policy.detached(c.id, conn):
+            conn.abandon()
+
+    def shut(self, cid: int) -> None:
+        """Shutdown: one last non-blocking write, then close ``cid``."""
+        c = self.by_id[cid]
+        if c.state is State.OPENING:  # opened was never called: nobody to tell
+            move(c, On.SHUTDOWN)
+            self.poller.unregister(c.fd)
+            self._forget(c)
+            return
+        if c.translator is not None and c.state is _OPEN:
+            with contextlib.suppress(Exception):
+                c.pending += c.translator.close()  # close_notify, best effort
+        if c.pending:
+            with contextlib.suppress(OSError):
+                c.sock.send(c.pending)  # one last try; never blocks
+        self.close(c, On.SHUTDOWN, c.err)

@@ -1,0 +1,121 @@
+"""Timers: one deadline queue for everything the loop must do at a time.
+
+Theory of operation
+-------------------
+The loop sleeps in one system call, and the only thing that decides how
+long it may sleep is *the earliest thing that is due*.  Four kinds of thing
+fall due: the next ``tick``, a dial's timeout, a connection's idle timeout,
+and the moment a listener that ran out of descriptors is watched again.
+Keeping each in its own structure means merging four answers by hand on
+every turn; keeping them in one queue makes the poll timeout one lookup.
+
+So there is one binary heap of ``(when, sequence, timer)``.  The sequence
+number breaks ties in the order timers were set, so two timers due at the
+same instant fire in a fixed order and the heap never compares two
+`Timer` records.
+
+The trap is *cancellation*.  Removing an entry from the middle of a heap
+costs a linear search, and a server that closes ten thousand connections a
+second, each with an idle timer, would pay it ten thousand times.  So a
+cancelled timer only forgets its callback; the heap drops it when it
+reaches the top, and when more than half the heap is dead it is rebuilt in
+one linear pass.  Memory stays proportional to the live timers.
+
+Everything here runs on the loop's thread: no locks.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from collections.abc import Callable
+
+__all__ = ["MAX_POLL_WAIT", "Timer", "Timers"]
+
+MAX_POLL_WAIT = 86400.0
+"""The longest one poll waits when something is due: backends overflow
+somewhere past 24 days, and waking once a day to find nothing due is free."""
+
+_COMPACT_AT = 64
+"""Dead entries are swept only once there are at least this many."""
+
+
+class Timer:
+    """One pending call; `Timers.cancel` makes it a no-op.
+
+    Attributes:
+        when: The ``time.monotonic()`` at which it is due.
+        fire: What to call then; ``None`` once cancelled or fired.
+    """
+
+    __slots__ = ("fire", "when")
+
+    def __init__(self, when: float, fire: Callable[[], None]) -> None:
+        self.when = when
+        self.fire: Callable[[], None] | None = fire
+
+
+class Timers:
+    """The loop's single deadline queue."""
+
+    __slots__ = ("_dead", "_heap", "_seq")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Timer]] = []
+        self._seq = itertools.count()
+        self._dead = 0
+
+    def __len__(self) -> int:
+        """How many timers are pending (cancelled ones excluded)."""
+        return len(self._heap) - self._dead
+
+    def at(self, when: float, fire: Callable[[], None]) -> Timer:
+        """Call ``fire()`` on the loop's thread once ``time.monotonic() >= when``."""
+        t = Timer(when, fire)
+        heapq.heappush(self._heap, (when, next(self._seq), t))
+        return t
+
+    def cancel(self, t: Timer | None) -> None:
+        """Forget ``t`` (``None``, fired or already cancelled: nothing to do)."""
+        if t is None or t.fire is None:
+            return
+        t.fire = None
+        self._dead += 1
+        heap = self._heap
+        if self._dead >= _COMPACT_AT and self._dead * 2 > len(heap):
+            self._heap = [e for e in heap if e[2].fire is not None]
+            heapq.heapify(self._heap)
+            self._dead = 0
+
+    def timeout(self) -> float | None:
+        """Seconds until the earliest live timer (0 if overdue), or ``None``."""
+        heap = self._heap
+        while heap and heap[0][2].fire is None:
+            heapq.heappop(heap)
+            self._dead -= 1
+        if not heap:
+            return None
+        return min(MAX_POLL_WAIT, max(0.0, heap[0][0] - time.monotonic()))
+
+    def run_due(self, stopping: Callable[[], bool]) -> None:
+        """Fire every timer due by now, earliest first.
+
+        "Now" is read once, when the call starts: a timer set while it runs
+        (a tick with a delay of 0) waits for the next turn, so one call
+        always ends.  ``stopping()`` is asked after each timer, and a true
+        answer ends the call (what is left fires on a later turn, or never).
+        """
+        heap = self._heap
+        now = time.monotonic()
+        while heap and heap[0][0] <= now:
+            t = heapq.heappop(heap)[2]
+            fire = t.fire
+            if fire is None:
+                self._dead -= 1
+                continue
+            t.fire = None
+            fire()
+            if stopping():
+                return
+            heap = self._heap  # cancel() may have rebuilt it
