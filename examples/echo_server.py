@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from types import FrameType
 
 import evio
 
@@ -36,13 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.unixsocket:
         addrs.append(f"unix://{args.unixsocket}")
 
-    stop = False
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal stop
-        stop = True  # the next tick returns SHUTDOWN
 
     def serving(server: evio.Server) -> None:
+        # SIGINT, SIGTERM and SIGHUP stop the loop cleanly: Server.stop() is
+        # safe in a signal handler, and the loop wakes for it at once.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, lambda signum, frame: server.stop())
         where = ", ".join(str(a) for a in server.addrs)
         print(f"echo server listening on {where} (poller: {server.poller})", flush=True)
 
@@ -57,13 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quiet:
             print(f"{id}: closed" + (f" ({err})" if err else ""), flush=True)
 
-    def tick() -> float | evio.Action:
-        # Signals only set a flag; the loop notices it here, on its own thread.
-        return evio.Action.SHUTDOWN if stop else 0.2
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    events = evio.Events(serving=serving, opened=opened, data=data, closed=closed, tick=tick)
+    events = evio.Events(serving=serving, opened=opened, data=data, closed=closed)
     try:
         evio.serve(events, *addrs, poller=args.poller)
     except (ValueError, OSError) as e:

@@ -36,7 +36,6 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 
 from http11 import HTTPError, Request, RequestParser, encode_response
 
@@ -182,14 +181,13 @@ def main(argv: list[str] | None = None) -> int:
         addrs.append(f"unix://{args.unixsocket}")
 
     parsers: dict[int, RequestParser] = {}  # one per open connection
-    stop = False
     date = email.utils.formatdate(usegmt=True)
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal stop
-        stop = True  # the next tick returns SHUTDOWN
-
     def serving(server: evio.Server) -> None:
+        # SIGINT, SIGTERM and SIGHUP stop the loop cleanly: Server.stop() is
+        # safe in a signal handler, and the loop wakes for it at once.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, lambda signum, frame: server.stop())
         where = ", ".join(str(a) for a in server.addrs)
         print(f"http server listening on {where} (poller: {server.poller})", flush=True)
         if tls_index >= 0:
@@ -223,16 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     def closed(id: int, err: BaseException | None) -> None:
         parsers.pop(id, None)
 
-    def tick() -> float | evio.Action:
+    def tick() -> float:
         nonlocal date
-        # Signals only set a flag; the loop notices it here, on its own thread.
-        if stop:
-            return evio.Action.SHUTDOWN
         date = email.utils.formatdate(usegmt=True)  # the Date header, to the second
         return 0.2
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
     events = evio.Events(serving=serving, opened=opened, data=data, closed=closed, tick=tick)
     if context is not None:
         ctx = context

@@ -33,7 +33,6 @@ import argparse
 import signal
 import sys
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import TypeAlias
 
 import evio
@@ -85,15 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     host = f"[{args.host}]" if ":" in args.host else args.host
     sides: dict[int, _Side] = {}
     server: evio.Server | None = None
-    stop = False
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal stop
-        stop = True  # the next tick returns SHUTDOWN
 
     def serving(srv: evio.Server) -> None:
         nonlocal server
         server = srv  # kept for dial and wake
+        # SIGINT, SIGTERM and SIGHUP stop the loop cleanly: Server.stop() is
+        # safe in a signal handler, and the loop wakes for it at once.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, lambda signum, frame: srv.stop())
         where = ", ".join(str(a) for a in srv.addrs)
         print(f"proxy listening on {where}, relaying to {args.upstream} "
               f"(poller: {srv.poller})", flush=True)
@@ -147,13 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                 assert server is not None
                 server.wake(peer.id)  # its data(id, None) returns CLOSE
 
-    def tick() -> float | evio.Action:
-        # Signals only set a flag; the loop notices it here, on its own thread.
-        return evio.Action.SHUTDOWN if stop else 0.2
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    events = evio.Events(serving=serving, opened=opened, data=data, closed=closed, tick=tick)
+    events = evio.Events(serving=serving, opened=opened, data=data, closed=closed)
     try:
         evio.serve(events, f"tcp://{host}:{args.port}", poller=args.poller)
     except (ValueError, OSError) as e:

@@ -46,7 +46,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import TypeAlias
 
 import resp
@@ -58,7 +57,7 @@ HTTP_REQUEST = b"GET / HTTP/1.0\r\n\r\n"
 MAX_RESPONSE = 16 * 1024 * 1024
 """The longest response WGET keeps; a longer one is an error."""
 TICK = 0.2
-"""Seconds between ticks: how soon a signal or a WGET timeout is noticed."""
+"""Seconds between ticks: how soon a WGET timeout is noticed."""
 
 _Reply: TypeAlias = bytes | tuple[bytes | None, evio.Action] | evio.Action | evio.Options | None
 
@@ -117,7 +116,6 @@ class RedisClone:
         self.clients: dict[int, _Client] = {}
         self.fetches: dict[int, _Fetch] = {}  # by the dialed connection's id
         self.server: evio.Server | None = None
-        self.stop = False  # set by a signal; the next tick shuts down
 
     def events(self) -> evio.Events:
         return evio.Events(serving=self.serving, opened=self.opened, data=self.data,
@@ -127,6 +125,10 @@ class RedisClone:
 
     def serving(self, server: evio.Server) -> None:
         self.server = server  # kept for dial and wake
+        # SIGINT, SIGTERM and SIGHUP stop the loop cleanly: Server.stop() is
+        # safe in a signal handler, and the loop wakes for it at once.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, lambda signum, frame: server.stop())
         where = ", ".join(str(a) for a in server.addrs)
         print(f"redis server listening on {where} (poller: {server.poller})", flush=True)
 
@@ -173,9 +175,6 @@ class RedisClone:
             self._answer(f, resp.bulk(b"".join(f.chunks)))
 
     def tick(self) -> float | evio.Action:
-        # Signals only set a flag; the loop notices it here, on its own thread.
-        if self.stop:
-            return evio.Action.SHUTDOWN
         now = time.monotonic()
         delay = TICK
         for f in self.fetches.values():
@@ -459,12 +458,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.unixsocket:
         addrs.append(f"unix://{args.unixsocket}")
     app = RedisClone(args.max_buffer)
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        app.stop = True  # the next tick returns SHUTDOWN
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
     try:
         evio.serve(app.events(), *addrs, poller=args.poller)
     except (ValueError, OSError) as e:

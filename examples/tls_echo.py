@@ -32,7 +32,6 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
-from types import FrameType
 
 import evio
 from evio.tls import TLSTranslator, server_context
@@ -110,13 +109,8 @@ def run(args: argparse.Namespace, cert: str, key: str | None) -> int:
     if args.also_plain is not None:
         addrs.append(f"tcp://{host}:{args.also_plain}")
 
-    stop = False
     # TLS connections whose handshake we have not logged yet, by id.
     sessions: dict[int, TLSTranslator] = {}
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal stop
-        stop = True  # the next tick returns SHUTDOWN
 
     # Which connections speak TLS: asked once per connection, as it opens.
     def should(id: int, info: evio.Info) -> bool:
@@ -129,6 +123,10 @@ def run(args: argparse.Namespace, cert: str, key: str | None) -> int:
         return tls
 
     def serving(server: evio.Server) -> None:
+        # SIGINT, SIGTERM and SIGHUP stop the loop cleanly: Server.stop() is
+        # safe in a signal handler, and the loop wakes for it at once.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, lambda signum, frame: server.stop())
         where = ", ".join(f"{a} ({'TLS' if i == TLS_LISTENER else 'plain'})"
                           for i, a in enumerate(server.addrs))
         print(f"tls echo server listening on {where} (poller: {server.poller})", flush=True)
@@ -152,13 +150,7 @@ def run(args: argparse.Namespace, cert: str, key: str | None) -> int:
         if not args.quiet:
             print(f"{id}: closed" + (f" ({err!r})" if err else ""), flush=True)
 
-    def tick() -> float | evio.Action:
-        # Signals only set a flag; the loop notices it here, on its own thread.
-        return evio.Action.SHUTDOWN if stop else 0.2
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    events = evio.Events(serving=serving, opened=opened, data=data, closed=closed, tick=tick)
+    events = evio.Events(serving=serving, opened=opened, data=data, closed=closed)
     # The callbacks above see plaintext; `should` keeps the plain port plain
     # (passing None instead would translate every connection).
     events = evio.translate(events, should, factory)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from types import FrameType
 
 import evio
 
@@ -38,26 +37,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     host = f"[{args.host}]" if ":" in args.host else args.host
-    stop = False
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal stop
-        stop = True  # the next tick returns SHUTDOWN
 
     def serving(server: evio.Server) -> None:
+        # SIGINT, SIGTERM and SIGHUP stop the loop cleanly: Server.stop() is
+        # safe in a signal handler, and the loop wakes for it at once.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, lambda signum, frame: server.stop())
         where = ", ".join(str(a) for a in server.addrs)
         print(f"udp echo server listening on {where} (poller: {server.poller})", flush=True)
 
     def data(id: int, packet: bytes) -> bytes:
         return packet  # one datagram in, the same datagram out
 
-    def tick() -> float | evio.Action:
-        # Signals only set a flag; the loop notices it here, on its own thread.
-        return evio.Action.SHUTDOWN if stop else 0.2
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    events = evio.Events(serving=serving, data=data, tick=tick)
+    events = evio.Events(serving=serving, data=data)
     try:
         evio.serve(events, f"udp://{host}:{args.port}", poller=args.poller)
     except (ValueError, OSError) as e:

@@ -27,7 +27,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from types import FrameType
 
 import evio
 
@@ -67,13 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     host = f"[{args.host}]" if ":" in args.host else args.host
     conns: dict[int, _Conn] = {}
     server: evio.Server | None = None
-    stop = False
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal stop
-        stop = True  # the next tick returns SHUTDOWN
 
     def serving(srv: evio.Server) -> None:
+        # SIGINT, SIGTERM and SIGHUP stop the loop cleanly: Server.stop() is
+        # safe in a signal handler, and the loop wakes for it at once.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, lambda signum, frame: srv.stop())
         nonlocal server
         server = srv  # keep it: the workers need server.wake
         where = ", ".join(str(a) for a in srv.addrs)
@@ -119,13 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     def closed(id: int, err: BaseException | None) -> None:
         del conns[id]  # a worker still holding the _Conn finds its wake refused
 
-    def tick() -> float | evio.Action:
-        # Signals only set a flag; the loop notices it here, on its own thread.
-        return evio.Action.SHUTDOWN if stop else 0.2
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    events = evio.Events(serving=serving, opened=opened, data=data, closed=closed, tick=tick)
+    events = evio.Events(serving=serving, opened=opened, data=data, closed=closed)
     try:
         evio.serve(events, f"tcp://{host}:{args.port}", poller=args.poller)
     except (ValueError, OSError) as e:
