@@ -149,12 +149,12 @@ def exchange(c: socket.socket, payload: bytes) -> None:
     assert got == payload
 
 
-def fill(c: socket.socket, cap: int = 128 * MiB) -> bytes:
+def fill(c: socket.socket, quiet: float = 0.5, cap: int = 128 * MiB) -> bytes:
     """Send without reading until the server stops taking bytes; return what was sent.
 
     The server's echo fills our receive buffer; then either it stops reading
     us (flow control) or it blocks writing to us. Either way our sends stop
-    being taken: the socket stays unwritable for half a second.
+    being taken: the socket stays unwritable for ``quiet`` seconds.
     """
     sent = bytearray()
     c.setblocking(False)
@@ -164,7 +164,7 @@ def fill(c: socket.socket, cap: int = 128 * MiB) -> bytes:
             try:
                 sent += chunk[:c.send(chunk)]
             except BlockingIOError:
-                if not select.select([], [c], [], 0.5)[1]:
+                if not select.select([], [c], [], quiet)[1]:
                     return bytes(sent)
         raise AssertionError(f"the server took {cap} bytes without them being read")
     finally:
@@ -351,7 +351,10 @@ def test_a_client_that_does_not_read_cannot_stall_the_others(stage: Stage) -> No
 def test_the_select_stage_stalls_behind_a_client_that_does_not_read() -> None:
     with started(STAGE2) as p:
         hog = p.connect()
-        sent = fill(hog)  # the server is now blocked in sendall to the hog
+        # The server is now blocked in sendall to the hog (a longer quiet
+        # period, so that a server merely slow to be scheduled is not taken
+        # for a stalled one).
+        sent = fill(hog, quiet=1.5)
         other = p.connect()
         other.sendall(b"anyone?")
         other.settimeout(0.5)
