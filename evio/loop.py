@@ -189,9 +189,10 @@ class _Loop:
             handlers = self.handlers
             poll = self.poller.poll
             timers = self.timers
+            due = timers.heap  # changed only in place: testing it is enough
             while not self.stopping:
                 # timeout
-                timeout = timers.timeout()
+                timeout = timers.timeout() if due else None
                 # poll
                 ready = poll(timeout)
                 # dispatch
@@ -205,7 +206,7 @@ class _Loop:
                 if self.rang and not self.stopping:
                     self._wakes()
                 # timers
-                if timers and not self.stopping:
+                if due and not self.stopping:
                     timers.run_due(self._is_stopping)
         finally:
             # shutdown

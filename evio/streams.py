@@ -87,6 +87,8 @@ class Streams:
         self.by_fd: dict[int, Conn] = {}
         self.by_id: dict[int, Conn] = {}
         self.pump = Pump(self, *events.translation) if events.translation else None
+        if self.pump is None:
+            self.send = self.write  # type: ignore[method-assign]  # nothing to translate
         self.rbuf = bytearray(READ_SIZE)
         self.rview = memoryview(self.rbuf)
 

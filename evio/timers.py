@@ -59,21 +59,23 @@ class Timer:
 class Timers:
     """The loop's single deadline queue."""
 
-    __slots__ = ("_dead", "_heap", "_seq")
+    __slots__ = ("_dead", "_seq", "heap")
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Timer]] = []
+        self.heap: list[tuple[float, int, Timer]] = []
+        """The queue itself; the loop tests it for emptiness (it is only
+        ever changed in place, so a reference to it stays valid)."""
         self._seq = itertools.count()
         self._dead = 0
 
     def __len__(self) -> int:
         """How many timers are pending (cancelled ones excluded)."""
-        return len(self._heap) - self._dead
+        return len(self.heap) - self._dead
 
     def at(self, when: float, fire: Callable[[], None]) -> Timer:
         """Call ``fire()`` on the loop's thread once ``time.monotonic() >= when``."""
         t = Timer(when, fire)
-        heapq.heappush(self._heap, (when, next(self._seq), t))
+        heapq.heappush(self.heap, (when, next(self._seq), t))
         return t
 
     def cancel(self, t: Timer | None) -> None:
@@ -82,15 +84,15 @@ class Timers:
             return
         t.fire = None
         self._dead += 1
-        heap = self._heap
+        heap = self.heap
         if self._dead >= _COMPACT_AT and self._dead * 2 > len(heap):
-            self._heap = [e for e in heap if e[2].fire is not None]
-            heapq.heapify(self._heap)
+            heap[:] = [e for e in heap if e[2].fire is not None]
+            heapq.heapify(heap)
             self._dead = 0
 
     def timeout(self) -> float | None:
         """Seconds until the earliest live timer (0 if overdue), or ``None``."""
-        heap = self._heap
+        heap = self.heap
         while heap and heap[0][2].fire is None:
             heapq.heappop(heap)
             self._dead -= 1
@@ -106,7 +108,7 @@ class Timers:
         always ends.  ``stopping()`` is asked after each timer, and a true
         answer ends the call (what is left fires on a later turn, or never).
         """
-        heap = self._heap
+        heap = self.heap
         now = time.monotonic()
         while heap and heap[0][0] <= now:
             t = heapq.heappop(heap)[2]
@@ -118,4 +120,3 @@ class Timers:
             fire()
             if stopping():
                 return
-            heap = self._heap  # cancel() may have rebuilt it
