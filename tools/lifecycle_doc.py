@@ -27,9 +27,24 @@ def render() -> str:
     rows = ["| from | on | to | what happens |", "| --- | --- | --- | --- |"]
     for t in LIFECYCLE:
         rows.append(f"| {t.source} | {t.event} | {t.target} | {t.effect} |")
-    diagram = ["```mermaid", "stateDiagram-v2", "    [*] --> accepted"]
+    # One arrow per pair of states, its events one per line: mermaid draws
+    # parallel arrows between the same two states over each other (their
+    # labels lost), and one arrow per transition made the diagram so wide
+    # that it was shrunk to unreadable text.
+    # A transition that stays in its state is written as a note beside it:
+    # mermaid lays a looping arrow's label over its neighbours.
+    edges: dict[tuple[str, str], list[str]] = {}
+    stays: dict[str, list[str]] = {}
     for t in LIFECYCLE:
-        diagram.append(f"    {t.source} --> {t.target}: {t.event}")
+        if t.source == t.target:
+            stays.setdefault(t.source, []).append(f"{t.event}: {t.effect}")
+        else:
+            edges.setdefault((t.source, t.target), []).append(t.event)
+    diagram = ["```mermaid", "stateDiagram-v2", "    [*] --> accepted", "    [*] --> dialing"]
+    for (source, target), events in edges.items():
+        diagram.append(f"    {source} --> {target}: {'<br/>'.join(events)}")
+    for state, notes in stays.items():
+        diagram += [f"    note right of {state}", *(f"        {n}" for n in notes), "    end note"]
     diagram += ["    closed --> [*]", "```"]
     return "\n".join([BEGIN, *rows, "", *diagram, END])
 
