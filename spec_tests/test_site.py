@@ -539,7 +539,11 @@ def test_no_raw_sphinx_roles_or_double_dashes(visits: dict[str, Visit]) -> None:
            for m in DASH_RE.finditer(v.probe["prose"])]
         for url, v in visits.items()
     }
-    assert not any(bad.values()), _problems(bad)
+    assert not any(bad.values()), (
+        "raw Sphinx roles (write cross-references as [`Server.flush`][evio.Server.flush] "
+        "or plain `flush` in docstrings) or a '--' the build did not turn into a dash:\n"
+        + _problems(bad)
+    )
 
 
 @pytest.mark.rule("DOCS-5")
