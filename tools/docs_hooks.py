@@ -41,6 +41,7 @@ import posixpath
 import re
 import sys
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,7 +126,23 @@ def _pollers_text(pollers: tuple[str, ...]) -> str:
     return ", ".join(pollers)
 
 
-def trace_page(trace: ruletrace.Trace, repo_url: str | None, branch: str = "main") -> str:
+def _nav_order(nav: Any) -> list[str]:
+    """The docs files named in ``nav`` (mkdocs.yml), in reading order."""
+    if isinstance(nav, str):
+        return [nav]
+    if isinstance(nav, dict):
+        return [src for value in nav.values() for src in _nav_order(value)]
+    if isinstance(nav, list):
+        return [src for item in nav for src in _nav_order(item)]
+    return []
+
+
+def trace_page(
+    trace: ruletrace.Trace,
+    repo_url: str | None,
+    branch: str = "main",
+    order: Sequence[str] = (),
+) -> str:
     """The Markdown of the rules-and-tests page.
 
     Args:
@@ -133,6 +150,8 @@ def trace_page(trace: ruletrace.Trace, repo_url: str | None, branch: str = "main
         repo_url: Where the sources are browsed (tests link to their line
             there), or ``None`` for no links.
         branch: The branch the links point into.
+        order: Docs files in reading order; spec pages follow it (those it
+            does not name come last, by name).
 
     Returns:
         One section per spec page, one table row per rule, each test with the
@@ -159,7 +178,11 @@ def trace_page(trace: ruletrace.Trace, repo_url: str | None, branch: str = "main
         "`python3 tools/trace_rules.py --names` prints the same table in a terminal.",
         "",
     ]
-    pages = list(dict.fromkeys(r.page for r in defined.values()))
+    rank = {src: i for i, src in enumerate(order)}
+    pages = sorted(
+        dict.fromkeys(r.page for r in defined.values()),
+        key=lambda page: (rank.get(_src_uri(page), len(rank)), page),
+    )
     for page in pages:
         link = posixpath.relpath(_src_uri(page), here)
         out += [f"## {_title(page)}", "", f"Rules defined on [{_title(page)}]({link}).", ""]
@@ -190,7 +213,11 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
     _state.rule_page = {rid: _src_uri(r.page) for rid, r in trace.defined().items()}
     _state.rule_tests = trace.table()
     files.append(
-        File.generated(config, TRACE_PAGE, content=trace_page(trace, config.repo_url))
+        File.generated(
+            config,
+            TRACE_PAGE,
+            content=trace_page(trace, config.repo_url, order=_nav_order(config.nav)),
+        )
     )
     _state.rule_url = {}
     for rid, src in _state.rule_page.items():
