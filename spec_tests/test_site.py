@@ -282,6 +282,8 @@ def _visit(browser: cdp.Browser, site: Site, url: str) -> Visit:
             pass  # the page itself: its status is checked on its own
         elif method == "Network.responseReceived" and int(p["response"]["status"]) >= 400:
             visit.errors.append(f"HTTP {p['response']['status']}: {p['response']['url']}")
+        elif method == "Network.loadingFailed" and p.get("errorText") == "net::ERR_ABORTED":
+            pass  # a request the previous page left when the browser moved on
         elif method == "Network.loadingFailed" and not p.get("canceled"):
             visit.errors.append(f"load failed ({p.get('errorText')}): request {p['requestId']}")
         elif method == "Runtime.exceptionThrown":
