@@ -347,13 +347,20 @@ _WORKER = "evio-search.js"
 _worker_name: list[str] = []
 
 
+_MERMAID_TAG_RE = re.compile(r'\s*<script src="[^"]*assets/javascripts/mermaid\.min\.js"></script>')
+
+
 def on_post_page(output: str, page: Page, config: MkDocsConfig) -> str:
     def swap(m: re.Match[str]) -> str:
         if not _worker_name:
             _worker_name.append(m.group(2))
         return m.group(1) + _WORKER + m.group(3)
 
-    return _WORKER_RE.sub(swap, output)
+    output = _WORKER_RE.sub(swap, output)
+    if 'class="mermaid"' not in output:
+        # 3.5 MB of diagram library only where there is a diagram to draw.
+        output = _MERMAID_TAG_RE.sub("", output)
+    return output
 
 
 def on_post_build(config: MkDocsConfig) -> None:
