@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.stamp
 # Material for MkDocs prints a banner about MkDocs 2.0 on every build.
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: venv run run-redis run-http bench test docs-serve clean
+.PHONY: venv sysdeps run run-redis run-http bench test docs docs-serve clean
 
 venv: $(STAMP)
 
@@ -31,11 +31,21 @@ run-redis: venv
 run-http: venv
 	$(BIN)/python examples/http_server.py --port 8080
 
+# The system programs the tests drive (curl, wrk, redis-tools, openssl, ps,
+# chromium, python3-venv): installed with apt-get when run as root on
+# Debian, otherwise a stop that names the command to run.
+sysdeps:
+	bash tools/sysdeps.sh
+
 # Each step must pass before the next one starts.
-test: venv
-	$(BIN)/ruff check evio examples spec_tests tools
+test: sysdeps venv
+	$(BIN)/ruff check evio examples spec_tests tools tutorial bench
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
+	$(BIN)/mkdocs build --strict --site-dir site
+
+# The docs site, as published (see .github/workflows/docs.yml).
+docs: venv
 	$(BIN)/mkdocs build --strict --site-dir site
 
 docs-serve: venv

@@ -579,12 +579,13 @@ def test_localhost_with_several_addresses_connects_where_one_listens(
         record_events(rec), "tcp4://127.0.0.1:0", poller=poller
     ) as r:
         assert r.server is not None
-        cid = r.server.dial(f"tcp://localhost:{lst.getsockname()[1]}")
+        where = lst.getsockname()  # read while it is open: the with closes it
+        cid = r.server.dial(f"tcp://localhost:{where[1]}")
         conn = accept(lst, r)
         wait_for(lambda: cid in rec.ids(), what="opened")
         conn.sendall(b"found")
         assert recv_exactly(conn, 5) == b"found"
-    assert opened_info(rec, cid).remote_addr == lst.getsockname()
+    assert opened_info(rec, cid).remote_addr == where
 
 
 @pytest.mark.rule("DIAL-6")

@@ -92,6 +92,34 @@ def test_poll_timeout_is_bounded_by_the_next_tick(poller: str, addr: str) -> Non
     assert all(t is not None and 0 <= t <= 0.05 + 1e-6 for t in counting.timeouts)
 
 
+@pytest.mark.rule("LOOP-2", "REL-4")
+def test_poll_timeout_is_bounded_by_an_idle_timeout(poller: str, addr: str) -> None:
+    # No ticker, nothing else to wake the loop: only the idle timer can end
+    # its wait, and the connection must still close on time.
+    counting = CountingPoller(poller)
+    rec = Recorder()
+
+    def closed(cid: int, err: BaseException | None) -> Action:
+        rec.add("closed", cid, err)
+        return Action.SHUTDOWN
+
+    ev = echo_events(
+        rec, opened=lambda cid, info: evio.Options(idle_timeout=0.3), closed=closed
+    )
+    with running(ev, addr, poller=counting, stoppable=False) as r:
+        c = r.connect()
+        start = time.monotonic()
+        assert c.recv(10) == b""  # the server closed it
+        elapsed = time.monotonic() - start
+        r.join()
+        c.close()
+    (_cid, err), = rec.of("closed")
+    assert isinstance(err, TimeoutError)
+    assert 0.25 <= elapsed < 1.5, elapsed
+    waits = [t for t in counting.timeouts if t is not None]
+    assert waits and max(waits) <= 0.3 + 1e-6, counting.timeouts[:10]
+
+
 # ---------------------------------------------------------------- accept
 
 

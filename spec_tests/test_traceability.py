@@ -6,8 +6,9 @@ are read statically by ``tools/ruletrace.py`` (the test files are parsed with
 ``ast``, not imported), which ``tools/trace_rules.py`` shares to print the
 table of rules and tests.
 
-This file is the check itself: it names no rule and is exempt from needing
-to.
+The checks themselves name no rule (this file is exempt from needing to);
+the tests at the end, of the pieces the docs site builds from the same
+trace, name the DOCS rules they check.
 """
 
 from __future__ import annotations
@@ -81,4 +82,120 @@ def test_every_test_names_a_rule(trace: ruletrace.Trace) -> None:
         f"{len(bare)} tests name no spec rule (mark them @pytest.mark.rule(...), "
         "on the test, its class, or the module's pytestmark):\n"
         + _bullets([f"{t.name} ({t.file}:{t.line})" for t in bare])
+    )
+
+
+# ---------------------------------------------------------------- the site
+#
+# The same trace feeds the docs site (tools/docs_hooks.py): the pollers each
+# test runs on, the generated rules-and-tests page, the anchors on the
+# defining bullets and the links on every mention. test_site.py checks the
+# built site in a browser; these check the pieces on small inputs.
+
+_POLLER_SOURCE = '''
+import pytest
+
+@pytest.fixture
+def server(poller):
+    return poller
+
+@pytest.fixture
+def plain():
+    return 1
+
+@pytest.mark.rule("A-1")
+def test_fixture(poller): ...
+
+@pytest.mark.rule("A-1")
+def test_through_a_fixture(server): ...
+
+@pytest.mark.rule("A-1")
+@pytest.mark.parametrize("poller", POLLERS)
+def test_every(poller): ...
+
+@pytest.mark.rule("A-1")
+@pytest.mark.parametrize("poller", ["poll", "select"])
+def test_literal(poller): ...
+
+@pytest.mark.rule("A-1")
+def test_keyword(plain):
+    serve(poller="epoll")
+    serve(poller=SelectPoller())
+
+@pytest.mark.rule("A-1")
+def test_default(plain): ...
+'''
+
+
+@pytest.mark.rule("DOCS-2")
+def test_the_pollers_each_test_runs_on_are_read_from_the_source() -> None:
+    _refs, tests, problems = ruletrace.parse_test_file(_POLLER_SOURCE, "spec_tests/test_x.py")
+    assert not problems
+    every = (ruletrace.EVERY_POLLER,)
+    assert {t.name.split("::")[-1]: t.pollers for t in tests} == {
+        "test_fixture": every,
+        "test_through_a_fixture": every,
+        "test_every": every,
+        "test_literal": ("poll", "select"),
+        "test_keyword": ("epoll", "select"),
+        "test_default": (),
+    }
+
+
+@pytest.mark.rule("DOCS-2")
+def test_the_generated_page_has_a_row_per_rule_and_a_line_per_test(
+    trace: ruletrace.Trace,
+) -> None:
+    import docs_hooks
+
+    page = docs_hooks.trace_page(trace, "https://example.invalid/repo")
+    rows = [line for line in page.splitlines() if line.startswith("| [")]
+    assert len(rows) == len(trace.defined())
+    for rid, tests in trace.table().items():
+        (row,) = [r for r in rows if r.startswith(f"| [{rid}](")]
+        assert f"{{#{rid}}}" in row
+        for test in tests:
+            assert test.removeprefix("spec_tests/") in row, (rid, test)
+    first = next(t for t in trace.tests if t.rules)
+    assert f"/blob/main/{first.file}#L{first.line})" in page
+
+
+@pytest.mark.rule("DOCS-1", "DOCS-2")
+def test_defining_bullets_get_an_anchor_and_a_tests_link() -> None:
+    import docs_hooks
+
+    docs_hooks._state.rule_page = {"ZZ-1": "spec/zz.md", "ZZ-2": "spec/other.md"}
+    docs_hooks._state.rule_tests = {"ZZ-1": ["a", "b"], "ZZ-2": []}
+    page = "\n".join([
+        "- **ZZ-1** does a thing, unlike **ZZ-2**.",
+        "- **ZZ-2** is defined elsewhere, so left alone here.",
+        "```",
+        "- **ZZ-1** inside a fence is an example",
+        "```",
+    ])
+    out = docs_hooks.anchor_rules(page, "spec/zz.md").splitlines()
+    assert out[0] == (
+        "- [**ZZ-1**](#ZZ-1){#ZZ-1 .rule-id} "
+        '[2 tests](traceability.md#ZZ-1){.rule-tests title="tests that check ZZ-1"}'
+        " does a thing, unlike **ZZ-2**."
+    )
+    assert out[1:] == page.splitlines()[1:]
+
+
+@pytest.mark.rule("DOCS-1", "DOCS-5")
+def test_mentions_become_links_outside_code_links_and_headings() -> None:
+    import docs_hooks
+
+    docs_hooks._state.rule_url = {"ZZ-1": "spec/zz/", "ZZ-2": "spec/other/"}
+    html = (
+        "<h2>ZZ-1 in a heading</h2><p>See ZZ-1 and ZZ-2 -- or <code>ZZ-1</code>, "
+        '<a href="../other/">ZZ-2</a>, UTF-8, ZZ-1.5 and ZZ-12.</p><pre>a -- b</pre>'
+    )
+    out = docs_hooks.link_rules(html, "spec/zz/")
+    assert out == (
+        "<h2>ZZ-1 in a heading</h2><p>See "
+        '<a class="rule-ref" href="#ZZ-1">ZZ-1</a> and '
+        '<a class="rule-ref" href="../other/#ZZ-2">ZZ-2</a> \u2014 or <code>ZZ-1</code>, '
+        '<a class="rule-ref" href="../other/#ZZ-2">ZZ-2</a>, UTF-8, ZZ-1.5 and ZZ-12.</p>'
+        "<pre>a -- b</pre>"
     )

@@ -16,10 +16,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from evio.lifecycle import LIFECYCLE  # noqa: E402
+from evio.lifecycle import LIFECYCLE, On  # noqa: E402
 
 PAGE = ROOT / "docs" / "spec" / "loop.md"
 BEGIN, END = "<!-- lifecycle:begin -->", "<!-- lifecycle:end -->"
+
+
+def _wrap(text: str, width: int = 18) -> str:
+    """Break a long event name into lines of about ``width`` characters."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and len(lines[-1]) + 1 + len(word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return "<br/>".join(lines)
 
 
 def render() -> str:
@@ -27,12 +38,32 @@ def render() -> str:
     rows = ["| from | on | to | what happens |", "| --- | --- | --- | --- |"]
     for t in LIFECYCLE:
         rows.append(f"| {t.source.value} | {t.event.value} | {t.target.value} | {t.effect} |")
-    diagram = ["```mermaid", "stateDiagram-v2", "    [*] --> opening: accepted",
-               "    [*] --> dialing: Server.dial"]
+    # One arrow per pair of states, its events one per line: mermaid draws
+    # parallel arrows between the same two states over each other (their
+    # labels lost), and one arrow per transition made the diagram so wide
+    # that it was shrunk to unreadable text.
+    # A transition that stays in its state is written as a note beside it:
+    # mermaid lays a looping arrow's label over its neighbours.
+    # SHUTDOWN takes every live state to closed: a sentence says so, instead
+    # of a SHUTDOWN on four arrows, and long events wrap, to keep it narrow.
+    edges: dict[tuple[str, str], list[str]] = {}
+    stays: dict[str, list[str]] = {}
     for t in LIFECYCLE:
-        diagram.append(f"    {t.source.value} --> {t.target.value}: {t.event.value}")
+        if t.source == t.target:
+            stays.setdefault(t.source.value, []).append(t.event.value)
+        elif t.event is not On.SHUTDOWN:
+            edges.setdefault((t.source.value, t.target.value), []).append(_wrap(t.event.value))
+    shut = [t.source.value for t in LIFECYCLE if t.event is On.SHUTDOWN]
+    diagram = ["```mermaid", "stateDiagram-v2", "    [*] --> opening", "    [*] --> dialing"]
+    for (source, target), events in edges.items():
+        diagram.append(f"    {source} --> {target}: {'<br/>'.join(events)}")
     diagram += ["    closed --> [*]", "```"]
-    return "\n".join([BEGIN, *rows, "", *diagram, END])
+    # Notes beside states widened the diagram until it was shrunk to
+    # unreadable text, so what is not drawn is said under it.
+    stay = "; ".join(f"{', '.join(events)} (in {state})" for state, events in stays.items())
+    below = [f"Not drawn: the rows that stay in their state -- {stay} -- and SHUTDOWN, "
+             f"which takes {', '.join(shut)} to closed."]
+    return "\n".join([BEGIN, *rows, "", *diagram, "", *below, END])
 
 
 def current() -> str:

@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
+    "EVERY_POLLER",
     "EXEMPT_TEST_FILES",
     "RULE_DEF_RE",
     "RULE_ID_RE",
@@ -72,6 +73,9 @@ RULE_DEF_RE = re.compile(r"^\s*[-*]\s+\*\*([A-Z][A-Z0-9]*-\d+)\*\*")
 
 RULE_ID_RE = re.compile(r"^[A-Z][A-Z0-9]*-\d+$")
 """The shape of a rule id, e.g. ``LOOP-3``."""
+
+EVERY_POLLER = "every"
+"""In :attr:`TracedTest.pollers`: the test runs once per poller the machine has."""
 
 EXEMPT_TEST_FILES = frozenset({"test_traceability.py"})
 """Test files that need not name a rule (the tracing check itself)."""
@@ -141,12 +145,19 @@ class TracedTest:
         line: 1-based line of the ``def``.
         rules: Ids named by its own decorators, its enclosing classes and the
             module's ``pytestmark``, in order of appearance, without repeats.
+        pollers: The pollers it runs on, as far as the source shows:
+            ``(EVERY_POLLER,)`` when it takes the ``poller`` fixture (directly
+            or through a fixture that does) or is parametrized over a
+            non-literal list of pollers; the names when it is parametrized
+            over literal names or passes ``poller="name"``; empty when it
+            uses the default poller (or no loop at all).
     """
 
     name: str
     file: str
     line: int
     rules: tuple[str, ...]
+    pollers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,8 +325,11 @@ def _is_pytestmark(stmt: ast.stmt) -> bool:
 class _Collector:
     """Walks one parsed test file, collecting marker calls and tests."""
 
-    def __init__(self, tree: ast.Module, file: str) -> None:
+    def __init__(
+        self, tree: ast.Module, file: str, poller_fixtures: frozenset[str] = frozenset()
+    ) -> None:
         self.file = file
+        self.poller_fixtures = _poller_fixtures(tree, poller_fixtures)
         self.aliases = _aliases(tree)
         self.refs: list[RuleRef] = []
         self.tests: list[TracedTest] = []
@@ -375,18 +389,106 @@ class _Collector:
                 name = f"{prefix}::{stmt.name}"
                 ids = inherited + self._take(stmt.decorator_list, name)
                 self.tests.append(
-                    TracedTest(name, self.file, stmt.lineno, tuple(dict.fromkeys(ids)))
+                    TracedTest(
+                        name,
+                        self.file,
+                        stmt.lineno,
+                        tuple(dict.fromkeys(ids)),
+                        _pollers(stmt, self.poller_fixtures),
+                    )
                 )
 
 
+def _arg_names(func: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
+    a = func.args
+    return {x.arg for x in [*a.posonlyargs, *a.args, *a.kwonlyargs]}
+
+
+def _is_fixture(func: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    for dec in func.decorator_list:
+        target = dec.func if isinstance(dec, ast.Call) else dec
+        name = target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", "")
+        if name == "fixture":
+            return True
+    return False
+
+
+def _poller_fixtures(tree: ast.Module, known: frozenset[str]) -> frozenset[str]:
+    """Names of the fixtures that run once per poller.
+
+    ``known`` holds those from ``conftest.py``; a fixture of this module that
+    takes one of them (or ``poller``) joins, until nothing changes.
+    """
+    found = {"poller", *known}
+    fixtures = [
+        node
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and _is_fixture(node)
+    ]
+    changed = True
+    while changed:
+        changed = False
+        for fix in fixtures:
+            if fix.name not in found and _arg_names(fix) & found:
+                found.add(fix.name)
+                changed = True
+    return frozenset(found)
+
+
+def _pollers(
+    func: ast.FunctionDef | ast.AsyncFunctionDef, poller_fixtures: frozenset[str]
+) -> tuple[str, ...]:
+    """What :attr:`TracedTest.pollers` says for one test function."""
+    for dec in func.decorator_list:
+        if not (
+            isinstance(dec, ast.Call)
+            and isinstance(dec.func, ast.Attribute)
+            and dec.func.attr == "parametrize"
+            and len(dec.args) >= 2
+            and isinstance(dec.args[0], ast.Constant)
+            and isinstance(dec.args[0].value, str)
+        ):
+            continue
+        names = [n.strip() for n in dec.args[0].value.split(",")]
+        if "poller" not in names:
+            continue
+        values = dec.args[1]
+        if len(names) == 1 and isinstance(values, ast.List | ast.Tuple):
+            literal = [
+                v.value
+                for v in values.elts
+                if isinstance(v, ast.Constant) and isinstance(v.value, str)
+            ]
+            if len(literal) == len(values.elts):
+                return tuple(dict.fromkeys(literal))
+        return (EVERY_POLLER,)
+    if _arg_names(func) & poller_fixtures:
+        return (EVERY_POLLER,)
+    named: list[str] = []
+    for node in ast.walk(func):
+        for kw in node.keywords if isinstance(node, ast.Call) else []:
+            value = kw.value
+            if kw.arg != "poller":
+                continue
+            if isinstance(value, ast.Constant) and isinstance(value.value, str):
+                named.append(value.value)  # poller="select"
+            elif isinstance(value, ast.Call) and isinstance(value.func, ast.Name):
+                cls = value.func.id  # poller=SelectPoller()
+                if cls.endswith("Poller") and cls != "Poller":
+                    named.append(cls.removesuffix("Poller").lower())
+    return tuple(dict.fromkeys(named))
+
+
 def parse_test_file(
-    source: str, file: str
+    source: str, file: str, poller_fixtures: frozenset[str] = frozenset()
 ) -> tuple[list[RuleRef], list[TracedTest], list[Problem]]:
     """Collect the rule markers and the tests of one test file.
 
     Args:
         source: The file's Python source.
         file: The name to record for it (relative to the repository root).
+        poller_fixtures: Fixtures from ``conftest.py`` that run once per
+            poller (see :attr:`TracedTest.pollers`); ``poller`` always does.
 
     Returns:
         The rule ids named by marker calls, the test functions found (with
@@ -395,7 +497,7 @@ def parse_test_file(
     Raises:
         SyntaxError: If the source does not parse.
     """
-    collector = _Collector(ast.parse(source, filename=file), file)
+    collector = _Collector(ast.parse(source, filename=file), file, poller_fixtures)
     collector.run()
     return collector.refs, collector.tests, collector.problems
 
@@ -425,9 +527,15 @@ def collect(root: Path | None = None) -> Trace:
         rel = page.relative_to(root).as_posix()
         trace.pages.append(rel)
         trace.rules += parse_spec_page(page.read_text(encoding="utf-8"), rel)
+    conftest = root / "spec_tests" / "conftest.py"
+    shared = (
+        _poller_fixtures(ast.parse(conftest.read_text(encoding="utf-8")), frozenset())
+        if conftest.exists()
+        else frozenset()
+    )
     for path in _test_files(root / "spec_tests"):
         rel = path.relative_to(root).as_posix()
-        refs, tests, problems = parse_test_file(path.read_text(encoding="utf-8"), rel)
+        refs, tests, problems = parse_test_file(path.read_text(encoding="utf-8"), rel, shared)
         trace.refs += refs
         trace.tests += tests
         trace.problems += problems
