@@ -235,7 +235,7 @@ def test_reuse_input_buffer_gives_views_valid_during_the_call(poller: str, udp: 
 # -------------------------------------------------------------- sending
 
 
-@pytest.mark.rule("UDP-3", "UDP-4", "UDP-5")
+@pytest.mark.rule("UDP-3", "UDP-4", "UDP-5", "LOOP-21")
 def test_too_large_a_datagram_forgets_the_remote_with_the_error(poller: str, udp: str) -> None:
     rec = Recorder()
 
@@ -259,8 +259,9 @@ def test_too_large_a_datagram_forgets_the_remote_with_the_error(poller: str, udp
         name = c.getsockname()
     [err] = [e for i, e in rec.of("closed") if i == 1]
     assert isinstance(err, OSError) and err.errno == errno.EMSGSIZE
-    assert rec.kinds(1) == ["opened", "data", "pre", "closed"]
+    assert rec.kinds(1) == ["opened", "data", "pre", "post", "closed"]
     assert rec.of("pre")[0] == (1, 70000)
+    assert rec.of("post")[0] == (1, (0, 0))  # the failed send is reported too
     assert rec.kinds(2)[:4] == ["opened", "data", "pre", "post"]
     assert rec.of("opened")[1][1].remote_addr == name
 
