@@ -101,11 +101,13 @@ class Acceptor:
                 return
 
     def _back_off(self, lfd: int) -> None:
+        """Stop watching a listener for `ACCEPT_RETRY_DELAY` seconds."""
         self.poller.unregister(lfd)
         self.backed_off.add(lfd)
         self.timers.at(time.monotonic() + ACCEPT_RETRY_DELAY, partial(self._resume, lfd))
 
     def _resume(self, lfd: int) -> None:
+        """The back-off timer fired: watch the listener again."""
         if lfd in self.backed_off:
             self.backed_off.discard(lfd)
             self.poller.register(lfd, READ)

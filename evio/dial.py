@@ -238,6 +238,7 @@ class Dialer:
         self.waker.post(partial(self._resolved, d, targets))
 
     def _resolved(self, d: Dial, targets: list[tuple[int, Any]] | BaseException) -> None:
+        """The resolver's answer, on the loop's thread: connect, or fail the dial."""
         if d.done:
             return  # timed out meanwhile
         if isinstance(targets, BaseException):
@@ -247,6 +248,7 @@ class Dialer:
         self._next(d)
 
     def _timed_out(self, d: Dial) -> None:
+        """The dial's timer fired before it connected."""
         d.timer = None
         self.failed(d, On.DIAL_FAILED, TimeoutError(f"dial {d.address.text!r} timed out"))
 

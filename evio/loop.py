@@ -169,6 +169,7 @@ class _Loop:
         self.stopping = True
 
     def _is_stopping(self) -> bool:
+        """Whether the loop has been asked to stop (asked between callbacks)."""
         return self.stopping
 
     # ------------------------------------------------------------------ run
@@ -183,6 +184,7 @@ class _Loop:
             raise KeyboardInterrupt
 
     def _run(self) -> None:
+        """The phases, in the order of the spec page; shutdown in a ``finally``."""
         try:
             # start
             self._start()
@@ -233,6 +235,7 @@ class _Loop:
     # ---------------------------------------------------------------- wakes
 
     def _rang(self, _: object, mask: int) -> None:
+        """The doorbell is readable: answer it after dispatch (the *wakes* phase)."""
         self.rang = True
 
     def _wakes(self) -> None:

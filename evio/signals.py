@@ -76,6 +76,7 @@ class SignalWatch:
         return r.fileno()
 
     def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        """The stand-in SIGINT handler: remember it, ask the loop to stop."""
         self.interrupted = True
         self._stop()
 

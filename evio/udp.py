@@ -117,6 +117,7 @@ class UdpSide:
                 return
 
     def _datagram(self, index: int, lst: Listener, remote: Any, n: int) -> None:
+        """One datagram of ``n`` bytes: ``opened`` for a new remote, then ``data``."""
         key = (lst.sock.fileno(), remote)
         peer = self.by_remote.get(key)
         if peer is None:
