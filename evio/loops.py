@@ -7,7 +7,9 @@ interpreter lock).  So ``serve(..., loops=N)`` runs N loops in N *forked*
 processes, and the process that called `evio.serve` becomes their
 supervisor.  Forking, not spawning, because the children need two things
 no pickle can carry: the `evio.Events` (closures) and the listening sockets,
-already bound.
+already bound.  (So call ``serve()`` before starting threads of your own: a
+forked child gets only the thread that forked it, and any lock another
+thread held stays held.)
 
 **Binding.**  The parent binds everything before the first fork, so an
 address error is raised by ``serve()`` with no process started, as for one
@@ -38,9 +40,8 @@ of file -- only when the last write end closes, which happens in exactly
 two cases: the parent closes it to stop the loops, or the parent died
 (even by SIGKILL: the kernel closes a dead process's descriptors).  Either
 way each loop shuts down as for ``Server.stop()``.  A signal from the
-parent would not survive a SIGKILL, and ``prctl(PR_SET_PDEATHSIG)`` is
-Linux-only; the pipe is portable and is just one more descriptor the loop
-polls.
+parent cannot outlive a SIGKILL, ``prctl(PR_SET_PDEATHSIG)`` is Linux-only;
+the pipe is portable, and is one more descriptor the loop polls.
 
 **What a child's end means** is read from how it ended:
 
@@ -56,8 +57,8 @@ polls.
   a warning on the ``evio`` logger.  The other loops never notice.
 
 Each report pipe also wakes the parent the moment its child exits (end of
-file), so the parent sleeps in ``select`` with nothing to poll; a one-second
-timeout covers a child whose pipe was inherited by a grandchild.
+file), so the parent sleeps in a poller (`evio.pollers`) with nothing to
+poll; a one-second timeout covers a pipe a grandchild inherited.
 
 **Signals.**  On the main thread the parent takes SIGINT and SIGTERM for
 as long as it supervises: either stops every loop.  After every child has
@@ -75,7 +76,6 @@ import dataclasses
 import logging
 import os
 import pickle
-import select
 import signal
 import socket
 import sys
@@ -88,7 +88,7 @@ from typing import Any
 
 from .addresses import Address, Listener, bind_all
 from .events import Events
-from .pollers import Poller, make_poller
+from .pollers import READ, Poller, make_poller
 
 __all__ = ["AUTO", "loop_count", "supervise"]
 
@@ -179,8 +179,8 @@ def supervise(events: Events, parsed: list[Address], n: int,
                          "each loop's process makes its own")
     make_poller(poller).close()  # an unknown name is a ValueError before anything is bound
     slots = bind_per_loop(parsed, n)
-    sup = _Supervisor(events, slots, poller, run)
     try:
+        sup = _Supervisor(events, slots, poller, run)
         sup.run()
     finally:
         _close_all(slots)
@@ -218,6 +218,7 @@ class _Supervisor:
         self.old_handlers: dict[int, Any] = {}
         self.old_wakeup = -1
         self.bell: tuple[socket.socket, socket.socket] | None = None
+        self.watch = make_poller(None)  # the children's report pipes, and the bell
         self.parent_r, self.parent_w = os.pipe()
 
     # ------------------------------------------------------------ the parent
@@ -253,6 +254,7 @@ class _Supervisor:
                 self._forget(self.children.pop(pid))
             self._uninstall_signals()
             os.close(self.parent_r)
+            self.watch.close()
 
     def _wait(self) -> None:
         """Sleep until a child's pipe stirs, a signal, a restart is due, or 1 s."""
@@ -263,16 +265,14 @@ class _Supervisor:
             timeout = min(timeout, max(0.0, self.deadline - time.monotonic()))
         if any(c.report < 0 for c in self.children.values()):
             timeout = min(timeout, 0.002)  # one is exiting: reap it soon
-        fds = [c.report for c in self.children.values() if c.report >= 0]
-        if self.bell is not None:
-            fds.append(self.bell[0].fileno())
-        ready, _, _ = select.select(fds, [], [], timeout)
+        ready = {fd for fd, _ in self.watch.poll(timeout)}
         for c in self.children.values():
             if c.report in ready:
                 chunk = os.read(c.report, 65536)
                 if chunk:
                     c.chunks.append(chunk)
                 else:  # the child is exiting; _reap polls for it from here on
+                    self.watch.unregister(c.report)
                     os.close(c.report)
                     c.report = -1
         if self.bell is not None and self.bell[0].fileno() in ready:
@@ -294,6 +294,7 @@ class _Supervisor:
     def _forget(self, c: _Child) -> None:
         """Read what is left of a reaped child's report and close its pipe."""
         if c.report >= 0:
+            self.watch.unregister(c.report)
             os.set_blocking(c.report, False)
             with contextlib.suppress(BlockingIOError):
                 while chunk := os.read(c.report, 65536):
@@ -339,6 +340,7 @@ class _Supervisor:
         r.setblocking(False)
         w.setblocking(False)
         self.bell = (r, w)
+        self.watch.register(r.fileno(), READ)
         self.old_wakeup = signal.set_wakeup_fd(w.fileno(), warn_on_full_buffer=False)
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.old_handlers[sig] = signal.signal(sig, self._on_signal)
@@ -349,14 +351,13 @@ class _Supervisor:
             self.interrupted = True
         self.signalled = signum
 
-    def _uninstall_signals(self, closing: bool = True) -> None:
+    def _uninstall_signals(self) -> None:
         for sig, old in self.old_handlers.items():
             signal.signal(sig, old)
         if self.bell is not None:
             signal.set_wakeup_fd(self.old_wakeup)
-            if closing:
-                for s in self.bell:
-                    s.close()
+            for s in self.bell:
+                s.close()
             self.bell = None
 
     # ------------------------------------------------------------- the child
@@ -372,15 +373,13 @@ class _Supervisor:
             self._child(index, report_w)  # never returns
         os.close(report_w)
         self.children[pid] = _Child(index, pid, report_r, time.monotonic())
+        self.watch.register(report_r, READ)
 
     def _child(self, index: int, report: int) -> None:
         code = _RAISED
         try:
-            bell = self.bell
-            self._uninstall_signals(closing=False)
-            if bell is not None:
-                for s in bell:
-                    s.close()
+            self._uninstall_signals()  # the handlers from before serve(); no bell
+            self.watch.close()
             os.close(self.parent_w)  # so that only the parent's copy holds the pipe open
             for c in self.children.values():
                 if c.report >= 0:

@@ -368,6 +368,19 @@ def test_sigint_or_sigterm_to_the_parent_stops_every_loop(sig: int, end: str) ->
         held.close()
 
 
+@pytest.mark.rule("LOOPS-6", "LOOPS-7")
+def test_the_loops_keep_the_signal_handlers_from_before_serve() -> None:
+    with tree(2, "tcp4://127.0.0.1:0") as t:
+        t.ready(2)
+        victim = t.seen("ready")[0]
+        # Not the parent's handler (which would stop everything): SIGTERM's default.
+        os.kill(victim["pid"], signal.SIGTERM)
+        t.ready(3)
+        assert "died (killed by SIGTERM)" in t.stderr
+        assert t.seen("ready")[2]["ready"] == victim["ready"]
+        assert t.proc.poll() is None and not t.seen("end")
+
+
 # ------------------------------------------------------------------ LOOPS-7
 
 
@@ -469,8 +482,11 @@ def test_the_echo_and_http_examples_take_loops(script: str, ask: bytes, want: by
     p = _example([script, "--port", str(port), "--loops", "2", *extra])
     try:
         assert p.stdout is not None
-        lines = [p.stdout.readline(), p.stdout.readline()]
-        assert all("listening" in line for line in lines), lines
+        stdout, out = p.stdout, list[str]()
+        threading.Thread(target=lambda: out.extend(iter(stdout.readline, "")),
+                         daemon=True).start()
+        # Each loop prints its line (PYTHONUNBUFFERED may interleave them).
+        wait_for(lambda: "".join(out).count("listening") == 2, what="two loops listening")
         wait_for(lambda: len(_children(p.pid)) == 2, what="two loop processes")
         kids = _children(p.pid)
         for _ in range(5):
