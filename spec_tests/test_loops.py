@@ -85,7 +85,8 @@ def closed(id, err):
 ev = evio.Events(serving=serving, tick=tick if fail == "tick" else None,
                  opened=opened, data=data, closed=closed)
 try:
-    evio.serve(ev, *addrs, loops=loops if loops == "auto" else int(loops))
+    evio.serve(ev, *addrs, loops=loops if loops == "auto" else int(loops),
+               poller=os.environ.get("EVIO_TEST_POLLER"))
 except KeyboardInterrupt:
     say(end="interrupted")
 except Exception as e:
@@ -121,9 +122,13 @@ def _children(pid: int) -> set[int]:
 class Tree:
     """A ``serve(..., loops=N)`` process and what it printed."""
 
-    def __init__(self, loops: int | str, *addrs: str, fail: str = "-") -> None:
+    def __init__(self, loops: int | str, *addrs: str, fail: str = "-",
+                 poller: str | None = None) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "EVIO_TEST_POLLER"}
+        if poller is not None:
+            env["EVIO_TEST_POLLER"] = poller
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _SERVER, str(loops), fail, *addrs], cwd=ROOT,
+            [sys.executable, "-c", _SERVER, str(loops), fail, *addrs], cwd=ROOT, env=env,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.lines: list[dict[str, Any]] = []
         self.stderr = ""
@@ -172,8 +177,9 @@ class Tree:
 
 
 @contextlib.contextmanager
-def tree(loops: int | str, *addrs: str, fail: str = "-") -> Iterator[Tree]:
-    t = Tree(loops, *addrs, fail=fail)
+def tree(loops: int | str, *addrs: str, fail: str = "-",
+         poller: str | None = None) -> Iterator[Tree]:
+    t = Tree(loops, *addrs, fail=fail, poller=poller)
     try:
         yield t
     finally:
@@ -243,8 +249,8 @@ def test_auto_is_one_loop_per_cpu_this_process_may_use() -> None:
 
 
 @pytest.mark.rule("LOOPS-2", "LOOPS-3")
-def test_tcp_connections_are_answered_by_every_loop(tmp_path: Path) -> None:
-    with tree(2, "tcp4://127.0.0.1:0", f"unix://{tmp_path / 's.sock'}") as t:
+def test_tcp_connections_are_answered_by_every_loop(tmp_path: Path, poller: str) -> None:
+    with tree(2, "tcp4://127.0.0.1:0", f"unix://{tmp_path / 's.sock'}", poller=poller) as t:
         ready = t.ready(2)
         assert sorted(x["ready"] for x in ready) == [0, 1]
         assert {x["loops"] for x in ready} == {2}
