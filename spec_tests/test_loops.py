@@ -374,6 +374,24 @@ def test_sigint_or_sigterm_to_the_parent_stops_every_loop(sig: int, end: str) ->
         held.close()
 
 
+@pytest.mark.rule("LOOPS-6")
+def test_a_loop_that_will_not_stop_is_killed_after_ten_seconds() -> None:
+    with tree(2, "tcp4://127.0.0.1:0") as t:
+        t.ready(2)
+        stuck = socket.create_connection(_addr(t), timeout=DEADLINE)
+        stuck.sendall(b"sleep 60\n")
+        time.sleep(0.3)  # it is asleep in its callback now
+        asked = time.monotonic()
+        t.proc.send_signal(signal.SIGTERM)
+        t.proc.wait(DEADLINE + 10)
+        took = time.monotonic() - asked
+        assert 9.5 <= took < 15, took
+        assert t.end()["end"] == "returned"
+        assert "did not stop in 10 s: killing it" in t.stderr
+        _all_gone(t.pids())
+        stuck.close()
+
+
 @pytest.mark.rule("LOOPS-6", "LOOPS-7")
 def test_the_loops_keep_the_signal_handlers_from_before_serve() -> None:
     with tree(2, "tcp4://127.0.0.1:0") as t:
