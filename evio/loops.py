@@ -367,7 +367,12 @@ class _Supervisor:
         for stream in (sys.stdout, sys.stderr):  # or the child prints it again
             with contextlib.suppress(Exception):
                 stream.flush()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except BaseException:  # EAGAIN, ENOMEM: serve() fails with it
+            os.close(report_r)
+            os.close(report_w)
+            raise
         if pid == 0:
             os.close(report_r)
             self._child(index, report_w)  # never returns

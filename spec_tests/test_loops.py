@@ -357,6 +357,16 @@ def test_shutdown_or_stop_in_one_loop_stops_every_loop(how: bytes) -> None:
             s.close()
 
 
+@pytest.mark.rule("LOOPS-5")
+def test_sigint_to_one_loop_stops_every_loop() -> None:
+    with tree(2, "tcp4://127.0.0.1:0") as t:
+        t.ready(2)
+        os.kill(t.seen("ready")[1]["pid"], signal.SIGINT)
+        assert t.end()["end"] == "returned"
+        assert len(t.seen("ready")) == 2  # stopped, not died: nothing was restarted
+        _all_gone(t.pids())
+
+
 @pytest.mark.rule("LOOPS-6")
 @pytest.mark.parametrize("sig, end", [(signal.SIGTERM, "returned"),
                                       (signal.SIGINT, "interrupted")])
