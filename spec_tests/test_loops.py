@@ -133,8 +133,10 @@ class Tree:
         self.lines: list[dict[str, Any]] = []
         self.stderr = ""
         self.lock = threading.Lock()
-        threading.Thread(target=self._read, daemon=True).start()
-        threading.Thread(target=self._read_err, daemon=True).start()
+        self.readers = [threading.Thread(target=self._read, daemon=True),
+                        threading.Thread(target=self._read_err, daemon=True)]
+        for r in self.readers:
+            r.start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -174,6 +176,11 @@ class Tree:
         for pid in self.pids():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        for r in self.readers:  # end of file once every process holding the pipes is gone
+            r.join(DEADLINE)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 @contextlib.contextmanager
