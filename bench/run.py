@@ -353,6 +353,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="let idle CPUs halt (by default /dev/cpu_dma_latency is held at 0 "
                         "while the suite runs, so they poll instead)")
     p.add_argument("--no-write", action="store_true", help="print the report only")
+    p.add_argument("--loops", metavar="N,N,...",
+                   help="measure something else: requests/s of the echo and HTTP examples "
+                        "at each --loops N, and the scaling efficiency (bench/loops.py)")
     p.add_argument("--render", action="store_true",
                    help="measure nothing: rebuild the page and charts from "
                         "bench/results/latest.json")
@@ -373,6 +376,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render:
         return render()
+    if args.loops:
+        import loops  # bench/loops.py
+
+        return loops.main(["--loops", args.loops, "--seconds", str(args.seconds),
+                           "--rounds", str(args.rounds)])
     t0 = time.monotonic()
     # SIGTERM ends the run through the finally below, which stops every server.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))

@@ -48,6 +48,7 @@ from .addresses import Listener, bind_all, parse_address
 from .callbacks import Policy
 from .dial import Dialer
 from .events import Events
+from .loops import loop_count, supervise
 from .pollers import PORTABLE_FALLBACK, READ, Poller, make_poller
 from .server import Server
 from .signals import SignalWatch
@@ -61,7 +62,8 @@ __all__ = ["serve"]
 log = logging.getLogger("evio")
 
 
-def serve(events: Events, *addrs: str, poller: str | Poller | None = None) -> None:
+def serve(events: Events, *addrs: str, poller: str | Poller | None = None,
+          loops: int | str = 1) -> None:
     """Bind every address and run the loop until it is asked to stop.
 
     The loop stops when a callback returns ``Action.SHUTDOWN``, when
@@ -77,22 +79,29 @@ def serve(events: Events, *addrs: str, poller: str | Poller | None = None) -> No
             ``"select"``), a `evio.Poller` instance, or ``None`` for the best
             available (``"select"`` if any address uses a ``-net`` scheme).
             A ``Poller`` instance passed in is closed when ``serve()``
-            returns.
+            returns; with ``loops`` > 1 only a name is accepted.
+        loops: How many loops: ``1`` runs one in the calling process;
+            N > 1 runs N, each in a forked process, behind the same
+            addresses, with this process as their supervisor (see the
+            spec page *Loops*); ``"auto"`` means one per CPU this process
+            may use.
 
     Raises:
         TypeError: ``events`` is not an `evio.Events`.
-        ValueError: an address or the poller name is not valid, or a host
-            name cannot be resolved; nothing has been bound.
+        ValueError: an address, the poller or ``loops`` is not valid, or a
+            host name cannot be resolved; nothing has been bound.
         OSError: a bind failed; nothing stays bound.
         KeyboardInterrupt: SIGINT stopped the loop (raised after the
             shutdown, never from inside it).
         Exception: whatever ``serving`` or ``tick`` raised, after every
-            connection has been closed and every descriptor released.
+            connection has been closed and every descriptor released (with
+            ``loops`` > 1: raised in a loop's process, rebuilt in this one).
     """
     if not isinstance(events, Events):
         raise TypeError(f"serve() needs an evio.Events, not {type(events).__name__}")
     if not addrs:
         raise ValueError("serve() needs at least one address")
+    n = loop_count(loops)
     parsed = [parse_address(a) for a in addrs]
     if any(a.portable for a in parsed):
         name = poller.name if isinstance(poller, Poller) else poller
@@ -102,6 +111,9 @@ def serve(events: Events, *addrs: str, poller: str | Poller | None = None) -> No
                 f"but poller={poller!r} was given"
             )
         poller = poller if isinstance(poller, Poller) else PORTABLE_FALLBACK
+    if n > 1:
+        supervise(events, parsed, n, poller, _run_child)
+        return
     backend = poller if isinstance(poller, Poller) else make_poller(poller)
     try:
         listeners = bind_all(parsed)
@@ -111,6 +123,12 @@ def serve(events: Events, *addrs: str, poller: str | Poller | None = None) -> No
     _Loop(events, listeners, backend).run()
 
 
+def _run_child(events: Events, listeners: list[Listener], poller: str | None,
+               index: int, loops: int, parent_fd: int) -> None:
+    """One of ``loops`` loops, in its own process (`evio.loops`)."""
+    _Loop(events, listeners, make_poller(poller), index, loops, parent_fd).run()
+
+
 class _Loop:
     """One run of `serve`: the shared pieces, and `run`. Not reusable.
 
@@ -118,8 +136,10 @@ class _Loop:
     (`evio.server.LoopControl`).
     """
 
-    def __init__(self, events: Events, listeners: list[Listener], poller: Poller) -> None:
+    def __init__(self, events: Events, listeners: list[Listener], poller: Poller,
+                 index: int = 0, loops: int = 1, parent_fd: int | None = None) -> None:
         self.ev = events
+        self.index, self.loops, self.parent_fd = index, loops, parent_fd
         self.listeners = listeners
         self.poller = poller
         self.stopping = False
@@ -226,7 +246,11 @@ class _Loop:
         if sfd is not None:
             self.handlers[sfd] = (self.signals.drain, None)
             self.poller.register(sfd, READ)
-        server = Server(tuple(lst.bound for lst in self.listeners), self.poller.name, self)
+        if self.parent_fd is not None:  # readable only once the supervisor closed it or died
+            self.handlers[self.parent_fd] = (lambda _, mask: self.stop(), None)
+            self.poller.register(self.parent_fd, READ)
+        server = Server(tuple(lst.bound for lst in self.listeners), self.poller.name, self,
+                        self.index, self.loops)
         self.policy.serving(server)
         if self.ev.tick is not None and not self.stopping:
             self.tick_due = time.monotonic()

@@ -52,12 +52,25 @@ class Server:
         poller: The name of the poller backend in use.
     """
 
-    __slots__ = ("_loop", "addrs", "poller")
+    __slots__ = ("_index", "_loop", "_loops", "addrs", "poller")
 
-    def __init__(self, addrs: tuple[Any, ...], poller: str, loop: LoopControl) -> None:
+    def __init__(self, addrs: tuple[Any, ...], poller: str, loop: LoopControl,
+                 loop_index: int = 0, loops: int = 1) -> None:
         self.addrs = addrs
         self.poller = poller
         self._loop = loop
+        self._index = loop_index
+        self._loops = loops
+
+    @property
+    def loop_index(self) -> int:
+        """Which loop this is, from 0 to ``loops - 1`` (0 when there is one)."""
+        return self._index
+
+    @property
+    def loops(self) -> int:
+        """How many loops `evio.serve` runs, each in its own process if more than one."""
+        return self._loops
 
     def wake(self, id: int) -> bool:
         """Ask the loop to call ``data(id, None)`` soon. Safe from any thread.
@@ -121,4 +134,5 @@ class Server:
         return self._loop.paused(id)
 
     def __repr__(self) -> str:
-        return f"<evio.Server poller={self.poller} addrs={list(self.addrs)!r}>"
+        where = f" loop={self.loop_index}/{self.loops}" if self.loops > 1 else ""
+        return f"<evio.Server poller={self.poller}{where} addrs={list(self.addrs)!r}>"

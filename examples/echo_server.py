@@ -4,6 +4,7 @@ The smallest useful evio server, and the one ``make run`` starts::
 
     python examples/echo_server.py --port 5000
     python examples/echo_server.py --unixsocket /tmp/echo.sock --poller poll
+    python examples/echo_server.py --loops auto     # one loop per CPU, one process each
 
 Stop it with Ctrl-C (or SIGTERM): the loop shuts down cleanly, closing every
 connection and removing the unix socket file.
@@ -27,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also listen on this unix socket")
     parser.add_argument("--poller", choices=evio.available_pollers(),
                         help="poller backend (default: the best available)")
+    parser.add_argument("--loops", type=_loops, default=1, metavar="N",
+                        help="run N loops, each in its own process, behind the same "
+                             "addresses; 'auto' for one per CPU (default: 1)")
     parser.add_argument("--quiet", action="store_true", help="do not log connections")
     args = parser.parse_args(argv)
 
@@ -57,12 +61,21 @@ def main(argv: list[str] | None = None) -> int:
 
     events = evio.Events(serving=serving, opened=opened, data=data, closed=closed)
     try:
-        evio.serve(events, *addrs, poller=args.poller)
+        evio.serve(events, *addrs, poller=args.poller, loops=args.loops)
     except (ValueError, OSError) as e:
         print(f"echo server: {e}", file=sys.stderr)
         return 1
     print("echo server stopped", flush=True)
     return 0
+
+
+def _loops(text: str) -> int | str:
+    """``--loops``: a positive number, or ``auto``."""
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number or 'auto', not {text!r}")
+    return int(text)
 
 
 if __name__ == "__main__":

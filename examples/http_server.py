@@ -7,6 +7,7 @@ The evio counterpart of the original's HTTP example::
     curl --cacert /tmp/evio-http-.../ca.pem https://127.0.0.1:4443/
     python examples/http_server.py --port 0 --tlsport 0 --unixsocket /tmp/http.sock
     python examples/http_server.py --no-tls --poller poll
+    python examples/http_server.py --loops auto     # one loop per CPU, one process each
 
 Pages: ``GET /`` and ``HEAD /`` answer ``Hello World!``; ``/index.html`` is
 a small HTML page; ``POST /echo`` sends the request body back. Other paths
@@ -148,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also serve plain HTTP on this unix socket")
     parser.add_argument("--poller", choices=evio.available_pollers(),
                         help="poller backend (default: the best available)")
+    parser.add_argument("--loops", type=_loops, default=1, metavar="N",
+                        help="run N loops, each in its own process, behind the same "
+                             "addresses; 'auto' for one per CPU (default: 1)")
     args = parser.parse_args(argv)
     if args.tlskey and not args.tlscert:
         parser.error("--tlskey needs --tlscert")
@@ -235,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             lambda id, info: TLSTranslator(ctx, server_side=True),
         )
     try:
-        evio.serve(events, *addrs, poller=args.poller)
+        evio.serve(events, *addrs, poller=args.poller, loops=args.loops)
     except (ValueError, OSError) as e:
         print(f"http server: {e}", file=sys.stderr)
         return 1
@@ -244,6 +248,15 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(scratch, ignore_errors=True)
     print("http server stopped", flush=True)
     return 0
+
+
+def _loops(text: str) -> int | str:
+    """``--loops``: a positive number, or ``auto``."""
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number or 'auto', not {text!r}")
+    return int(text)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,14 @@ answer, then goes on with the commands that queued up behind it. The same
 mailbox-and-wake shape as ``proxy.py``, with no thread anywhere: a dial is
 already asynchronous. A timeout is watched by ``tick``.
 
+Why one loop: the echo and HTTP examples take ``--loops N`` and run N
+loops in N processes, but this server does not. Its keyspace is a dict in
+one process's memory; a loop in another process could neither see a SET
+made here nor change it, so clients would read different data depending
+on which loop the kernel gave them. Sharing it would need a store outside
+the loops (shared memory, a lock, a primary), which is exactly what evio's
+one thread lets this server do without.
+
 Stop it with SHUTDOWN, Ctrl-C or SIGTERM: the loop shuts down cleanly,
 closing every connection and removing the unix socket file.
 """
@@ -437,7 +445,11 @@ def _reason(err: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="evio Redis clone")
+    parser = argparse.ArgumentParser(
+        description="evio Redis clone",
+        epilog="It runs one loop, unlike the echo and HTTP examples (--loops): its data "
+               "lives in one process's memory, which loops in other processes could "
+               "neither see nor change.")
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to listen on (default: 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=int, default=6380,
