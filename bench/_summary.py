@@ -129,7 +129,7 @@ def noise(samples: list[Sample], load: str, servers: tuple[str, ...] = ("evio", 
 class Target:
     """A bound on ``subject / against`` for one metric under one load."""
 
-    text: str  # what the issue asks, in words
+    text: str  # the target, in words
     load: str
     metric: str
     against: str
@@ -140,7 +140,7 @@ class Target:
 
 
 def targets(loads: list[str], servers: list[str]) -> list[Target]:
-    """The issue's targets, for the loads and servers that were run.
+    """The targets, for the loads and servers that were run.
 
     Each is stated for ``evio`` (the examples); where an ``evio-min`` server
     ran under that load, the same check follows for it.
@@ -151,6 +151,13 @@ def targets(loads: list[str], servers: list[str]) -> list[Target]:
         Target("user CPU per request, Redis PING pipeline 1: at most 1.1× uvloop's",
                "redis-p1", "user_us_per_req", "uvloop", at_most=1.1),
     ]
+    # The example servers at the speed of the loop: their user CPU per request
+    # at most asyncio's minimal servers', and (a stretch) at most uvloop's.
+    for load in ("http", "redis-p1", "redis-p8", "redis-p16"):
+        out.append(Target(f"user CPU per request, {load}: at most asyncio's", load,
+                          "user_us_per_req", "asyncio", at_most=1.0))
+        out.append(Target(f"user CPU per request, {load}: at most uvloop's (stretch)", load,
+                          "user_us_per_req", "uvloop", at_most=1.0))
     for load in loads:
         if load == "idle":
             continue
