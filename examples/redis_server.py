@@ -208,6 +208,9 @@ class RedisClone:
         if c.fetch is None:
             try:
                 for argv in c.parser.commands(data):
+                    if len(argv) == 1 and (reply := _CONSTANT.get(argv[0])) is not None:
+                        out.append(reply)  # PING: the reply is prebuilt
+                        continue
                     command = _BY_NAME.get(argv[0])  # PING, ping: no lower() needed
                     if command is None:
                         command = COMMANDS.get(argv[0].lower())
@@ -414,6 +417,9 @@ COMMANDS: dict[bytes, _Command] = {
 
 _BY_NAME = {**COMMANDS, **{name.upper(): c for name, c in COMMANDS.items()}}
 """Every command by its lower- and upper-case name: most clients send one of the two."""
+
+_CONSTANT = {b"ping": b"+PONG\r\n", b"PING": b"+PONG\r\n"}
+"""Replies to one-word commands that never change, as Redis's ``shared.pong``."""
 
 CONFIG = {"save": "", "appendonly": "no"}
 """What CONFIG GET reports: a server that persists nothing (redis-benchmark asks)."""

@@ -224,15 +224,21 @@ class Parser:
         """
         if self._error is not None:
             raise self._error
-        if data is not None:
-            self._parts.append(bytes(data))  # as feed()
-            self._size += len(data)
-        if self._size < self._need:
-            # Fewer new bytes than the unfinished request needs: nothing to parse.
-            if self._size and self.buffered > self.max_buffer:
-                self._fail(_too_large(self.max_buffer))
-            return
-        try:
+        if data is not None and not self._buf and not self._missing and not self._size:
+            # The common case: nothing held from before. Parse the read itself.
+            buf = self._buf = bytes(data)  # no copy if it is bytes already
+            i = 0
+            more = True
+            self._need = 0
+        else:
+            if data is not None:
+                self._parts.append(bytes(data))  # as feed()
+                self._size += len(data)
+            if self._size < self._need:
+                # Fewer new bytes than the unfinished request needs: nothing to parse.
+                if self._size and self.buffered > self.max_buffer:
+                    self._fail(_too_large(self.max_buffer))
+                return
             if self._parts:
                 parts = self._parts
                 joined = parts[0] if len(parts) == 1 else b"".join(parts)
@@ -243,8 +249,10 @@ class Parser:
                 self._size = 0
             self._need = 0
             buf = self._buf
-            i, n = self._pos, len(buf)
+            i = self._pos
             more = True
+        n = len(buf)
+        try:
             if self._missing:
                 # A multibulk the last call left unfinished: go on with it.
                 command = self._parse()
@@ -308,12 +316,13 @@ class Parser:
                     break
                 yield command
             # Out of complete commands.
+            if i >= n and not self._missing:
+                self._buf, self._pos, self._need = b"", 0, 1  # all read: hold nothing
+                return
             self._pos = i
-            if i >= len(buf):
-                self._buf, self._pos = b"", 0
             if not self._need:
                 self._need = 1
-            if self._taken + len(buf) - i + self._size > self.max_buffer:
+            if self._taken + n - i + self._size > self.max_buffer:
                 raise _too_large(self.max_buffer)
         except ProtocolError as e:
             self._fail(e)
