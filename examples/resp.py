@@ -15,11 +15,24 @@ The first byte of a request tells the shapes apart: ``*`` starts a
 multibulk, anything else an inline line.
 
 `Parser` is sans-I/O: `Parser.feed` takes whatever a read returned, and
-`Parser.next_command` hands out complete commands one at a time, keeping
-the unfinished tail for the next read. A command may arrive split at any
-byte, and one read may hold many commands (pipelining); neither changes what
-comes out. The server takes the commands one by one, so a command that
-makes it wait (or close) leaves the rest of a pipeline parsed-but-not-run.
+`Parser.commands` yields the complete commands, in one pass over the input,
+keeping the unfinished tail for the next read (`Parser.next_command` takes
+just one). A command may arrive split at any byte, and one read may hold
+many commands (pipelining); neither changes what comes out. The caller may
+stop after any command (one that makes the client wait, or a client whose
+replies pile up), and the rest stays in the parser, unparsed, for the next
+call.
+
+Reading is done twice over, on purpose. The loop of `Parser.commands` reads
+the regular case fast: an inline line without quotes, a multibulk whole in
+the buffer with its counts in bounds. The arguments are slices of one
+``bytes`` object, and nothing is stored on the parser until a command is
+handed out. Everything else (an unfinished request, a malformed one,
+``*0``, a limit reached) goes to `Parser._parse`, which reads one step at a
+time and keeps its partial state between reads (so a large value arriving in
+pieces is copied once), and whose errors are the errors. The two must agree
+on every input; the test suite checks them against a straightforward
+reference parser, split at every byte.
 
 The trap is memory. A request announces its own size (``*1048576``,
 ``$536870912``) before sending it, and a naive parser believes it: it
