@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-``docs/bench/index.md`` is written by hand -- what is measured, how, why --
+``docs/bench/index.md`` is written by hand (what is measured, how, why)
 except for the part between two markers::
 
     <!-- bench:begin -->
@@ -55,34 +55,41 @@ def _med(m: dict[str, Spread], key: str) -> float | None:
 
 
 def load_table(samples: list[Sample], load: str, servers: Sequence[str]) -> list[str]:
-    rows = [
-        "| server | requests/s | × evio | p50 µs | p99 µs | user µs/req | system µs/req "
-        "| CPU µs/req | × evio | server CPU | others' CPU | peak RSS MiB |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    """Two narrow tables for one load: what each server achieved, then what it cost."""
+    speed = [
+        "| server | requests/s | × evio | p50 µs | p99 µs | server CPU | others' CPU |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    cost = [
+        "| server | user µs/req | system µs/req | CPU µs/req | × evio | peak RSS MiB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for server in servers:
         m = medians(samples, server, load)
         if not m:
             errors = [s.error for s in samples if s.server == server and s.load == load and s.error]
             if errors:
-                rows.append(f"| {server} | failed: {errors[0].splitlines()[0][:80]} "
-                            "| | | | | | | | | | |")
+                speed.append(f"| {server} | failed: {errors[0].splitlines()[0][:80]} "
+                             "| | | | | |")
             continue
         cpu, others = _med(m, "server_cpu"), _med(m, "foreign_cpu")
+
         def versus_evio(metric: str, server: str = server) -> str:
             if server == "evio":
                 return "1"
             return _ratio_text(ratio(samples, load, metric, server, "evio"))
 
-        rows.append(
+        speed.append(
             f"| {server} | {_num(_med(m, 'rps'))} | {versus_evio('rps')} "
             f"| {_num(_med(m, 'p50_us'))} | {_num(_med(m, 'p99_us'))} "
-            f"| {_num(_med(m, 'user_us_per_req'), 2)} | {_num(_med(m, 'system_us_per_req'), 2)} "
-            f"| {_num(_med(m, 'cpu_us_per_req'), 2)} | {versus_evio('cpu_us_per_req')} "
             f"| {'–' if cpu is None else f'{cpu:.0%}'} "
-            f"| {'–' if others is None else f'{others:.0%}'} "
+            f"| {'–' if others is None else f'{others:.0%}'} |")
+        cost.append(
+            f"| {server} | {_num(_med(m, 'user_us_per_req'), 2)} "
+            f"| {_num(_med(m, 'system_us_per_req'), 2)} "
+            f"| {_num(_med(m, 'cpu_us_per_req'), 2)} | {versus_evio('cpu_us_per_req')} "
             f"| {_num(_med(m, 'peak_rss_mib'), 1)} |")
-    return rows
+    return [*speed, "", *cost]
 
 
 def idle_table(samples: list[Sample], servers: Sequence[str]) -> list[str]:
@@ -103,28 +110,33 @@ def idle_table(samples: list[Sample], servers: Sequence[str]) -> list[str]:
     return rows
 
 
-def target_table(verdicts: list[Verdict]) -> list[str]:
+def target_table(verdicts: list[Verdict], subject: str = "evio") -> list[str]:
+    """The verdicts on ``subject``'s figures, one row each."""
     rows = [
-        "| target | ratio | bound | measured: median (range over rounds) | |",
+        "| target | ratio | bound | median (range) | verdict |",
         "| --- | --- | ---: | ---: | --- |",
     ]
     for v in verdicts:
         t = v.target
+        if t.subject != subject:
+            continue
         mark = {True: "met", False: "**not met**", None: "not measured"}[v.met]
-        if t.subject != "evio":
-            mark += " (informative)"
         rows.append(f"| {t.text} | {t.subject} ÷ {t.against} | {v.bound} "
                     f"| {_ratio_text(v.ratio)} | {mark} |")
     return rows
 
 
 def rounds_table(samples: list[Sample]) -> list[str]:
-    rows = [
+    """Every sample, in two narrow tables: the load's figures, then the machine's."""
+    speed = [
         "| round | server | load | requests/s | p50 µs | p99 µs | user µs/req "
-        "| system µs/req | server CPU | load CPU | others' CPU | tries | peak RSS MiB "
-        "| bytes/idle conn |",
-        "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-        "| ---: | ---: |",
+        "| system µs/req |",
+        "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    machine = [
+        "| round | server | load | server CPU | load CPU | others' CPU | tries "
+        "| peak RSS MiB | bytes/idle conn |",
+        "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
 
     def pct(x: float | None) -> str:
@@ -133,18 +145,18 @@ def rounds_table(samples: list[Sample]) -> list[str]:
     for s in sorted(samples, key=lambda s: (list(LOAD_ORDER).index(s.load)
                                             if s.load in LOAD_ORDER else 99, s.round, s.server)):
         m = s.metrics
+        who = f"| {s.round} | {s.server} | {s.load} "
         if s.error:
-            rows.append(f"| {s.round} | {s.server} | {s.load} "
-                        f"| failed: {s.error.splitlines()[0][:60]} | | | | | | | | | | |")
+            speed.append(who + f"| failed: {s.error.splitlines()[0][:60]} | | | | |")
             continue
-        rows.append(
-            f"| {s.round} | {s.server} | {s.load} | {_num(m.get('rps'))} "
-            f"| {_num(m.get('p50_us'))} | {_num(m.get('p99_us'))} "
-            f"| {_num(m.get('user_us_per_req'), 2)} | {_num(m.get('system_us_per_req'), 2)} "
-            f"| {pct(m.get('server_cpu'))} | {pct(m.get('load_cpu'))} "
+        speed.append(
+            who + f"| {_num(m.get('rps'))} | {_num(m.get('p50_us'))} | {_num(m.get('p99_us'))} "
+            f"| {_num(m.get('user_us_per_req'), 2)} | {_num(m.get('system_us_per_req'), 2)} |")
+        machine.append(
+            who + f"| {pct(m.get('server_cpu'))} | {pct(m.get('load_cpu'))} "
             f"| {pct(m.get('foreign_cpu'))} | {_num(m.get('attempts'))} "
             f"| {_num(m.get('peak_rss_mib'), 1)} | {_num(m.get('bytes_per_conn'))} |")
-    return rows
+    return [*speed, "", *machine]
 
 
 def section(meta: dict[str, Any], config: dict[str, Any], samples: list[Sample],
@@ -158,7 +170,7 @@ def section(meta: dict[str, Any], config: dict[str, Any], samples: list[Sample],
         "",
         "### The machine of the last run",
         "",
-        "| | |",
+        "| what | this run |",
         "| --- | --- |",
         f"| date (UTC) | {meta['date']} |",
         f"| `uname -srm` | {meta['uname']} |",
@@ -191,6 +203,14 @@ def section(meta: dict[str, Any], config: dict[str, Any], samples: list[Sample],
         *target_table(verdicts),
         "",
     ]
+    if any(v.target.subject == "evio-min" for v in verdicts):
+        out += [
+            "The same checks on `evio-min`, the loop with the minimal sessions: informative,",
+            "they show how much of each gap is the loop and how much the example's code.",
+            "",
+            *target_table(verdicts, "evio-min"),
+            "",
+        ]
     for load, title in loads.items():
         if load == "idle":
             continue

@@ -426,7 +426,7 @@ def report(r: dict[str, Any]) -> str:
         "",
         "## Machine",
         "",
-        "| | |",
+        "| what | this run |",
         "| --- | --- |",
         f"| date (UTC) | {m['date']} |",
         f"| `uname -srm` | {m['uname']} |",
@@ -439,7 +439,7 @@ def report(r: dict[str, Any]) -> str:
         "- The server runs alone in its own process; the load is this process's",
         "  threads. Loopback only, port 0, two listeners; connections to the second",
         f"  get `Options(idle_timeout={c['idle_timeout']:g})`.",
-        f"- **short** ({c['short_threads']} threads): connect, echo 1 B - 16 KiB, close"
+        f"- **short** ({c['short_threads']} threads): connect, echo 1 B – 16 KiB, close"
         " (a quarter half-close and read to the end).",
         f"- **stream** ({c['stream_threads']} threads): echo {c['stream_size'] // MiB} MiB"
         " in 64 KiB pieces, sending while reading.",
@@ -458,13 +458,13 @@ def report(r: dict[str, Any]) -> str:
         "",
         f"**{'Passed' if r['passed'] else 'FAILED'}** after {r['elapsed_s']:g} s.",
         "",
-        "| | before | after | max sampled | peak (`VmHWM`) |",
+        "| measure | before | after | max sampled | peak (`VmHWM`) |",
         "| --- | ---: | ---: | ---: | ---: |",
         f"| server descriptors | {d['before']} | {d['after']} | {d['max']} | |",
         f"| server RSS | {mib(rss['before'])} | {mib(rss['after'])} | {mib(rss['max'])}"
         f" | {mib(rss['peak'])} |",
         "",
-        "| total | |",
+        "| total | count |",
         "| --- | ---: |",
         f"| connections | {r['connections_total']:,} ({kinds}) |",
         f"| bytes echoed and checked | {r['bytes_echoed']:,} |",
@@ -497,10 +497,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poller", help="poller backend for the server (default: the best)")
     parser.add_argument("--no-write", action="store_true",
                         help="print only; do not write bench/results or docs/bench")
+    parser.add_argument("--render", action="store_true",
+                        help="measure nothing: rebuild the page from bench/results/soak.json")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
         return serve_main(args.poller)
+    if args.render:
+        REPORT.write_text(report(json.loads(RESULTS.read_text())))
+        print(f"wrote {REPORT.relative_to(ROOT)}")
+        return 0
     if args.seconds <= 0:
         parser.error("--seconds must be positive")
     print(f"soak: {args.seconds:g} s of mixed load", flush=True)

@@ -77,6 +77,9 @@ ROUTES: dict[str, dict[str, Handler]] = {
 }
 """Path -> method -> handler. HEAD is answered like GET, without the body."""
 
+STATIC = frozenset({"/", "/index.html"})
+"""Request-targets whose GET and HEAD responses change only with the date."""
+
 
 def _path(target: str) -> str:
     """The path of a request-target: origin-form ``/a?q`` or absolute-form
@@ -185,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         addrs.append(f"unix://{args.unixsocket}")
 
     parsers: dict[int, RequestParser] = {}  # one per open connection
+    pages: dict[tuple[str, str, str, bool], bytes] = {}  # responses to STATIC pages, this second
     date = email.utils.formatdate(usegmt=True)
 
     def serving(server: evio.Server) -> None:
@@ -211,7 +215,15 @@ def main(argv: list[str] | None = None) -> int:
         try:
             parser.feed(data)
             while (req := parser.next_request()) is not None:
-                out.append(respond(req, date))
+                # A static page's response depends only on the request line,
+                # keep-alive and the date: build it once per second, not per request.
+                key = (req.target, req.method, req.version, req.keep_alive)
+                response = pages.get(key)
+                if response is None:
+                    response = respond(req, date)
+                    if req.target in STATIC and req.method in ("GET", "HEAD"):
+                        pages[key] = response
+                out.append(response)
                 if not req.keep_alive:
                     return b"".join(out), evio.Action.CLOSE
         except HTTPError as e:
@@ -219,15 +231,20 @@ def main(argv: list[str] | None = None) -> int:
             # framing error we cannot know where the next request starts.
             out.append(refuse(e, date))
             return b"".join(out), evio.Action.CLOSE
-        out.append(parser.take_interim())  # "100 Continue" if the client waits for it
-        return b"".join(out) or None
+        interim = parser.take_interim()  # "100 Continue" if the client waits for it
+        if interim:
+            out.append(interim)
+        return (out[0] if len(out) == 1 else b"".join(out)) if out else None
 
     def closed(id: int, err: BaseException | None) -> None:
         parsers.pop(id, None)
 
     def tick() -> float:
         nonlocal date
-        date = email.utils.formatdate(usegmt=True)  # the Date header, to the second
+        now = email.utils.formatdate(usegmt=True)  # the Date header, to the second
+        if now != date:
+            date = now
+            pages.clear()  # built with the old date
         return 0.2
 
     events = evio.Events(serving=serving, opened=opened, data=data, closed=closed, tick=tick)

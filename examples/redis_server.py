@@ -67,6 +67,7 @@ MAX_RESPONSE = 16 * 1024 * 1024
 TICK = 0.2
 """Seconds between ticks: how soon a WGET timeout is noticed."""
 
+_NONE = evio.Action.NONE
 _Reply: TypeAlias = bytes | tuple[bytes | None, evio.Action] | evio.Action | evio.Options | None
 
 
@@ -108,6 +109,7 @@ class _Command:
     name: str
     arity: int
     run: Callable[[RedisClone, _Client, list[bytes]], bytes]
+    ends_batch: bool = False  # may make the client wait or close: look before the next
 
 
 class RedisClone:
@@ -157,15 +159,14 @@ class RedisClone:
         c = self.clients.get(id)
         if c is None:
             return self._fetched(self.fetches[id], data)
-        if data is not None:
+        if c.fetch is not None and data is not None:
+            # Waiting for a WGET: keep the input, but not without bound.
             c.parser.feed(data)
-            if c.fetch is not None:
-                # Waiting for a WGET: keep the input, but not without bound.
-                if c.parser.buffered > self.max_buffer:
-                    message = f"ERR Protocol error: request larger than {self.max_buffer} bytes"
-                    return resp.error(message), evio.Action.CLOSE
-                return None
-        return self._run(c)
+            if c.parser.buffered > self.max_buffer:
+                message = f"ERR Protocol error: request larger than {self.max_buffer} bytes"
+                return resp.error(message), evio.Action.CLOSE
+            return None
+        return self._run(c, data)
 
     def closed(self, id: int, err: BaseException | None) -> None:
         c = self.clients.pop(id, None)
@@ -197,34 +198,48 @@ class RedisClone:
 
     # ------------------------------------------------------------- clients
 
-    def _run(self, c: _Client) -> _Reply:
-        """Run the client's complete commands, in order, until it must wait."""
+    def _run(self, c: _Client, data: memoryview | bytes | None = None) -> _Reply:
+        """Run the client's complete commands, in order, until it must wait.
+
+        The hot path of the server: the parser reads every complete command
+        of the batch in one pass, and each is looked up, checked for arity
+        and run here, without a call per command in between. Replies go out
+        as one write. A command that makes the client wait (WGET) or ends
+        the batch (QUIT, SHUTDOWN) stops it; the commands after it stay in
+        the parser, unparsed.
+        """
         out = []
         if c.answer:
             out.append(c.answer)
             c.answer = b""
-        while c.fetch is None:
+        if c.fetch is None:
             try:
-                argv = c.parser.next_command()
+                for argv in c.parser.commands(data):
+                    if len(argv) == 1 and (reply := _CONSTANT.get(argv[0])) is not None:
+                        out.append(reply)  # PING: the reply is prebuilt
+                        continue
+                    command = _BY_NAME.get(argv[0])  # PING, ping: no lower() needed
+                    if command is None:
+                        command = COMMANDS.get(argv[0].lower())
+                        if command is None:
+                            out.append(_unknown_command(argv))
+                            continue
+                    n, arity = len(argv), command.arity
+                    if (arity > 0 and n != arity) or n < -arity:
+                        out.append(_wrong_arguments(command.name))
+                        continue
+                    out.append(command.run(self, c, argv))
+                    if command.ends_batch and (c.fetch is not None or c.action is not _NONE):
+                        break
             except resp.ProtocolError as e:
                 # Like Redis: answer the commands before it, then the error, then close.
                 out.append(resp.error(f"ERR {e}"))
                 return b"".join(out), evio.Action.CLOSE
-            if argv is None:
-                break
-            out.append(self._execute(c, argv))
-            if c.action is not evio.Action.NONE:
-                return b"".join(out), c.action
+        if c.action is not _NONE:
+            return b"".join(out), c.action
+        if len(out) == 1:
+            return out[0] or None
         return b"".join(out) or None
-
-    def _execute(self, c: _Client, argv: list[bytes]) -> bytes:
-        command = COMMANDS.get(argv[0].lower())
-        if command is None:
-            return _unknown_command(argv)
-        n, arity = len(argv), command.arity
-        if (arity > 0 and n != arity) or n < -arity:
-            return _wrong_arguments(command.name)
-        return command.run(self, c, argv)
 
     # ---------------------------------------------------------------- WGET
 
@@ -397,15 +412,21 @@ COMMANDS: dict[bytes, _Command] = {
         _Command("del", -2, RedisClone.delete),
         _Command("exists", -2, RedisClone.exists),
         _Command("flushdb", -1, RedisClone.flushdb),
-        _Command("quit", -1, RedisClone.quit),
-        _Command("shutdown", -1, RedisClone.shutdown),
+        _Command("quit", -1, RedisClone.quit, ends_batch=True),
+        _Command("shutdown", -1, RedisClone.shutdown, ends_batch=True),
         _Command("command", -1, RedisClone.command),
         _Command("config", -2, RedisClone.config),
         _Command("hello", -1, RedisClone.hello),
-        _Command("wget", 3, RedisClone.wget),
+        _Command("wget", 3, RedisClone.wget, ends_batch=True),
     ]
 }
 """Every command, by its lower-case name."""
+
+_BY_NAME = {**COMMANDS, **{name.upper(): c for name, c in COMMANDS.items()}}
+"""Every command by its lower- and upper-case name: most clients send one of the two."""
+
+_CONSTANT = {b"ping": b"+PONG\r\n", b"PING": b"+PONG\r\n"}
+"""Replies to one-word commands that never change, as Redis's ``shared.pong``."""
 
 CONFIG = {"save": "", "appendonly": "no"}
 """What CONFIG GET reports: a server that persists nothing (redis-benchmark asks)."""

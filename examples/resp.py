@@ -15,11 +15,24 @@ The first byte of a request tells the shapes apart: ``*`` starts a
 multibulk, anything else an inline line.
 
 `Parser` is sans-I/O: `Parser.feed` takes whatever a read returned, and
-`Parser.next_command` hands out complete commands one at a time, keeping
-the unfinished tail for the next read. A command may arrive split at any
-byte, and one read may hold many commands (pipelining); neither changes what
-comes out. The server takes the commands one by one, so a command that
-makes it wait (or close) leaves the rest of a pipeline parsed-but-not-run.
+`Parser.commands` yields the complete commands, in one pass over the input,
+keeping the unfinished tail for the next read (`Parser.next_command` takes
+just one). A command may arrive split at any byte, and one read may hold
+many commands (pipelining); neither changes what comes out. The caller may
+stop after any command (one that makes the client wait, or a client whose
+replies pile up), and the rest stays in the parser, unparsed, for the next
+call.
+
+Reading is done twice over, on purpose. The loop of `Parser.commands` reads
+the regular case fast: an inline line without quotes, a multibulk whole in
+the buffer with its counts in bounds. The arguments are slices of one
+``bytes`` object, and nothing is stored on the parser until a command is
+handed out. Everything else (an unfinished request, a malformed one,
+``*0``, a limit reached) goes to `Parser._parse`, which reads one step at a
+time and keeps its partial state between reads (so a large value arriving in
+pieces is copied once), and whose errors are the errors. The two must agree
+on every input; the test suite checks them against a straightforward
+reference parser, split at every byte.
 
 The trap is memory. A request announces its own size (``*1048576``,
 ``$536870912``) before sending it, and a naive parser believes it: it
@@ -55,6 +68,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Iterator
+from typing import NoReturn
 
 __all__ = [
     "DEFAULT_MAX_BUFFER",
@@ -117,6 +131,10 @@ def _invalid_bulk() -> ProtocolError:
     return ProtocolError("Protocol error: invalid bulk length")
 
 
+def _too_large(limit: int) -> ProtocolError:
+    return ProtocolError(f"Protocol error: request larger than {limit} bytes")
+
+
 def _show(byte: int) -> str:
     """A byte as Redis's ``'%c'`` would show it, escaped if not printable."""
     return chr(byte) if 0x20 <= byte < 0x7F else f"\\x{byte:02x}"
@@ -145,8 +163,8 @@ class Parser:
     """
 
     __slots__ = (
-        "_args", "_buf", "_bulk", "_error", "_missing", "_pos", "_taken",
-        "max_args", "max_buffer", "max_bulk",
+        "_args", "_buf", "_bulk", "_error", "_missing", "_need", "_parts", "_pos", "_size",
+        "_taken", "max_args", "max_buffer", "max_bulk",
     )
 
     def __init__(self, *, max_buffer: int = DEFAULT_MAX_BUFFER, max_args: int = MAX_ARGS,
@@ -158,8 +176,11 @@ class Parser:
         self.max_buffer = max_buffer
         self.max_args = max_args
         self.max_bulk = max_bulk
-        self._buf = bytearray()  # input not parsed yet, from _pos on
+        self._buf = b""  # the input being parsed, from _pos on
         self._pos = 0
+        self._parts: list[bytes] = []  # input fed since _buf was made, not joined to it yet
+        self._size = 0  # bytes in _parts
+        self._need = 1  # bytes _parts must hold before parsing can get anywhere
         self._args: list[bytes] = []  # arguments of the multibulk being read
         self._missing = 0  # arguments still to come; 0 between requests
         self._bulk = -1  # length of the bulk string being read; -1: its $ line is next
@@ -169,17 +190,20 @@ class Parser:
     @property
     def buffered(self) -> int:
         """Bytes held: the unfinished request's arguments plus unread input."""
-        return self._taken + len(self._buf) - self._pos
+        return self._taken + len(self._buf) - self._pos + self._size
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Add bytes read from the connection (copied; a view may be reused).
+
+        Nothing is parsed yet: `commands` does that.
 
         Raises:
             ProtocolError: the parser has already failed.
         """
         if self._error is not None:
             raise self._error
-        self._buf += data
+        self._parts.append(bytes(data))  # no copy if it is bytes already
+        self._size += len(data)
 
     def next_command(self) -> list[bytes] | None:
         """Return the next complete command, or ``None`` if more input is needed.
@@ -192,38 +216,145 @@ class Parser:
             ProtocolError: the input is malformed or breaks a limit. Every
                 later call raises it again.
         """
+        for command in self.commands():
+            return command
+        return None
+
+    def commands(self, data: bytes | bytearray | memoryview | None = None
+                 ) -> Iterator[list[bytes]]:
+        """Yield every complete command buffered now, in order, in one pass.
+
+        ``commands(data)`` is ``feed(data)`` and then ``commands()``, one call
+        cheaper. The caller may stop after any command (a command that makes
+        the client wait, a client whose replies pile up): the commands not
+        taken stay buffered, unparsed, and the next `commands` or
+        `next_command` starts with them. An iterator is good until the next
+        `feed`, `commands` or `next_command` call; take a fresh one then.
+
+        Raises:
+            ProtocolError: as `next_command`, once the commands before the
+                bad input have been yielded.
+        """
         if self._error is not None:
             raise self._error
+        if data is not None and not self._buf and not self._missing and not self._size:
+            # The common case: nothing held from before. Parse the read itself.
+            buf = self._buf = bytes(data)  # no copy if it is bytes already
+            i = 0
+            more = True
+            self._need = 0
+        else:
+            if data is not None:
+                self._parts.append(bytes(data))  # as feed()
+                self._size += len(data)
+            if self._size < self._need:
+                # Fewer new bytes than the unfinished request needs: nothing to parse.
+                if self._size and self.buffered > self.max_buffer:
+                    self._fail(_too_large(self.max_buffer))
+                return
+            if self._parts:
+                parts = self._parts
+                joined = parts[0] if len(parts) == 1 else b"".join(parts)
+                rest = self._buf
+                self._buf = rest[self._pos:] + joined if self._pos < len(rest) else joined
+                self._pos = 0
+                parts.clear()
+                self._size = 0
+            self._need = 0
+            buf = self._buf
+            i = self._pos
+            more = True
+        n = len(buf)
         try:
-            command = self._parse()
-            if command is None:
-                self._compact()
-                if self.buffered > self.max_buffer:
-                    raise ProtocolError(
-                        f"Protocol error: request larger than {self.max_buffer} bytes")
+            if self._missing:
+                # A multibulk the last call left unfinished: go on with it.
+                command = self._parse()
+                i = self._pos
+                if command is None:
+                    more = False
+                else:
+                    yield command
+            # Quotes, \v and \f need sdssplitargs; checked once for the whole input.
+            plain = 34 not in buf and 39 not in buf and 11 not in buf and 12 not in buf
+            while more and i < n:
+                if buf[i] != _STAR:
+                    # An inline command: the words of one line.
+                    nl = buf.find(b"\n", i)
+                    if nl >= 0:
+                        line = buf[i:nl]
+                        i = nl + 1
+                        if plain:
+                            words = line.split()  # \r is white space to split()
+                        else:
+                            words = split_inline(line[:-1] if line[-1:] == b"\r" else line)
+                        if words:
+                            self._pos = i
+                            yield words
+                        continue
+                else:
+                    # A multibulk, whole in the buffer, with counts in bounds:
+                    # read it here. Anything else (unfinished, malformed, *0,
+                    # a limit reached) is left to _parse below.
+                    nl = buf.find(b"\r\n", i + 1, i + _COUNT_LINE_MAX + 1)
+                    digits = buf[i + 1:nl]
+                    if nl > 0 and digits.isdigit() and digits[0] != 0x30 \
+                            and (count := int(digits)) <= self.max_args:
+                        p = nl + 2
+                        args = []
+                        while count:
+                            if buf[p:p + 1] != b"$":
+                                break
+                            nl = buf.find(b"\r\n", p + 1, p + _COUNT_LINE_MAX + 1)
+                            digits = buf[p + 1:nl]
+                            if nl < 0 or not digits.isdigit() or \
+                                    (digits[0] == 0x30 and len(digits) > 1):
+                                break
+                            start = nl + 2
+                            end = start + int(digits)
+                            if end - start > self.max_bulk or end + 2 - i > self.max_buffer \
+                                    or buf[end:end + 2] != b"\r\n":
+                                break
+                            args.append(buf[start:end])
+                            p = end + 2
+                            count -= 1
+                        else:
+                            i = self._pos = p
+                            yield args
+                            continue
+                # The general case, one step at a time, keeping what it has read.
+                self._pos = i
+                command = self._parse()
+                i = self._pos
+                if command is None:
+                    break
+                yield command
+            # Out of complete commands.
+            if i >= n and not self._missing:
+                self._buf, self._pos, self._need = b"", 0, 1  # all read: hold nothing
+                return
+            self._pos = i
+            if not self._need:
+                self._need = 1
+            if self._taken + n - i + self._size > self.max_buffer:
+                raise _too_large(self.max_buffer)
         except ProtocolError as e:
-            self._error = e
-            self._buf = bytearray()  # nothing after an error is read: let it go
-            self._pos = 0
-            self._args = []
-            self._taken = 0
-            raise
-        return command
-
-    def commands(self) -> Iterator[list[bytes]]:
-        """Yield every complete command buffered now (see `next_command`)."""
-        while (command := self.next_command()) is not None:
-            yield command
+            self._fail(e)
 
     # ------------------------------------------------------------ internals
 
-    def _compact(self) -> None:
-        # del at the front of a bytearray only moves its start pointer.
-        if self._pos:
-            del self._buf[:self._pos]
-            self._pos = 0
+    def _fail(self, e: ProtocolError) -> NoReturn:
+        self._error = e
+        self._buf = b""  # nothing after an error is read: let it go
+        self._pos = 0
+        self._parts = []
+        self._size = 0
+        self._args = []
+        self._taken = 0
+        raise e
 
     def _parse(self) -> list[bytes] | None:
+        """Read on from ``_pos``, keeping partial state, to the end of the next
+        command; ``None`` when the input runs out first."""
         buf = self._buf
         while True:
             if not self._missing:
@@ -266,17 +397,17 @@ class Parser:
                     raise _invalid_bulk()
                 self._taken += after - start
                 if self._taken + n + 2 > self.max_buffer:
-                    raise ProtocolError(
-                        f"Protocol error: request larger than {self.max_buffer} bytes")
+                    raise _too_large(self.max_buffer)
                 self._pos = after
                 self._bulk = n
             # The argument's bytes and the \r\n after them.
             start, end = self._pos, self._pos + self._bulk
             if len(buf) < end + 2:
+                self._need = end + 2 - len(buf)  # do not parse again until they are here
                 return None
             if buf[end] != _CR or buf[end + 1] != _LF:
                 raise ProtocolError("Protocol error: expected '\\r\\n' after bulk string")
-            self._args.append(bytes(buf[start:end]))
+            self._args.append(buf[start:end])
             self._pos = end + 2
             self._taken += self._bulk + 2
             self._bulk = -1
@@ -315,7 +446,8 @@ class Parser:
             return None
         end = nl - 1 if nl > start and buf[nl - 1] == _CR else nl
         self._pos = nl + 1
-        return bytes(buf[start:end])
+        return buf[start:end]
+
 
 
 # ---------------------------------------------------------------- inline

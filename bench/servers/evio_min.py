@@ -15,7 +15,7 @@ that: it pumps *the same sessions* from evio's ``data`` callback, so the
 only difference left between it and ``aio.py`` is the event loop.
 
 It prints ``listening on ('127.0.0.1', PORT)`` and stops on SIGTERM or
-Ctrl-C (at the next tick), like the examples.
+Ctrl-C (through `Server.stop()`), like the examples.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from types import FrameType
 
 from minimal import Clock, HttpSession, RedisSession
 
@@ -41,13 +40,9 @@ def main(argv: list[str] | None = None) -> int:
 
     sessions: dict[int, Session] = {}
     make = (lambda: HttpSession(b"evio")) if args.kind == "http" else RedisSession
-    stop = False
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal stop
-        stop = True  # the next tick returns SHUTDOWN
-
     def serving(server: evio.Server) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda signum, frame: server.stop())
         print(f"{args.kind} server listening on {server.addrs[0]!r} (evio, {server.poller})",
               flush=True)
 
@@ -63,14 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     def closed(id: int, err: BaseException | None) -> None:
         sessions.pop(id, None)
 
-    def tick() -> float | evio.Action:
-        if stop:
-            return evio.Action.SHUTDOWN
+    def tick() -> float:
         Clock.refresh()
         return 0.2
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
     evio.serve(evio.Events(serving=serving, opened=opened, data=data, closed=closed, tick=tick),
                f"tcp://{args.host}:{args.port}")
     return 0
