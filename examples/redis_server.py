@@ -58,6 +58,11 @@ MAX_RESPONSE = 16 * 1024 * 1024
 """The longest response WGET keeps; a longer one is an error."""
 TICK = 0.2
 """Seconds between ticks: how soon a WGET timeout is noticed."""
+HIGH_WATER = 65536
+"""Replies pending past which a client's pipelined commands wait (the
+loop's own high-water mark, so ``drained`` follows)."""
+DEFAULT_MAX_OUTPUT = 256 * 1024 * 1024
+"""``--max-output``'s default: replies one client may have pending."""
 
 _Reply: TypeAlias = bytes | tuple[bytes | None, evio.Action] | evio.Action | evio.Options | None
 
@@ -87,6 +92,7 @@ class _Client:
     action: evio.Action = evio.Action.NONE  # QUIT or SHUTDOWN ends the batch
     resp3: bool = False  # the client said HELLO 3
     null: bytes = resp.NIL  # "no value" in the client's protocol
+    held: bool = False  # too many replies pending: commands wait for drained()
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,10 +114,18 @@ class RedisClone:
     Args:
         max_buffer: Most bytes one client may have buffered in a request
             that is not finished (`resp.Parser`'s ``max_buffer``).
+        timeout: Seconds of silence after which a client is closed (Redis's
+            ``timeout``); ``None``: never.
+        max_output: Most bytes of replies one client may have pending
+            (Redis's ``client-output-buffer-limit``); past it the client
+            is closed. ``None``: no limit.
     """
 
-    def __init__(self, max_buffer: int = resp.DEFAULT_MAX_BUFFER) -> None:
+    def __init__(self, max_buffer: int = resp.DEFAULT_MAX_BUFFER, timeout: float | None = None,
+                 max_output: int | None = DEFAULT_MAX_OUTPUT) -> None:
         self.max_buffer = max_buffer
+        self.timeout = timeout
+        self.max_output = max_output
         self.db: dict[bytes, bytes] = {}
         self.clients: dict[int, _Client] = {}
         self.fetches: dict[int, _Fetch] = {}  # by the dialed connection's id
@@ -119,7 +133,7 @@ class RedisClone:
 
     def events(self) -> evio.Events:
         return evio.Events(serving=self.serving, opened=self.opened, data=self.data,
-                           closed=self.closed, tick=self.tick)
+                           closed=self.closed, tick=self.tick, drained=self.drained)
 
     # ------------------------------------------------------------ callbacks
 
@@ -136,7 +150,8 @@ class RedisClone:
         if info.addr_index >= 0:
             self.clients[id] = _Client(id, resp.Parser(max_buffer=self.max_buffer))
             # The parser copies what it is fed, so the loop's buffer will do.
-            return evio.Options(reuse_input_buffer=True)
+            return evio.Options(reuse_input_buffer=True, idle_timeout=self.timeout,
+                                max_pending=self.max_output)
         # A WGET's connection. If it failed, closed(id, err) follows.
         f = self.fetches[id]
         if info.closing:
@@ -151,8 +166,9 @@ class RedisClone:
             return self._fetched(self.fetches[id], data)
         if data is not None:
             c.parser.feed(data)
-            if c.fetch is not None:
-                # Waiting for a WGET: keep the input, but not without bound.
+            if c.fetch is not None or c.held:
+                # Waiting for a WGET or for replies to drain: keep the
+                # input, but not without bound.
                 if c.parser.buffered > self.max_buffer:
                     message = f"ERR Protocol error: request larger than {self.max_buffer} bytes"
                     return resp.error(message), evio.Action.CLOSE
@@ -174,6 +190,15 @@ class RedisClone:
         else:
             self._answer(f, resp.bulk(b"".join(f.chunks)))
 
+    def drained(self, id: int) -> _Reply:
+        # The client read its replies down to the low-water mark: go on
+        # with the commands that waited.
+        c = self.clients.get(id)
+        if c is None or not c.held:
+            return None
+        c.held = False
+        return self._run(c)
+
     def tick(self) -> float | evio.Action:
         now = time.monotonic()
         delay = TICK
@@ -190,12 +215,28 @@ class RedisClone:
     # ------------------------------------------------------------- clients
 
     def _run(self, c: _Client) -> _Reply:
-        """Run the client's complete commands, in order, until it must wait."""
+        """Run the client's complete commands, in order, until it must wait.
+
+        A client that pipelines commands without reading their replies
+        waits too: once a batch of replies passes `HIGH_WATER` bytes, the
+        rest of its commands stay in the parser and the client is woken to
+        go on; if by then its replies are still pending above the mark, it
+        waits for ``drained``. So one client's pipeline of large replies
+        cannot fill memory or hold the loop.
+        """
         out = []
         if c.answer:
             out.append(c.answer)
             c.answer = b""
+        assert self.server is not None
+        if self.server.pending(c.id) > HIGH_WATER:
+            c.held = True  # over the loop's high-water mark: drained() follows
+            return b"".join(out) or None
+        size = 0
         while c.fetch is None:
+            if size > HIGH_WATER:
+                self._wake(c.id)  # the rest next turn, once these are written
+                break
             try:
                 argv = c.parser.next_command()
             except resp.ProtocolError as e:
@@ -204,7 +245,9 @@ class RedisClone:
                 return b"".join(out), evio.Action.CLOSE
             if argv is None:
                 break
-            out.append(self._execute(c, argv))
+            reply = self._execute(c, argv)
+            out.append(reply)
+            size += len(reply)
             if c.action is not evio.Action.NONE:
                 return b"".join(out), c.action
         return b"".join(out) or None
@@ -449,15 +492,25 @@ def main(argv: list[str] | None = None) -> int:
                         metavar="BYTES",
                         help="most bytes of an unfinished request one client may have "
                              "buffered; more is a protocol error (default: 64 MiB)")
+    parser.add_argument("--timeout", type=float, default=0, metavar="SECONDS",
+                        help="close a client idle this long, like Redis's timeout "
+                             "(default: 0, never)")
+    parser.add_argument("--max-output", type=int, default=DEFAULT_MAX_OUTPUT, metavar="BYTES",
+                        help="close a client with more replies pending than this, like "
+                             "Redis's client-output-buffer-limit (default: 256 MiB; 0: no limit)")
     args = parser.parse_args(argv)
     if args.max_buffer < 1:
         parser.error("--max-buffer must be at least 1")
+    if not 0 <= args.timeout < math.inf:
+        parser.error("--timeout must be 0 or a positive number of seconds")
+    if args.max_output < 0:
+        parser.error("--max-output must be 0 or more")
 
     host = f"[{args.host}]" if ":" in args.host else args.host
     addrs = [f"tcp://{host}:{args.port}"]
     if args.unixsocket:
         addrs.append(f"unix://{args.unixsocket}")
-    app = RedisClone(args.max_buffer)
+    app = RedisClone(args.max_buffer, args.timeout or None, args.max_output or None)
     try:
         evio.serve(app.events(), *addrs, poller=args.poller)
     except (ValueError, OSError) as e:

@@ -15,8 +15,8 @@ import time
 from typing import Any
 
 import pytest
-from harness import connect_to, read_until_eof
-from test_examples_more import TIMEOUT, Upstream, proxy, stop
+from harness import connect_to, read_until_eof, recv_exactly
+from test_examples_more import TIMEOUT, Upstream, example, proxy, stop
 
 MiB = 1 << 20
 
@@ -129,4 +129,78 @@ def test_proxy_passes_half_close_through_every_byte_comes_back(poller: str) -> N
                 c.shutdown(socket.SHUT_WR)
                 got = read_until_eof(c)
             assert len(got) == len(payload) and got == payload
+        stop(proc)
+
+
+# ---------------------------------------------------------- Redis clone
+
+
+def _command(*words: bytes) -> bytes:
+    return b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
+
+
+def _set_bigkey(port: int, size: int) -> None:
+    with connect_to(("127.0.0.1", port), TIMEOUT) as s:
+        s.sendall(_command(b"SET", b"bigkey", b"v" * size))
+        assert recv_exactly(s, 5) == b"+OK\r\n"
+
+
+def _ping_times(port: int, n: int = 20) -> list[float]:
+    times = []
+    with connect_to(("127.0.0.1", port), TIMEOUT) as s:
+        for _ in range(n):
+            started = time.monotonic()
+            s.sendall(b"PING\r\n")
+            assert recv_exactly(s, 7) == b"+PONG\r\n"
+            times.append(time.monotonic() - started)
+            time.sleep(0.05)
+    return times
+
+
+def _send_all_without_reading(s: socket.socket, data: bytes, seconds: float) -> int:
+    s.setblocking(False)
+    sent, end = 0, time.monotonic() + seconds
+    while sent < len(data) and time.monotonic() < end:
+        try:
+            sent += s.send(data[sent:])
+        except BlockingIOError:
+            time.sleep(0.01)
+    return sent
+
+
+@pytest.mark.rule("REL-16", "REL-8")
+def test_redis_pipelined_big_gets_from_a_client_that_never_reads(poller: str) -> None:
+    with example("redis_server.py", "--poller", poller) as (proc, port):
+        _set_bigkey(port, MiB)
+        with connect_to(("127.0.0.1", port), TIMEOUT) as attacker:
+            attacker.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            gets = _command(b"GET", b"bigkey") * 2600
+            sent = _send_all_without_reading(attacker, gets, 3.0)
+            times = _ping_times(port)
+            hwm = memory(proc.pid)["VmHWM"]
+            print(f"redis ({poller}): {sent} of {len(gets)} bytes of GETs taken; "
+                  f"peak RSS {hwm / MiB:.1f} MiB; PING max {max(times) * 1000:.1f} ms")
+            assert hwm < 100 * MiB
+            assert max(times) < 0.1
+            attacker.setblocking(True)
+            attacker.settimeout(TIMEOUT)
+            head = recv_exactly(attacker, 3 * (MiB + 12))  # the replies are all there, in order
+            assert head == (b"$1048576\r\n" + b"v" * MiB + b"\r\n") * 3
+        stop(proc)
+
+
+@pytest.mark.rule("REL-17", "REL-4", "REL-10")
+def test_redis_timeout_and_max_output(poller: str) -> None:
+    with example("redis_server.py", "--poller", poller, "--timeout", "0.5",
+                 "--max-output", str(MiB)) as (proc, port):
+        _set_bigkey(port, 16 * MiB)
+        with connect_to(("127.0.0.1", port), TIMEOUT) as idle, \
+                connect_to(("127.0.0.1", port), TIMEOUT) as greedy:
+            greedy.sendall(_command(b"GET", b"bigkey"))  # and do not read, for now
+            started = time.monotonic()
+            assert read_until_eof(idle) == b""  # closed for idling
+            assert 0.4 < time.monotonic() - started < 5
+            # closed over the output limit: what the kernel had taken, then the end
+            assert len(read_until_eof(greedy)) < 16 * MiB
+            assert max(_ping_times(port, 3)) < 1.0  # the server goes on
         stop(proc)
