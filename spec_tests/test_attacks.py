@@ -204,3 +204,79 @@ def test_redis_timeout_and_max_output(poller: str) -> None:
             assert len(read_until_eof(greedy)) < 16 * MiB
             assert max(_ping_times(port, 3)) < 1.0  # the server goes on
         stop(proc)
+
+
+# ------------------------------------------------------------------ UDP
+
+_UDP_SERVER = """
+import signal, sys
+import evio
+counts = {"opened": 0, "closed": 0}
+def serving(server):
+    signal.signal(signal.SIGTERM, lambda *a: server.stop())
+    print("listening on", server.addrs[0], flush=True)
+def opened(id, info):
+    counts["opened"] += 1
+def closed(id, err):
+    counts["closed"] += 1
+def tick():
+    print(counts["opened"], counts["closed"], flush=True)
+    return 0.2
+evio.serve(evio.Events(serving=serving, opened=opened, closed=closed, tick=tick,
+                       data=lambda id, d: None, udp_idle_timeout=float(sys.argv[1])),
+           "udp://127.0.0.1:0", poller=sys.argv[2])
+"""
+
+
+@pytest.mark.rule("REL-18", "UDP-10", "UDP-11")
+def test_udp_remotes_from_300k_sources_are_forgotten(poller: str) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", _UDP_SERVER, "1.0", poller],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        banner = proc.stdout.readline()
+        port = int(banner.split(", ")[1].split(")")[0])
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")),
+                                  daemon=True)
+        reader.start()
+
+        def counts() -> tuple[int, int]:
+            opened, closed = lines[-1].split() if lines else ("0", "0")
+            return int(opened), int(closed)
+
+        def flood(n: int, first: int) -> None:
+            for i in range(first, first + n):
+                ip = f"127.{1 + (i >> 16) % 250}.{(i >> 8) & 255}.{i & 255 or 1}"
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                    s.bind((ip, 0))
+                    s.sendto(b"x", ("127.0.0.1", port))
+                if i % 2000 == 0:
+                    time.sleep(0.002)  # let the server keep up: drops make no remotes
+
+        flood(5000, 0)  # warm up: imports, first allocations
+        end = time.monotonic() + TIMEOUT
+        while counts()[1] < counts()[0] or counts()[0] == 0:
+            assert time.monotonic() < end, "warm-up remotes never forgotten"
+            time.sleep(0.1)
+        before = memory(proc.pid)["VmRSS"]
+        flood(300_000, 5000)
+        peak = memory(proc.pid)
+        end = time.monotonic() + TIMEOUT
+        while counts()[1] < counts()[0]:
+            assert time.monotonic() < end, f"remotes never forgotten: {counts()}"
+            time.sleep(0.1)
+        after = memory(proc.pid)["VmRSS"]
+        opened, _ = counts()
+        print(f"udp ({poller}): {opened - 5000} remotes; RSS {before / MiB:.1f} MiB before, "
+              f"{peak['VmRSS'] / MiB:.1f} at the end of the flood, {after / MiB:.1f} once idle")
+        assert opened > 100_000  # the rest were dropped by the kernel: no remote
+        # Every object is freed (sys.getallocatedblocks() returns to where it
+        # was); what stays is CPython's allocator keeping partly used arenas.
+        assert after - before < 16 * MiB
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=TIMEOUT)
