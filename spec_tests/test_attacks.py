@@ -280,3 +280,63 @@ def test_udp_remotes_from_300k_sources_are_forgotten(poller: str) -> None:
     finally:
         proc.terminate()
         proc.communicate(timeout=TIMEOUT)
+
+
+# ------------------------------------------------- HTTP and TLS examples
+
+
+def _closed_after(port: int, trickle: bytes = b"") -> float:
+    """Connect; send ``trickle`` a byte every 0.1 s (nothing if empty) and
+    read nothing else; return the seconds until the server closed."""
+    with connect_to(("127.0.0.1", port), TIMEOUT) as s:
+        started = time.monotonic()
+        s.settimeout(0.1)
+        i = 0
+        while time.monotonic() - started < TIMEOUT:
+            try:
+                if not s.recv(65536):
+                    return time.monotonic() - started
+            except TimeoutError:
+                if i < len(trickle):
+                    s.send(trickle[i:i + 1])
+                    i += 1
+            except ConnectionResetError:
+                return time.monotonic() - started
+    raise AssertionError("never closed")
+
+
+# The start of a TLS ClientHello record, sent a byte at a time: never complete.
+_HELLO_START = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(64))
+
+
+@pytest.mark.rule("REL-19", "REL-4", "TR-7")
+def test_http_example_idle_and_handshake_timeouts_and_400_on_the_https_port(
+        poller: str) -> None:
+    with example("http_server.py", "--poller", poller, "--tlsport", "0",
+                 "--idle-timeout", "0.5", "--handshake-timeout", "1.0") as (proc, port):
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("https on"), line
+        tls_port = int(line.split(", ")[1].split(")")[0])
+        with connect_to(("127.0.0.1", tls_port), TIMEOUT) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            answer = read_until_eof(s)
+        assert answer.startswith(b"HTTP/1.0 400 Bad Request\r\n"), answer
+        assert b"HTTP request to an HTTPS server" in answer
+        assert 0.4 < _closed_after(port) < 5  # idle on the plain port
+        assert 0.4 < _closed_after(tls_port) < 5  # idle before the handshake
+        # Trickling a handshake keeps it from idling, not from its deadline.
+        assert 0.9 < _closed_after(tls_port, _HELLO_START) < 5
+        stop(proc)
+
+
+@pytest.mark.rule("REL-19", "REL-4")
+def test_tls_echo_example_idle_and_handshake_timeouts(poller: str) -> None:
+    from test_example_tls import stop as stop_tls
+    from test_example_tls import tls_echo
+
+    with tls_echo("--poller", poller, "--quiet", "--idle-timeout", "0.5",
+                  "--handshake-timeout", "1.0") as ex:
+        assert 0.4 < _closed_after(ex.tls_port) < 5
+        assert 0.9 < _closed_after(ex.tls_port, _HELLO_START) < 5
+        stop_tls(ex)
