@@ -16,7 +16,7 @@ evio.serve(evio.Events(data=data), "tcp://127.0.0.1:5000")
 
 from .addresses import Address, parse_address
 from .detach import DetachedConn
-from .events import Action, Events, Info, InputStream, Options
+from .events import Action, Events, Info, InputStream, Options, OutputLimitError
 from .loop import serve
 from .pollers import Poller, available_pollers
 from .server import Server
@@ -31,6 +31,7 @@ __all__ = [
     "Info",
     "InputStream",
     "Options",
+    "OutputLimitError",
     "Passthrough",
     "Poller",
     "Server",

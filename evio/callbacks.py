@@ -123,6 +123,21 @@ class Policy:
         if action is not _NONE:
             self.act(side, c, action)
 
+    def call(self, side: Side[Any], c: Any, where: str) -> None:
+        """``eof(id)`` or ``drained(id)``: answered as ``data`` is."""
+        fn = getattr(self.ev, where)
+        if fn is None:
+            return
+        try:
+            out, action = split_reply(fn(c.id))
+        except Exception as e:
+            self.failed(side, c, where, e)
+            return
+        if out:
+            side.send(c, out)
+        if action is not _NONE:
+            self.act(side, c, action)
+
     def opened(self, side: Side[Any], c: Any, info: Any) -> None:
         """``opened(id, info)``: options first, then output, then the action."""
         fn = self.ev.opened

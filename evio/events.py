@@ -35,6 +35,7 @@ __all__ = [
     "Info",
     "InputStream",
     "Options",
+    "OutputLimitError",
     "Reply",
     "split_reply",
 ]
@@ -78,11 +79,15 @@ class Options:
         idle_timeout: Seconds without a byte read or written after which
             the connection is closed with ``closed(id, TimeoutError)``;
             ``None`` (the default) never.
+        max_pending: A hard limit on pending output: when more than this
+            many bytes are pending, the connection is closed at once, its
+            pending output dropped, with ``closed(id, OutputLimitError)``.
+            ``None`` (the default): no limit beyond the water marks.
 
     Raises:
         ValueError: ``tcp_keepalive`` or ``idle_timeout`` is not a positive
-            finite number, or the water marks are not ``0 <= low_water <=
-            high_water``.
+            finite number, the water marks are not ``0 <= low_water <=
+            high_water``, or ``max_pending`` is not a non-negative integer.
     """
 
     tcp_keepalive: float | None = None
@@ -90,6 +95,7 @@ class Options:
     high_water: int = 65536
     low_water: int = 16384
     idle_timeout: float | None = None
+    max_pending: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("tcp_keepalive", "idle_timeout"):
@@ -104,6 +110,17 @@ class Options:
                 f"water marks must be integers with 0 <= low_water <= high_water, "
                 f"not low_water={lo!r}, high_water={hi!r}"
             )
+        mp = self.max_pending
+        if mp is not None and not (type(mp) is int and mp >= 0):
+            raise ValueError(f"max_pending must be a non-negative integer or None, not {mp!r}")
+
+
+class OutputLimitError(BufferError):
+    """A connection had more output pending than its ``Options.max_pending``.
+
+    ``closed(id, err)`` receives it; the connection's pending output was
+    dropped (like Redis's ``client-output-buffer-limit``).
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,9 +172,22 @@ class Events:
         postwrite: ``postwrite(id, amount, remaining)`` just after each
             write attempt: ``amount`` written, ``remaining`` still pending.
             May return ``None`` or an `Action`.
+        eof: ``eof(id)`` when the peer ends its stream (a read returns 0
+            bytes) on a connection that is not translated. Setting it
+            chooses half-close: the connection stays open for writing
+            (*writing only*) until a callback returns ``CLOSE`` or
+            `evio.Server.shutdown_write` is called. May return what
+            ``data`` may. Unset (the default): the connection finishes.
+        drained: ``drained(id)`` once each time a connection's pending
+            output falls to its low-water mark after having been above its
+            high-water mark. May return what ``data`` may.
         tick: ``tick()`` right after ``serving``, then again after the delay
             it returns. May return a delay in seconds, ``(delay, action)``,
             or ``None`` / an `Action` alone to stop ticking.
+        udp_idle_timeout: Seconds after its last datagram at which a UDP
+            remote is forgotten (``closed(id, None)``); ``None``: never.
+        udp_max_remotes: Most UDP remotes known at once; a new remote past
+            it makes the least recently heard one forgotten first.
         translation: ``(should, factory)``, set by `evio.translate`:
             which stream connections pass through a translator, and how to
             make one. Leave it ``None`` and use `evio.translate`.
@@ -171,6 +201,10 @@ class Events:
     prewrite: Callable[[int, int], Action | None] | None = None
     postwrite: Callable[[int, int, int], Action | None] | None = None
     tick: Callable[[], float | tuple[float, Action] | Action | None] | None = None
+    eof: Callable[[int], Reply] | None = None
+    drained: Callable[[int], Reply] | None = None
+    udp_idle_timeout: float | None = 60.0
+    udp_max_remotes: int = 65536
     translation: tuple[Callable[[int, Info], bool], Callable[[int, Info], Any]] | None = None
 
 

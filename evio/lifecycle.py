@@ -3,9 +3,11 @@
 Theory of operation
 -------------------
 A connection's life is a handful of states -- dialing, opening, open,
-flushing before close, closed, detached -- and the events that move it
-between them.  Writing the transitions down as a table (`LIFECYCLE`)
-rather than leaving them implied by flags scattered through the loop gives
+writing only (the peer ended its stream and the application chose to go on
+writing), reading only (our end of stream is sent), flushing before close,
+closed, detached -- and the events that move it between them.  Writing the
+transitions down as a table (`LIFECYCLE`) rather than leaving them implied
+by flags scattered through the loop gives
 three things:
 
 * the spec page's table and diagram are drawn from it
@@ -37,8 +39,8 @@ from .pollers import READ
 from .timers import Timer
 from .translators import Translator
 
-__all__ = ["LIFECYCLE", "LIVE", "Conn", "LifecycleError", "On", "State", "Transition", "move",
-           "observe"]
+__all__ = ["FLOW_ROWS", "LIFECYCLE", "LIVE", "READABLE", "TALKING", "WRITABLE", "Conn",
+           "LifecycleError", "On", "State", "Transition", "move", "observe"]
 
 
 class State(Enum):
@@ -47,6 +49,8 @@ class State(Enum):
     DIALING = "dialing"
     OPENING = "opening"
     OPEN = "open"
+    WRITE_ONLY = "writing only"
+    READ_ONLY = "reading only"
     FLUSHING = "flushing"
     CLOSED = "closed"
     DETACHED = "detached"
@@ -72,10 +76,21 @@ class On(Enum):
     DRAINED = "output drained"
     DETACH = "DETACH returned"
     SHUTDOWN = "SHUTDOWN"
+    PAUSED = "pause() called"
+    RESUMED = "resume() called"
+    HALF_CLOSE = "peer's end of stream, eof set"
+    FIN_SENT = "our end of stream sent"
+    OVER_LIMIT = "output over max_pending"
 
 
-LIVE = (State.OPEN, State.FLUSHING)
+LIVE = (State.OPEN, State.FLUSHING, State.WRITE_ONLY, State.READ_ONLY)
 """The states in which a connection holds a registered socket."""
+TALKING = (State.OPEN, State.WRITE_ONLY, State.READ_ONLY)
+"""The states in which callbacks (a wake's ``data``, ``eof``) are still called."""
+READABLE = (State.OPEN, State.READ_ONLY)
+"""The states in which the loop reads (unless paused)."""
+WRITABLE = (State.OPEN, State.WRITE_ONLY, State.FLUSHING)
+"""The states in which output is taken (``reading only``: our FIN is sent)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,9 +135,41 @@ LIFECYCLE: tuple[Transition, ...] = (
                "detached(id, conn); pending output goes with conn"),
     Transition(_S.OPEN, _O.SHUTDOWN, _S.CLOSED, "one last non-blocking write"),
     Transition(_S.FLUSHING, _O.SHUTDOWN, _S.CLOSED, "one last non-blocking write"),
+    # Flow control across connections, and half-close (docs/spec/reliability.md)
+    Transition(_S.OPEN, _O.PAUSED, _S.OPEN, "reading stops until resume()"),
+    Transition(_S.OPEN, _O.RESUMED, _S.OPEN, "reading goes on unless over the high-water mark"),
+    Transition(_S.OPEN, _O.OVER_LIMIT, _S.CLOSED,
+               "pending output is dropped; err is OutputLimitError"),
+    Transition(_S.OPEN, _O.HALF_CLOSE, _S.WRITE_ONLY, "eof(id); output is still sent"),
+    Transition(_S.OPEN, _O.FIN_SENT, _S.READ_ONLY, "after shutdown_write(): data goes on"),
+    Transition(_S.WRITE_ONLY, _O.FIN_SENT, _S.CLOSED, "closed(id, None)"),
+    Transition(_S.WRITE_ONLY, _O.CLOSE, _S.FLUSHING, "as from open"),
+    Transition(_S.WRITE_ONLY, _O.RAISED, _S.FLUSHING, "err is kept"),
+    Transition(_S.WRITE_ONLY, _O.OVER_LIMIT, _S.CLOSED,
+               "pending output is dropped; err is OutputLimitError"),
+    Transition(_S.WRITE_ONLY, _O.IDLE, _S.CLOSED, "pending output is dropped; err is TimeoutError"),
+    Transition(_S.WRITE_ONLY, _O.IO_ERROR, _S.CLOSED, "pending output is dropped"),
+    Transition(_S.WRITE_ONLY, _O.HOOK_RAISED, _S.CLOSED, "pending output is dropped"),
+    Transition(_S.WRITE_ONLY, _O.DETACH, _S.DETACHED, "as from open"),
+    Transition(_S.WRITE_ONLY, _O.SHUTDOWN, _S.CLOSED, "one last non-blocking write"),
+    Transition(_S.READ_ONLY, _O.PAUSED, _S.READ_ONLY, "reading stops until resume()"),
+    Transition(_S.READ_ONLY, _O.RESUMED, _S.READ_ONLY, "reading goes on"),
+    Transition(_S.READ_ONLY, _O.PEER_EOF, _S.FLUSHING, "both ends are done: closed(id, None)"),
+    Transition(_S.READ_ONLY, _O.CLOSE, _S.FLUSHING, "as from open"),
+    Transition(_S.READ_ONLY, _O.RAISED, _S.FLUSHING, "err is kept"),
+    Transition(_S.READ_ONLY, _O.IDLE, _S.CLOSED, "err is TimeoutError"),
+    Transition(_S.READ_ONLY, _O.IO_ERROR, _S.CLOSED, "closed(id, err)"),
+    Transition(_S.READ_ONLY, _O.DETACH, _S.DETACHED, "as from open; its write side is shut"),
+    Transition(_S.READ_ONLY, _O.SHUTDOWN, _S.CLOSED, "closed(id, err)"),
 )
 """The connection lifecycle as data: `move` allows exactly these changes,
 and the spec page's table and diagram are checked against it."""
+
+FLOW_ROWS = frozenset((t.source, t.event, t.target) for t in LIFECYCLE
+                      if State.WRITE_ONLY in (t.source, t.target)
+                      or State.READ_ONLY in (t.source, t.target)
+                      or t.event in (On.PAUSED, On.RESUMED, On.OVER_LIMIT))
+"""The rows of flow control and half-close (driven by their own conformance test)."""
 
 _NEXT: dict[tuple[State, On], State] = {(t.source, t.event): t.target for t in LIFECYCLE}
 assert len(_NEXT) == len(LIFECYCLE), "two rows share a source and an event"
@@ -194,8 +241,13 @@ class Conn:
         translator: Its `evio.translators.Translator`, if translated.
         peer_said_goodbye: The peer ended the translated protocol stream
             (a TLS ``close_notify``): a reset after that is orderly.
-        reading_paused: Reading is paused because more than
-            ``high_water`` bytes are pending.
+        reading_paused: More than ``high_water`` bytes were pending and no
+            more than ``low_water`` have been since: reading is paused, and
+            ``drained`` is due when output falls to the low-water mark.
+        held: The application paused reading (`evio.Server.pause`).
+        max_pending: Close when more output than this is pending.
+        fin_wanted: `evio.Server.shutdown_write` was called: FIN goes out
+            once nothing is pending.
         high_water: Pause reading above this many pending bytes ...
         low_water: ... and resume at or below this many.
         idle_timeout: Seconds of silence before it is closed, or ``None``.
@@ -216,6 +268,9 @@ class Conn:
     translator: Translator | None = None
     peer_said_goodbye: bool = False
     reading_paused: bool = False
+    held: bool = False
+    max_pending: int | None = None
+    fin_wanted: bool = False
     high_water: int = 65536
     low_water: int = 16384
     idle_timeout: float | None = None

@@ -153,7 +153,7 @@ class _Loop:
         self.policy = Policy(events, self._stop_here, self._is_stopping)
         self.streams = Streams(events, poller, self.timers, self.policy, self.handlers, ids)
         self.acceptor = Acceptor(self.streams, poller, self.timers, self.handlers)
-        self.udp = UdpSide(events, poller, self.policy, self.handlers, ids.__next__)
+        self.udp = UdpSide(events, poller, self.policy, self.handlers, ids.__next__, self.timers)
         self.dialer = Dialer(poller, self.timers, self.waker, self.policy, self.handlers, ids,
                              self.streams)
 
@@ -178,6 +178,18 @@ class _Loop:
         """`evio.Server.paused`: the loop's thread."""
         c = self.streams.by_id.get(id)
         return c is not None and c.reading_paused
+
+    def pause(self, id: int) -> bool:
+        """`evio.Server.pause`: the loop's thread."""
+        return self.streams.pause(id)
+
+    def resume(self, id: int) -> bool:
+        """`evio.Server.resume`: the loop's thread."""
+        return self.streams.resume(id)
+
+    def shutdown_write(self, id: int) -> bool:
+        """`evio.Server.shutdown_write`: the loop's thread."""
+        return self.streams.shutdown_write(id)
 
     def stop(self) -> None:
         """`evio.Server.stop`: any thread, or a signal handler. Never blocks."""

@@ -34,6 +34,12 @@ class LoopControl(Protocol):
 
     def paused(self, id: int) -> bool: ...
 
+    def pause(self, id: int) -> bool: ...
+
+    def resume(self, id: int) -> bool: ...
+
+    def shutdown_write(self, id: int) -> bool: ...
+
     def stop(self) -> None: ...
 
 
@@ -127,11 +133,56 @@ class Server:
         return self._loop.pending(id)
 
     def paused(self, id: int) -> bool:
-        """Whether reading from ``id`` is paused by flow control.
+        """Whether reading from ``id`` is paused by its water marks.
 
         For the loop's thread only. False for an unknown or closed id.
+        A pause by `pause` is not counted: that one the caller knows of.
         """
         return self._loop.paused(id)
+
+    def pause(self, id: int) -> bool:
+        """Stop reading from stream connection ``id`` until `resume`.
+
+        For the loop's thread only. Independent of the water marks: reading
+        goes on only when neither has paused it (like asyncio's
+        ``pause_reading``). Bytes the peer sends meanwhile wait in the
+        kernel, and its sends block. Pausing a paused connection does
+        nothing.
+
+        Returns:
+            True if ``id`` is a stream connection that still reads (open,
+            or *reading only*); False otherwise (unknown, closed, closing,
+            *writing only*, UDP), and then nothing happens.
+        """
+        return self._loop.pause(id)
+
+    def resume(self, id: int) -> bool:
+        """Undo `pause`: read from ``id`` again, unless its water marks hold it.
+
+        For the loop's thread only.
+
+        Returns:
+            As for `pause`.
+        """
+        return self._loop.resume(id)
+
+    def shutdown_write(self, id: int) -> bool:
+        """Send our end of stream (FIN) on ``id`` once its pending output is sent.
+
+        For the loop's thread only. Output returned by callbacks in the same
+        turn of the loop -- the one calling this included -- goes before
+        the FIN; output returned after it is sent is dropped. The
+        connection goes on reading (*reading only*) until the peer ends its
+        stream too; a connection that is *writing only* closes after the
+        FIN, with ``closed(id, None)``. A translated connection has no
+        half-close (TLS 1.2 has none): it finishes as for ``Action.CLOSE``,
+        its goodbye (a TLS ``close_notify``) sent after the pending output.
+
+        Returns:
+            True if ``id`` is an open or *writing only* stream connection
+            (the FIN is on its way); False otherwise, and nothing happens.
+        """
+        return self._loop.shutdown_write(id)
 
     def __repr__(self) -> str:
         where = f" loop={self.loop_index}/{self.loops}" if self.loops > 1 else ""

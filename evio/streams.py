@@ -35,16 +35,15 @@ import contextlib
 import itertools
 import logging
 import socket
-import sys
 import time
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 from .callbacks import Policy
 from .detach import DetachedConn
-from .events import Events, Info, Options
-from .lifecycle import LIVE, Conn, On, State, move
+from .events import Events, Info
+from .flow import Flow
+from .lifecycle import LIVE, READABLE, TALKING, WRITABLE, Conn, On, State, move
 from .pollers import READ, WRITE, Poller
 from .timers import Timers
 from .translate import Pump
@@ -60,11 +59,15 @@ Handlers = dict[int, tuple[Callable[[Any, int], None], Any]]
 the loop calls ``handler(argument, mask)`` for each ready descriptor."""
 
 _OPEN = State.OPEN
+_WRITE_ONLY = State.WRITE_ONLY
 _FLUSHING = State.FLUSHING
 
 
-class Streams:
+class Streams(Flow):
     """Every stream connection of one loop (a `evio.callbacks.Side`).
+
+    What the application may do to a connection's flow (pause, resume,
+    half-close, limits, options) is in the `evio.flow.Flow` mixin.
 
     Args:
         events: The callbacks.
@@ -166,47 +169,18 @@ class Streams:
             if c.dialed:
                 self.policy.unopened(c.id, Info(True, -1, None, remote), err)
 
-    def configure(self, c: Conn, options: Options) -> None:
-        """Apply the `Options` ``opened`` returned."""
-        c.reuse_input = options.reuse_input_buffer
-        c.high_water, c.low_water = options.high_water, options.low_water
-        if options.idle_timeout is not None:
-            c.idle_timeout = options.idle_timeout
-            c.last_active = time.monotonic()
-            self.timers.cancel(c.idle_timer)
-            c.idle_timer = self.timers.at(c.last_active + c.idle_timeout, partial(self._idle, c))
-        ka = options.tcp_keepalive
-        if ka is not None and c.sock.family != socket.AF_UNIX:
-            s = c.sock
-            secs = max(1, round(ka))
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            if hasattr(socket, "TCP_KEEPIDLE"):
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, secs)
-            elif sys.platform == "darwin":  # pragma: no cover - macOS spelling
-                s.setsockopt(socket.IPPROTO_TCP, 0x10, secs)  # TCP_KEEPALIVE
-            if hasattr(socket, "TCP_KEEPINTVL"):
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, secs)
-
-    def _idle(self, c: Conn) -> None:
-        """The idle timer fired: close ``c`` if nothing moved since, else look again."""
-        c.idle_timer = None
-        if c.state not in LIVE or c.idle_timeout is None:
-            return
-        due = c.last_active + c.idle_timeout
-        if due > time.monotonic():
-            c.idle_timer = self.timers.at(due, partial(self._idle, c))
-            return
-        c.pending.clear()  # nobody is reading it: an idle peer gets nothing more
-        self.close(c, On.IDLE, TimeoutError(f"connection {c.id} idle for {c.idle_timeout}s"))
-
     # ------------------------------------------------------------- dispatch
 
     def ready(self, c: Conn, mask: int) -> None:
         """The poller reported ``c``: write what is pending, then read once."""
         if mask & WRITE and c.pending:
             self.flush(c)
-        if mask & READ and c.state is _OPEN and not c.reading_paused:
+        # Interest has READ exactly when the connection reads and is not
+        # paused (`sync` derives it), so one test covers both.
+        if mask & READ and c.interest & READ and c.state in READABLE:
             self.read(c)
+        elif mask and not c.interest and c.state in LIVE:
+            self.hung_up(c)  # epoll and poll report a hang-up even so
         # The common case -- open, reading, nothing pending -- needs no
         # change of interest; skip the call.
         if (c.pending or c.reading_paused or c.interest != READ or c.state is not _OPEN) and (
@@ -217,15 +191,28 @@ class Streams:
     def sync(self, c: Conn) -> None:
         """Derive the wanted interest from state; tell the poller if it changed."""
         pending = len(c.pending)
-        if c.state is _OPEN:
+        state = c.state
+        if state is _OPEN or state is _WRITE_ONLY:
             if c.reading_paused:
                 if pending <= c.low_water:
                     c.reading_paused = False
-                    move(c, On.AT_LOW)
+                    if state is _OPEN:
+                        move(c, On.AT_LOW)
+                    if self.ev.drained is not None:
+                        self.drained(c)
+                        if c.state in LIVE:
+                            self.sync(c)
+                        return
             elif pending > c.high_water:
                 c.reading_paused = True
-                move(c, On.ABOVE_HIGH)
-        want = (READ if c.state is _OPEN and not c.reading_paused else 0) | (
+                if state is _OPEN:
+                    move(c, On.ABOVE_HIGH)
+            if c.fin_wanted and not pending:
+                self.send_fin(c)
+                if c.state not in LIVE:
+                    return
+                state = c.state
+        want = (READ if state in READABLE and not (c.reading_paused or c.held) else 0) | (
             WRITE if pending else 0)
         if want != c.interest:
             self.poller.modify(c.fd, want)
@@ -249,6 +236,9 @@ class Streams:
         if not data:
             # The peer's end of stream: no more data; send what is pending.
             # A translator may call it an error (a TLS handshake cut short).
+            if c.translator is None and c.state is _OPEN and self.ev.eof is not None:
+                self.peer_ended(c)  # half-close: go on writing
+                return
             err = self.pump.eof(c) if c.translator is not None and self.pump else None
             self.finish(c, On.PEER_EOF, err)
             return
@@ -269,7 +259,7 @@ class Streams:
         c = self.by_id.get(cid)
         if c is None:
             return False
-        if c.state is _OPEN:
+        if c.state in TALKING:
             self.policy.data(self, c, None)
             if c.state in LIVE:
                 self.sync(c)
@@ -289,17 +279,23 @@ class Streams:
     def write(self, c: Conn, out: Any) -> None:
         """Queue wire bytes behind anything pending, trying to send them at once."""
         if c.pending:
-            if c.state in LIVE:
+            if c.state in WRITABLE:
                 c.pending += out  # append, never replace
+                if c.max_pending is not None and len(c.pending) > c.max_pending and (
+                        c.state is not _FLUSHING):
+                    self.over_limit(c)
             return
-        if c.state not in LIVE:
-            return
+        if c.state not in WRITABLE:
+            return  # closed, or our end of stream is sent: nothing more goes out
         ev = self.ev
         if ev.prewrite is not None:
             # prewrite may detach the connection: the output must already be
             # pending then, so that it goes with the socket.
             c.pending += out
             self.flush(c)
+            if c.max_pending is not None and len(c.pending) > c.max_pending and (
+                    c.state in WRITABLE and c.state is not _FLUSHING):
+                self.over_limit(c)
             return
         try:
             n = c.sock.send(out)
@@ -312,6 +308,9 @@ class Streams:
             c.last_active = time.monotonic()
         if n < len(out):
             c.pending += memoryview(out)[n:]
+            if c.max_pending is not None and len(c.pending) > c.max_pending:
+                self.over_limit(c)
+                return
         if ev.postwrite is not None:
             self.policy.around(self, c, "postwrite", (c.id, n, len(c.pending)))
 
@@ -357,7 +356,7 @@ class Streams:
         if where in ("prewrite", "postwrite"):
             c.pending.clear()  # the write path itself failed: nothing more is sent
             self.close(c, On.HOOK_RAISED, e)
-        elif c.state is _OPEN:
+        elif c.state in TALKING:
             self.finish(c, On.RAISED, e)
         elif c.err is None:
             c.err = e
@@ -368,7 +367,7 @@ class Streams:
 
     def finish(self, c: Conn, on: On, err: BaseException | None) -> None:
         """Stop reading; close once pending output has been sent."""
-        if c.state is not _OPEN:
+        if c.state not in TALKING:
             return
         if c.translator is not None:
             assert self.pump is not None

@@ -23,6 +23,16 @@ What is different, and why:
   datagrams; the loop reads up to `UDP_BATCH` before polling again,
   so a busy UDP socket costs one poll per batch, not per datagram, and still
   cannot starve the stream connections.
+* **Remotes are forgotten.**  A UDP server hears of a remote once and never
+  of its leaving, so a table of remotes grows with every source address
+  that ever sent a datagram (300k spoofed sources: tens of megabytes, for
+  ever).  A remote is forgotten when it has been silent for
+  ``Events.udp_idle_timeout`` seconds (60 by default), and when a new
+  remote would make more than ``Events.udp_max_remotes`` (65,536), the
+  least recently heard one is forgotten first; each gets ``closed(id,
+  None)``.  The table of remotes is kept in the order they were last heard
+  from (a remote heard again moves to the end), so both are cheap: the
+  least recently heard is always first.
 * ``wake`` and ``dial`` do not apply; ``DETACH`` has no socket to hand over
   (the socket is shared by every remote) and acts as ``CLOSE``.
 """
@@ -31,6 +41,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +50,7 @@ from .addresses import Listener
 from .callbacks import Policy
 from .events import Events, Info, Options
 from .pollers import READ, Poller
+from .timers import Timer, Timers
 
 __all__ = ["UDP_BATCH", "UDP_MAX", "UdpSide", "is_udp"]
 
@@ -60,6 +72,7 @@ class Peer:
         listener: The listener it talks through.
         remote: Its address.
         reuse_input: ``data`` gets a view into the shared receive buffer.
+        heard: ``time.monotonic()`` of the batch that brought its last datagram.
     """
 
     id: int
@@ -67,6 +80,7 @@ class Peer:
     listener: Listener
     remote: Any
     reuse_input: bool = False
+    heard: float = 0.0
 
 
 class UdpSide:
@@ -78,10 +92,27 @@ class UdpSide:
         policy: Calls the callbacks.
         handlers: The loop's dispatch table.
         new_id: Draws a connection id.
+        timers: The loop's deadline queue (for forgetting idle remotes).
+
+    Raises:
+        ValueError: ``events.udp_idle_timeout`` is not a positive number
+            or ``None``, or ``events.udp_max_remotes`` is not a positive
+            integer.
     """
 
     def __init__(self, events: Events, poller: Poller, policy: Policy,
-                 handlers: dict[int, Any], new_id: Callable[[], int]) -> None:
+                 handlers: dict[int, Any], new_id: Callable[[], int], timers: Timers) -> None:
+        idle, most = events.udp_idle_timeout, events.udp_max_remotes
+        if idle is not None and (isinstance(idle, bool) or not isinstance(idle, int | float)
+                                 or not 0 < idle < float("inf")):
+            raise ValueError(f"udp_idle_timeout must be a positive number of seconds or None, "
+                             f"not {idle!r}")
+        if type(most) is not int or most < 1:
+            raise ValueError(f"udp_max_remotes must be a positive integer, not {most!r}")
+        self.idle = idle
+        self.most = most
+        self.timers = timers
+        self.sweep: Timer | None = None
         self.ev = events
         self.poller = poller
         self.policy = policy
@@ -89,6 +120,7 @@ class UdpSide:
         self.new_id = new_id
         self.peers: dict[int, Peer] = {}  # by id
         self.by_remote: dict[tuple[int, Any], Peer] = {}  # by (listener fd, remote)
+        self.now = 0.0
         self.buf = bytearray(UDP_MAX)
         self.view = memoryview(self.buf)
 
@@ -102,6 +134,7 @@ class UdpSide:
         """Read up to a batch of datagrams from one UDP listener."""
         index, lst = entry
         stopping = self.policy.stopping
+        self.now = time.monotonic()  # one clock read per batch, not per datagram
         for _ in range(UDP_BATCH):
             try:
                 n, remote = lst.sock.recvfrom_into(self.buf)
@@ -119,14 +152,24 @@ class UdpSide:
     def _datagram(self, index: int, lst: Listener, remote: Any, n: int) -> None:
         """One datagram of ``n`` bytes: ``opened`` for a new remote, then ``data``."""
         key = (lst.sock.fileno(), remote)
-        peer = self.by_remote.get(key)
+        by_remote = self.by_remote
+        peer = by_remote.get(key)
         if peer is None:
-            peer = Peer(self.new_id(), index, lst, remote)
+            if len(by_remote) >= self.most:
+                self.forget(next(iter(by_remote.values())).id, None)  # least recently heard
+            peer = Peer(self.new_id(), index, lst, remote, heard=self.now)
             self.peers[peer.id] = peer
-            self.by_remote[key] = peer
+            by_remote[key] = peer
+            if self.sweep is None and self.idle is not None:
+                self.sweep = self.timers.at(self.now + self.idle, self._sweep)
             self.policy.opened(self, peer, Info(False, index, lst.bound, remote))
             if peer.id not in self.peers:
                 return  # opened closed it, or raised
+        else:
+            peer.heard = self.now
+            if by_remote[next(reversed(by_remote))] is not peer:
+                del by_remote[key]
+                by_remote[key] = peer  # to the end: the most recently heard
         if self.ev.data is None:
             return
         view = self.view[:n]
@@ -172,6 +215,22 @@ class UdpSide:
     def live(self, peer: Peer) -> bool:
         """Whether the remote is still known."""
         return peer.id in self.peers
+
+    def _sweep(self) -> None:
+        """Forget every remote silent for ``udp_idle_timeout``; look again later."""
+        self.sweep = None
+        idle = self.idle
+        assert idle is not None
+        now = time.monotonic()
+        while self.by_remote and not self.policy.stopping():
+            oldest = next(iter(self.by_remote.values()))
+            if oldest.heard + idle > now:
+                self.sweep = self.timers.at(oldest.heard + idle, self._sweep)
+                break
+            self.forget(oldest.id, None)
+        if not self.by_remote:
+            # Dicts never shrink as keys go: start afresh once all are gone.
+            self.peers, self.by_remote = {}, {}
 
     def forget(self, cid: int, err: BaseException | None) -> None:
         """Forget a remote and call ``closed``; its next datagram opens a new id."""

@@ -19,6 +19,13 @@ complete, in order. The TLS port runs the same callbacks: `evio.translate`
 puts a `evio.tls.TLSTranslator` on the connections its listener accepts,
 so ``data`` sees plaintext either way.
 
+Slow or silent clients: a connection silent for ``--idle-timeout`` seconds
+(60) is closed, and so is an HTTPS connection whose TLS handshake has not
+finished within ``--handshake-timeout`` seconds (10) -- checked by ``tick``,
+which wakes the connection so that ``data(id, None)`` answers ``CLOSE``.
+Plain HTTP sent to the HTTPS port gets a ``400 Bad Request`` saying so, as
+Go's net/http does, instead of a bare close.
+
 Without ``--tlscert`` the server makes a throwaway certificate authority
 with ``trustme`` (``pip install trustme``) and prints where its CA file is,
 so clients can verify the server: ``curl --cacert CA https://...``.
@@ -35,6 +42,7 @@ import signal
 import ssl
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -114,6 +122,30 @@ def refuse(err: HTTPError, date: str) -> bytes:
     return encode_response(err.status, body, headers, keep_alive=False)
 
 
+PLAIN_HTTP_ON_HTTPS = (b"HTTP/1.0 400 Bad Request\r\n\r\n"
+                       b"Client sent an HTTP request to an HTTPS server.\n")
+"""What plain HTTP on the HTTPS port gets (Go's net/http words)."""
+
+
+class HTTPSTranslator(TLSTranslator):
+    """TLS, except that plain HTTP on the port is answered with a 400.
+
+    A TLS connection starts with a handshake record, whose first byte is
+    22; an HTTP request starts with a method name. The translator's
+    ``alert`` is what the loop sends before closing on its error (TR-7).
+    """
+
+    first = True
+
+    def receive(self, wire: bytes) -> tuple[bytes, bytes]:
+        if self.first:
+            self.first = False
+            if wire[:1].isalpha():
+                self.alert = PLAIN_HTTP_ON_HTTPS
+                raise ssl.SSLError("plain HTTP sent to the HTTPS port")
+        return super().receive(wire)
+
+
 def throwaway_certificate(names: list[str]) -> tuple[Path, Path]:
     """Make a CA and a server certificate with trustme; return (CA file, cert+key file).
 
@@ -155,7 +187,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loops", type=_loops, default=1, metavar="N",
                         help="run N loops, each in its own process, behind the same "
                              "addresses; 'auto' for one per CPU (default: 1)")
+    parser.add_argument("--idle-timeout", type=float, default=60.0, metavar="SECONDS",
+                        help="close a connection silent this long (default: 60; 0: never)")
+    parser.add_argument("--handshake-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="close an HTTPS connection whose TLS handshake is not done "
+                             "this long after it opened (default: 10)")
     args = parser.parse_args(argv)
+    if not 0 <= args.idle_timeout < float("inf"):
+        parser.error("--idle-timeout must be 0 or a positive number of seconds")
+    if not 0 < args.handshake_timeout < float("inf"):
+        parser.error("--handshake-timeout must be a positive number of seconds")
     if args.tlskey and not args.tlscert:
         parser.error("--tlskey needs --tlscert")
     if args.no_tls and args.tlscert:
@@ -190,8 +231,13 @@ def main(argv: list[str] | None = None) -> int:
     parsers: dict[int, RequestParser] = {}  # one per open connection
     pages: dict[tuple[str, str, str, bool], bytes] = {}  # responses to STATIC pages, this second
     date = email.utils.formatdate(usegmt=True)
+    handshakes: dict[int, tuple[float, TLSTranslator]] = {}  # id -> (deadline, translator)
+    late: set[int] = set()  # handshakes past their deadline, woken to close
+    options = evio.Options(idle_timeout=args.idle_timeout or None)
+    running: list[evio.Server] = []
 
     def serving(server: evio.Server) -> None:
+        running.append(server)  # kept for wake
         # SIGINT, SIGTERM and SIGHUP stop the loop cleanly: Server.stop() is
         # safe in a signal handler, and the loop wakes for it at once.
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -204,12 +250,17 @@ def main(argv: list[str] | None = None) -> int:
             print("no --tlscert given: using a throwaway certificate made by trustme; "
                   f"CA file: {ca_file}", flush=True)
 
-    def opened(id: int, info: evio.Info) -> None:
+    def opened(id: int, info: evio.Info) -> evio.Options:
         parsers[id] = RequestParser()
+        return options
 
-    def data(id: int, data: bytes | None) -> tuple[bytes, evio.Action] | bytes | None:
+    def data(id: int, data: bytes | None) -> tuple[bytes, evio.Action] | bytes | evio.Action | None:
         if data is None:
-            return None  # a wake: this server never asks for one
+            # A wake: only tick asks for one, for a handshake past its deadline.
+            if id in late:
+                late.discard(id)
+                return evio.Action.CLOSE
+            return None
         parser = parsers[id]
         out: list[bytes] = []
         try:
@@ -238,22 +289,37 @@ def main(argv: list[str] | None = None) -> int:
 
     def closed(id: int, err: BaseException | None) -> None:
         parsers.pop(id, None)
+        handshakes.pop(id, None)
+        late.discard(id)
 
     def tick() -> float:
         nonlocal date
-        now = email.utils.formatdate(usegmt=True)  # the Date header, to the second
-        if now != date:
-            date = now
+        today = email.utils.formatdate(usegmt=True)  # the Date header, to the second
+        if today != date:
+            date = today
             pages.clear()  # built with the old date
+        now = time.monotonic()
+        for id, (deadline, tls) in list(handshakes.items()):
+            if tls.handshake_done:
+                del handshakes[id]
+            elif now >= deadline:
+                del handshakes[id]
+                late.add(id)
+                running[0].wake(id)  # its data(id, None) answers CLOSE
         return 0.2
+
+    def https(id: int, info: evio.Info) -> TLSTranslator:
+        assert context is not None
+        tls = HTTPSTranslator(context, server_side=True)
+        handshakes[id] = (time.monotonic() + args.handshake_timeout, tls)
+        return tls
 
     events = evio.Events(serving=serving, opened=opened, data=data, closed=closed, tick=tick)
     if context is not None:
-        ctx = context
         events = evio.translate(
             events,
             lambda id, info: info.addr_index == tls_index,  # only the HTTPS listener
-            lambda id, info: TLSTranslator(ctx, server_side=True),
+            https,
         )
     try:
         evio.serve(events, *addrs, poller=args.poller, loops=args.loops)

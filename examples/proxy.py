@@ -16,13 +16,22 @@ the loop's thread, so no lock is needed.
 * Bytes a client sends before its upstream has connected wait in the
   upstream's outbox and go out as ``opened``'s reply. A client that sends
   more than `MAX_EARLY` bytes before then is closed.
+* Back-pressure: when the side that bytes go to has more than `HIGH_WATER`
+  bytes of output pending (``server.pending``), the proxy stops reading
+  the side they come from (``server.pause``), and reads it again when the
+  loop calls ``drained`` for the slow side (``server.resume``). So a client
+  that never reads, or an upstream that never reads, holds the proxy to
+  about two high-water marks per pair, in either direction.
+* Half-close passes through: when one side ends its stream (``eof``), the
+  other side's write half is shut once its outbox is sent
+  (``server.shutdown_write``), and replies still flow back until that
+  side ends too. ``nc -N`` through the proxy gets every byte back.
 * When either side closes, the other is closed once its outbox is sent: the
   woken ``data`` call returns the outbox with ``Action.CLOSE``.
 * A dial that fails (``opened`` with ``info.closing``, then ``closed`` with
   the error) closes its client the same way.
 
-The proxy does not pass half-closes through: evio closes a connection when
-its peer ends its stream, so the other side is closed too.
+The guide "Back-pressure in a proxy" walks through this file.
 
 Stop it with Ctrl-C (or SIGTERM).
 """
@@ -41,6 +50,9 @@ MAX_EARLY = 4 * 1024 * 1024
 """Bytes a client may send before its upstream connects; more closes it."""
 DIAL_TIMEOUT = 10.0
 """Seconds an upstream has to accept the connection."""
+HIGH_WATER = 65536
+"""Pending output on one side past which the other side is paused (the
+loop's own default high-water mark, so ``drained`` follows)."""
 
 
 _Reply: TypeAlias = bytes | tuple[bytes | None, evio.Action] | evio.Action | None
@@ -56,6 +68,8 @@ class _Side:
     outbox: list[bytes] = field(default_factory=list)  # to send on this side
     pending: int = 0  # bytes in outbox
     closing: bool = False  # the peer is gone: close after the outbox
+    ended: bool = False  # the peer ended its stream: shut our write half after the outbox
+    paused: bool = False  # we paused reading here: the peer has too much pending
 
     def take(self) -> bytes:
         out = b"".join(self.outbox)
@@ -111,14 +125,22 @@ def main(argv: list[str] | None = None) -> int:
         # close at once if that client has already gone.
         side = sides[id]
         side.open = True
+        if side.ended and not side.closing:
+            server.shutdown_write(id)  # after the output returned here
         return side.take() or None, evio.Action.CLOSE if side.closing else evio.Action.NONE
 
     def data(id: int, data: bytes | None) -> _Reply:
         side = sides[id]
+        assert server is not None
         if data is None:
-            # Woken by the peer: send its bytes; close after them if it left.
+            # Woken by the peer: send its bytes; close after them if it
+            # left, or shut our write half after them if it ended its stream.
             out = side.take()
-            return (out, evio.Action.CLOSE) if side.closing else out
+            if side.closing:
+                return out, evio.Action.CLOSE
+            if side.ended:
+                server.shutdown_write(id)  # the FIN goes after `out`
+            return out
         peer = sides.get(side.peer)
         if peer is None:
             return None  # the peer is gone and this side is closing: drop it
@@ -129,9 +151,34 @@ def main(argv: list[str] | None = None) -> int:
         if len(peer.outbox) == 1:
             # One wake per batch: while the outbox is not empty, a wake is
             # already on its way and its data() call will take these bytes.
-            assert server is not None
             server.wake(peer.id)
+        # Back-pressure: the peer is not taking what it has; stop reading
+        # here until the loop says it has drained (drained, below). The
+        # outbox itself holds at most one turn's reads: the wake empties it.
+        if server.pending(peer.id) > HIGH_WATER and not side.paused:
+            side.paused = server.pause(id)
         return None
+
+    def drained(id: int) -> None:
+        # This side's pending output fell to the low-water mark: read the
+        # other side again if we paused it for this one.
+        side = sides.get(id)
+        other = sides.get(side.peer) if side is not None else None
+        if other is not None and other.paused:
+            assert server is not None
+            other.paused = False
+            server.resume(other.id)
+
+    def eof(id: int) -> None:
+        # This side ended its stream: pass the half-close on. The other
+        # side's write half is shut once its outbox is sent; this side stays
+        # writable for the replies.
+        peer = sides.get(sides[id].peer)
+        if peer is not None and not peer.closing:
+            peer.ended = True
+            if peer.open:
+                assert server is not None
+                server.wake(peer.id)  # its data(id, None) sends, then shuts
 
     def closed(id: int, err: BaseException | None) -> None:
         side = sides.pop(id)
@@ -145,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
                 assert server is not None
                 server.wake(peer.id)  # its data(id, None) returns CLOSE
 
-    events = evio.Events(serving=serving, opened=opened, data=data, closed=closed)
+    events = evio.Events(serving=serving, opened=opened, data=data, closed=closed,
+                         drained=drained, eof=eof)
     try:
         evio.serve(events, f"tcp://{host}:{args.port}", poller=args.poller)
     except (ValueError, OSError) as e:

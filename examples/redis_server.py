@@ -66,6 +66,11 @@ MAX_RESPONSE = 16 * 1024 * 1024
 """The longest response WGET keeps; a longer one is an error."""
 TICK = 0.2
 """Seconds between ticks: how soon a WGET timeout is noticed."""
+HIGH_WATER = 65536
+"""Replies pending past which a client's pipelined commands wait (the
+loop's own high-water mark, so ``drained`` follows)."""
+DEFAULT_MAX_OUTPUT = 256 * 1024 * 1024
+"""``--max-output``'s default: replies one client may have pending."""
 
 _NONE = evio.Action.NONE
 _Reply: TypeAlias = bytes | tuple[bytes | None, evio.Action] | evio.Action | evio.Options | None
@@ -96,6 +101,7 @@ class _Client:
     action: evio.Action = evio.Action.NONE  # QUIT or SHUTDOWN ends the batch
     resp3: bool = False  # the client said HELLO 3
     null: bytes = resp.NIL  # "no value" in the client's protocol
+    held: bool = False  # too many replies pending: commands wait for drained()
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,10 +124,18 @@ class RedisClone:
     Args:
         max_buffer: Most bytes one client may have buffered in a request
             that is not finished (`resp.Parser`'s ``max_buffer``).
+        timeout: Seconds of silence after which a client is closed (Redis's
+            ``timeout``); ``None``: never.
+        max_output: Most bytes of replies one client may have pending
+            (Redis's ``client-output-buffer-limit``); past it the client
+            is closed. ``None``: no limit.
     """
 
-    def __init__(self, max_buffer: int = resp.DEFAULT_MAX_BUFFER) -> None:
+    def __init__(self, max_buffer: int = resp.DEFAULT_MAX_BUFFER, timeout: float | None = None,
+                 max_output: int | None = DEFAULT_MAX_OUTPUT) -> None:
         self.max_buffer = max_buffer
+        self.timeout = timeout
+        self.max_output = max_output
         self.db: dict[bytes, bytes] = {}
         self.clients: dict[int, _Client] = {}
         self.fetches: dict[int, _Fetch] = {}  # by the dialed connection's id
@@ -129,7 +143,7 @@ class RedisClone:
 
     def events(self) -> evio.Events:
         return evio.Events(serving=self.serving, opened=self.opened, data=self.data,
-                           closed=self.closed, tick=self.tick)
+                           closed=self.closed, tick=self.tick, drained=self.drained)
 
     # ------------------------------------------------------------ callbacks
 
@@ -146,7 +160,8 @@ class RedisClone:
         if info.addr_index >= 0:
             self.clients[id] = _Client(id, resp.Parser(max_buffer=self.max_buffer))
             # The parser copies what it is fed, so the loop's buffer will do.
-            return evio.Options(reuse_input_buffer=True)
+            return evio.Options(reuse_input_buffer=True, idle_timeout=self.timeout,
+                                max_pending=self.max_output)
         # A WGET's connection. If it failed, closed(id, err) follows.
         f = self.fetches[id]
         if info.closing:
@@ -159,12 +174,14 @@ class RedisClone:
         c = self.clients.get(id)
         if c is None:
             return self._fetched(self.fetches[id], data)
-        if c.fetch is not None and data is not None:
-            # Waiting for a WGET: keep the input, but not without bound.
-            c.parser.feed(data)
-            if c.parser.buffered > self.max_buffer:
-                message = f"ERR Protocol error: request larger than {self.max_buffer} bytes"
-                return resp.error(message), evio.Action.CLOSE
+        if c.fetch is not None or c.held:
+            # Waiting for a WGET or for replies to drain: keep the input,
+            # but not without bound.
+            if data is not None:
+                c.parser.feed(data)
+                if c.parser.buffered > self.max_buffer:
+                    message = f"ERR Protocol error: request larger than {self.max_buffer} bytes"
+                    return resp.error(message), evio.Action.CLOSE
             return None
         return self._run(c, data)
 
@@ -182,6 +199,15 @@ class RedisClone:
             self._answer(f, f"{_reason(err)}")
         else:
             self._answer(f, resp.bulk(b"".join(f.chunks)))
+
+    def drained(self, id: int) -> _Reply:
+        # The client read its replies down to the low-water mark: go on
+        # with the commands that waited.
+        c = self.clients.get(id)
+        if c is None or not c.held:
+            return None
+        c.held = False
+        return self._run(c)
 
     def tick(self) -> float | evio.Action:
         now = time.monotonic()
@@ -207,12 +233,27 @@ class RedisClone:
         as one write. A command that makes the client wait (WGET) or ends
         the batch (QUIT, SHUTDOWN) stops it; the commands after it stay in
         the parser, unparsed.
+
+        A client that pipelines commands without reading their replies
+        waits too: once a batch of replies passes `HIGH_WATER` bytes, the
+        rest of its commands stay in the parser and the client is woken to
+        go on; if by then its replies are still pending above the mark, it
+        waits for ``drained``. So one client's pipeline of large replies
+        cannot fill memory or hold the loop. (On a read the check is not
+        needed: the loop reads a connection only while its pending output
+        is at most the same mark.)
         """
         out = []
         if c.answer:
             out.append(c.answer)
             c.answer = b""
+        if data is None:
+            assert self.server is not None
+            if self.server.pending(c.id) > HIGH_WATER:
+                c.held = True  # over the loop's high-water mark: drained() follows
+                return b"".join(out) or None
         if c.fetch is None:
+            size = 0
             try:
                 for argv in c.parser.commands(data):
                     if len(argv) == 1 and (reply := _CONSTANT.get(argv[0])) is not None:
@@ -228,8 +269,13 @@ class RedisClone:
                     if (arity > 0 and n != arity) or n < -arity:
                         out.append(_wrong_arguments(command.name))
                         continue
-                    out.append(command.run(self, c, argv))
+                    reply = command.run(self, c, argv)
+                    out.append(reply)
                     if command.ends_batch and (c.fetch is not None or c.action is not _NONE):
+                        break
+                    size += len(reply)
+                    if size > HIGH_WATER:
+                        self._wake(c.id)  # the rest next turn, once these are written
                         break
             except resp.ProtocolError as e:
                 # Like Redis: answer the commands before it, then the error, then close.
@@ -482,15 +528,25 @@ def main(argv: list[str] | None = None) -> int:
                         metavar="BYTES",
                         help="most bytes of an unfinished request one client may have "
                              "buffered; more is a protocol error (default: 64 MiB)")
+    parser.add_argument("--timeout", type=float, default=0, metavar="SECONDS",
+                        help="close a client idle this long, like Redis's timeout "
+                             "(default: 0, never)")
+    parser.add_argument("--max-output", type=int, default=DEFAULT_MAX_OUTPUT, metavar="BYTES",
+                        help="close a client with more replies pending than this, like "
+                             "Redis's client-output-buffer-limit (default: 256 MiB; 0: no limit)")
     args = parser.parse_args(argv)
     if args.max_buffer < 1:
         parser.error("--max-buffer must be at least 1")
+    if not 0 <= args.timeout < math.inf:
+        parser.error("--timeout must be 0 or a positive number of seconds")
+    if args.max_output < 0:
+        parser.error("--max-output must be 0 or more")
 
     host = f"[{args.host}]" if ":" in args.host else args.host
     addrs = [f"tcp://{host}:{args.port}"]
     if args.unixsocket:
         addrs.append(f"unix://{args.unixsocket}")
-    app = RedisClone(args.max_buffer)
+    app = RedisClone(args.max_buffer, args.timeout or None, args.max_output or None)
     try:
         evio.serve(app.events(), *addrs, poller=args.poller)
     except (ValueError, OSError) as e:

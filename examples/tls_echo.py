@@ -21,6 +21,12 @@ so that clients can verify the server::
 ``should`` function passed to ``evio.translate`` chooses which connections
 speak TLS by the listener that accepted them (``info.addr_index``).
 
+A connection silent for ``--idle-timeout`` seconds (60) is closed, and so
+is one whose TLS handshake has not finished within ``--handshake-timeout``
+seconds (10): a client that stops mid-handshake is not held for ever.
+``tick`` finds those and wakes them; their ``data(id, None)`` answers
+``CLOSE``.
+
 Stop it with Ctrl-C (or SIGTERM): every TLS connection is sent a
 ``close_notify`` and closed, and the throwaway files are removed.
 """
@@ -31,6 +37,7 @@ import argparse
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import evio
@@ -77,7 +84,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poller", choices=evio.available_pollers(),
                         help="poller backend (default: the best available)")
     parser.add_argument("--quiet", action="store_true", help="do not log connections")
+    parser.add_argument("--idle-timeout", type=float, default=60.0, metavar="SECONDS",
+                        help="close a connection silent this long (default: 60; 0: never)")
+    parser.add_argument("--handshake-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="close a connection whose TLS handshake is not done this long "
+                             "after it opened (default: 10)")
     args = parser.parse_args(argv)
+    if not 0 <= args.idle_timeout < float("inf"):
+        parser.error("--idle-timeout must be 0 or a positive number of seconds")
+    if not 0 < args.handshake_timeout < float("inf"):
+        parser.error("--handshake-timeout must be a positive number of seconds")
     if args.key and not args.cert:
         parser.error("--key needs --cert")
 
@@ -111,6 +127,11 @@ def run(args: argparse.Namespace, cert: str, key: str | None) -> int:
 
     # TLS connections whose handshake we have not logged yet, by id.
     sessions: dict[int, TLSTranslator] = {}
+    # Handshakes not yet done, with their deadlines; and those past it.
+    deadlines: dict[int, float] = {}
+    late: set[int] = set()
+    options = evio.Options(idle_timeout=args.idle_timeout or None)
+    running: list[evio.Server] = []
 
     # Which connections speak TLS: asked once per connection, as it opens.
     def should(id: int, info: evio.Info) -> bool:
@@ -120,23 +141,46 @@ def run(args: argparse.Namespace, cert: str, key: str | None) -> int:
     def factory(id: int, info: evio.Info) -> TLSTranslator:
         tls = TLSTranslator(context, server_side=True)
         sessions[id] = tls
+        deadlines[id] = time.monotonic() + args.handshake_timeout
         return tls
 
     def serving(server: evio.Server) -> None:
         # SIGINT, SIGTERM and SIGHUP stop the loop cleanly: Server.stop() is
         # safe in a signal handler, and the loop wakes for it at once.
+        running.append(server)  # kept for wake
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, lambda signum, frame: server.stop())
         where = ", ".join(f"{a} ({'TLS' if i == TLS_LISTENER else 'plain'})"
                           for i, a in enumerate(server.addrs))
         print(f"tls echo server listening on {where} (poller: {server.poller})", flush=True)
 
-    def opened(id: int, info: evio.Info) -> None:
+    def opened(id: int, info: evio.Info) -> evio.Options:
         if not args.quiet:
             kind = "TLS" if id in sessions else "plain"
             print(f"{id}: opened from {info.remote_addr} ({kind})", flush=True)
+        return options
 
-    def data(id: int, data: bytes) -> bytes:
+    def tick() -> float:
+        now = time.monotonic()
+        for id, deadline in list(deadlines.items()):
+            tls = sessions.get(id)
+            if tls is None or tls.handshake_done:
+                del deadlines[id]
+            elif now >= deadline:
+                del deadlines[id]
+                late.add(id)
+                running[0].wake(id)  # its data(id, None) answers CLOSE
+        return 0.25
+
+    def data(id: int, data: bytes | None) -> bytes | evio.Action | None:
+        if data is None:  # a wake: only tick asks for one
+            if id in late:
+                late.discard(id)
+                if not args.quiet:
+                    print(f"{id}: TLS handshake not done in {args.handshake_timeout:g}s",
+                          flush=True)
+                return evio.Action.CLOSE
+            return None
         # The first plaintext proves the handshake is done: say what it chose.
         tls = sessions.pop(id, None)
         if tls is not None and not args.quiet:
@@ -147,10 +191,12 @@ def run(args: argparse.Namespace, cert: str, key: str | None) -> int:
 
     def closed(id: int, err: BaseException | None) -> None:
         sessions.pop(id, None)
+        deadlines.pop(id, None)
+        late.discard(id)
         if not args.quiet:
             print(f"{id}: closed" + (f" ({err!r})" if err else ""), flush=True)
 
-    events = evio.Events(serving=serving, opened=opened, data=data, closed=closed)
+    events = evio.Events(serving=serving, opened=opened, data=data, closed=closed, tick=tick)
     # The callbacks above see plaintext; `should` keeps the plain port plain
     # (passing None instead would translate every connection).
     events = evio.translate(events, should, factory)

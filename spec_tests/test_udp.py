@@ -259,7 +259,7 @@ def test_too_large_a_datagram_forgets_the_remote_with_the_error(poller: str, udp
         name = c.getsockname()
     [err] = [e for i, e in rec.of("closed") if i == 1]
     assert isinstance(err, OSError) and err.errno == errno.EMSGSIZE
-    assert rec.kinds(1) == ["opened", "data", "pre", "post", "closed"]
+    assert rec.kinds(1) == ["opened", "data", "pre", "post", "closed"]  # LOOP-21
     assert rec.of("pre")[0] == (1, 70000)
     assert rec.of("post")[0] == (1, (0, 0))  # the failed send is reported too
     assert rec.kinds(2)[:4] == ["opened", "data", "pre", "post"]

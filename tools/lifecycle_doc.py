@@ -16,10 +16,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from evio.lifecycle import LIFECYCLE, On  # noqa: E402
+from evio.lifecycle import LIFECYCLE, On, State  # noqa: E402
 
 PAGE = ROOT / "docs" / "spec" / "loop.md"
 BEGIN, END = "<!-- lifecycle:begin -->", "<!-- lifecycle:end -->"
+
+
+def _id(state: str) -> str:
+    """A mermaid state id for a state's name."""
+    return state.replace(" ", "_")
 
 
 def _wrap(text: str, width: int = 18) -> str:
@@ -52,9 +57,12 @@ def render() -> str:
         if t.source == t.target:
             stays.setdefault(t.source.value, []).append(t.event.value)
         elif t.event is not On.SHUTDOWN:
-            edges.setdefault((t.source.value, t.target.value), []).append(_wrap(t.event.value))
+            edges.setdefault((_id(t.source.value), _id(t.target.value)), []).append(
+                _wrap(t.event.value))
     shut = [t.source.value for t in LIFECYCLE if t.event is On.SHUTDOWN]
     diagram = ["```mermaid", "stateDiagram-v2", "    [*] --> opening", "    [*] --> dialing"]
+    # A state id cannot hold a space: "writing only" is drawn from writing_only.
+    diagram += [f'    state "{s.value}" as {_id(s.value)}' for s in State if " " in s.value]
     for (source, target), events in edges.items():
         diagram.append(f"    {source} --> {target}: {'<br/>'.join(events)}")
     diagram += ["    closed --> [*]", "```"]

@@ -1,0 +1,217 @@
+"""Flow: what the application may do to a stream's flow -- options, pause,
+resume, half-close, output limits, idle timeouts.
+
+Theory of operation
+-------------------
+`evio.streams` moves bytes; this module holds the decisions an application
+takes *about* a connection's flow, mixed into `evio.streams.Streams` as
+`Flow`.  None of it is on the hot path (read -> ``data`` -> write): each
+piece runs when the application asks, when output is queued behind output
+already pending, or when the peer ends its stream.
+
+The traps, and what we chose:
+
+* **A callback answers only its own connection; a proxy's bytes go to the
+  other one.**  So flow control across connections cannot be "pause while
+  *my* output is pending" alone (rule REL-1): `Flow.pause` and
+  `Flow.resume` stop and restart reading from *any* connection, on top of
+  its water marks, as asyncio's ``pause_reading``/``resume_reading`` do;
+  ``drained(id)`` tells the application when a connection that went over
+  its high-water mark is back at its low-water mark, the moment to resume
+  the other side.
+* **A paused socket with nothing pending has no interest at all, but a
+  hang-up is reported anyway** (epoll and poll always report ``HUP`` and
+  ``ERR``).  Ignoring the report would spin the loop, so `Flow.hung_up`
+  reads the socket's pending error and closes with it.
+* **The end of the peer's stream is not the end of ours.**  ``nc -N``,
+  ``shutdown(SHUT_WR)`` and HTTP/1.0 clients send FIN and still wait for
+  the answer.  By default the connection finishes as before (LOOP-13);
+  with an ``eof`` callback it becomes *writing only* (asyncio's
+  ``eof_received``), and `Flow.shutdown_write` sends our FIN after
+  everything pending (asyncio's ``write_eof``).  The FIN waits for the end
+  of the loop turn in which it was asked for -- a timer of delay 0 -- so
+  output returned by the callback that asked goes first.
+* **TLS 1.2 has no half-close**, so a translated connection ignores
+  ``eof`` (the peer's end finishes it, as before) and ``shutdown_write``
+  finishes it: pending output, the translator's goodbye (``close_notify``),
+  then the socket closes.
+* **A hard output limit** (``Options.max_pending``) is checked only where
+  output is queued behind output already pending; past it, the connection
+  is closed at once with `evio.OutputLimitError`, its output dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from functools import partial
+from typing import Any
+
+from .callbacks import Policy
+from .events import Events, Options, OutputLimitError
+from .lifecycle import LIVE, READABLE, Conn, On, State, move
+from .pollers import Poller
+from .timers import Timers
+
+__all__ = ["Flow"]
+
+_OPEN = State.OPEN
+_WRITE_ONLY = State.WRITE_ONLY
+_WRITING = (State.OPEN, State.WRITE_ONLY)
+
+
+class Flow:
+    """The flow-control half of `evio.streams.Streams` (a mixin)."""
+
+    ev: Events
+    poller: Poller
+    timers: Timers
+    policy: Policy
+    by_id: dict[int, Conn]
+
+    # Provided by Streams.
+    def sync(self, c: Conn) -> None: ...
+
+    def read(self, c: Conn) -> None: ...
+
+    def close(self, c: Conn, on: On, err: BaseException | None) -> None: ...
+
+    def finish(self, c: Conn, on: On, err: BaseException | None) -> None: ...
+
+    # -------------------------------------------------------------- options
+
+    def configure(self, c: Conn, options: Options) -> None:
+        """Apply the `Options` ``opened`` returned."""
+        c.reuse_input = options.reuse_input_buffer
+        c.high_water, c.low_water = options.high_water, options.low_water
+        c.max_pending = options.max_pending
+        if options.idle_timeout is not None:
+            c.idle_timeout = options.idle_timeout
+            c.last_active = time.monotonic()
+            self.timers.cancel(c.idle_timer)
+            c.idle_timer = self.timers.at(c.last_active + c.idle_timeout, partial(self._idle, c))
+        ka = options.tcp_keepalive
+        if ka is not None and c.sock.family != socket.AF_UNIX:
+            s = c.sock
+            secs = max(1, round(ka))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            if hasattr(socket, "TCP_KEEPIDLE"):
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, secs)
+            elif sys.platform == "darwin":  # pragma: no cover - macOS spelling
+                s.setsockopt(socket.IPPROTO_TCP, 0x10, secs)  # TCP_KEEPALIVE
+            if hasattr(socket, "TCP_KEEPINTVL"):
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, secs)
+
+    def _idle(self, c: Conn) -> None:
+        """The idle timer fired: close ``c`` if nothing moved since, else look again."""
+        c.idle_timer = None
+        if c.state not in LIVE or c.idle_timeout is None:
+            return
+        due = c.last_active + c.idle_timeout
+        if due > time.monotonic():
+            c.idle_timer = self.timers.at(due, partial(self._idle, c))
+            return
+        c.pending.clear()  # nobody is reading it: an idle peer gets nothing more
+        self.close(c, On.IDLE, TimeoutError(f"connection {c.id} idle for {c.idle_timeout}s"))
+
+    # -------------------------------------------------------- pause, resume
+
+    def pause(self, cid: int) -> bool:
+        """`evio.Server.pause`: stop reading ``cid`` until `resume`."""
+        c = self.by_id.get(cid)
+        if c is None or c.state not in READABLE:
+            return False
+        if not c.held:
+            c.held = True
+            move(c, On.PAUSED)
+            self.sync(c)
+        return True
+
+    def resume(self, cid: int) -> bool:
+        """`evio.Server.resume`: read ``cid`` again (unless over its high-water mark)."""
+        c = self.by_id.get(cid)
+        if c is None or c.state not in READABLE:
+            return False
+        if c.held:
+            c.held = False
+            move(c, On.RESUMED)
+            self.sync(c)
+        return True
+
+    def hung_up(self, c: Conn) -> None:
+        """A report for a connection with no interest: a hang-up, an error,
+        or a report from before this turn paused it."""
+        err = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            c.pending.clear()
+            self.close(c, On.IO_ERROR, OSError(err, os.strerror(err)))
+            return
+        if c.state not in READABLE:
+            return
+        try:
+            peek = c.sock.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return  # nothing there: a stale report
+        except OSError as e:
+            self.close(c, On.IO_ERROR, e)
+            return
+        if not peek:
+            self.read(c)  # the peer's end of stream, though paused: finish
+
+    # ---------------------------------------------------------- half-close
+
+    def peer_ended(self, c: Conn) -> None:
+        """The peer ended its stream on an open connection with ``eof`` set."""
+        move(c, On.HALF_CLOSE)
+        side: Any = self  # a Streams
+        self.policy.call(side, c, "eof")
+
+    def shutdown_write(self, cid: int) -> bool:
+        """`evio.Server.shutdown_write`: FIN once nothing is pending."""
+        c = self.by_id.get(cid)
+        if c is None or c.state not in _WRITING:
+            return False
+        if not c.fin_wanted:
+            c.fin_wanted = True
+            # At the end of this turn: output returned by the callback that
+            # asked (and by any other this turn) is queued before the FIN.
+            self.timers.at(time.monotonic(), partial(self._fin_due, c))
+        return True
+
+    def _fin_due(self, c: Conn) -> None:
+        if c.state not in _WRITING:
+            return
+        if c.translator is not None:
+            self.finish(c, On.CLOSE, None)  # goodbye (close_notify), then close
+        else:
+            self.sync(c)  # sends the FIN now if nothing is pending
+
+    def send_fin(self, c: Conn) -> None:
+        """Nothing is pending and a FIN is wanted: shut our write side."""
+        c.fin_wanted = False
+        try:
+            c.sock.shutdown(socket.SHUT_WR)
+        except OSError as e:
+            self.close(c, On.IO_ERROR, e)
+            return
+        if c.state is _WRITE_ONLY:
+            self.close(c, On.FIN_SENT, c.err)  # both ends are done
+        else:
+            move(c, On.FIN_SENT)
+
+    # --------------------------------------------------------- output limit
+
+    def over_limit(self, c: Conn) -> None:
+        """More than ``max_pending`` bytes are pending: close ``c`` now."""
+        n, limit = len(c.pending), c.max_pending
+        c.pending.clear()
+        self.close(c, On.OVER_LIMIT, OutputLimitError(
+            f"connection {c.id}: {n} bytes of output pending, over its limit of {limit} "
+            f"(Options.max_pending)"))
+
+    def drained(self, c: Conn) -> None:
+        """Output fell to the low-water mark after the high-water mark: ``drained``."""
+        side: Any = self  # a Streams
+        self.policy.call(side, c, "drained")

@@ -1,0 +1,342 @@
+"""The examples under attack: the proxy, the Redis clone and UDP, run as
+real processes and measured from /proc (docs/spec/reliability.md,
+*Examples under attack*). Bounds, not timings: each attack runs for a
+fixed time or a fixed amount of data, then the server's resident memory
+(``VmRSS``, peak ``VmHWM``) is read from ``/proc/<pid>/status``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import socketserver
+import threading
+import time
+from typing import Any
+
+import pytest
+from harness import connect_to, read_until_eof, recv_exactly
+from test_examples_more import TIMEOUT, Upstream, example, proxy, stop
+
+MiB = 1 << 20
+
+
+def memory(pid: int) -> dict[str, int]:
+    """``VmRSS`` and ``VmHWM`` of a process, in bytes."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0]) * 1024
+    return out
+
+
+class Firehose:
+    """A threaded TCP server that either streams zeros at whoever connects
+    and never reads (``stream=True``, like ``socat ... OPEN:/dev/zero``), or
+    reads nothing and sends nothing (``stream=False``)."""
+
+    def __init__(self, stream: bool) -> None:
+        self.stream = stream
+        self.stop = threading.Event()
+        owner = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                s = self.request
+                s.settimeout(0.2)
+                zeros = bytes(MiB)
+                while not owner.stop.is_set():
+                    try:
+                        if owner.stream:
+                            s.send(zeros)
+                        else:
+                            time.sleep(0.05)
+                    except TimeoutError:
+                        continue
+                    except OSError:
+                        return
+
+        class Server(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+            block_on_close = False
+            allow_reuse_address = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever,
+                                       kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def address(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"tcp://{host!s}:{port}"
+
+    def __enter__(self) -> Firehose:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(TIMEOUT)
+
+
+def _flood(s: socket.socket, seconds: float) -> int:
+    """Send zeros without blocking for ``seconds``; return how many went."""
+    s.setblocking(False)
+    zeros, sent, end = bytes(MiB), 0, time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            sent += s.send(zeros)
+        except BlockingIOError:
+            time.sleep(0.01)
+    return sent
+
+
+# ---------------------------------------------------------------- proxy
+
+
+@pytest.mark.rule("REL-14", "REL-7", "REL-8")
+@pytest.mark.parametrize("direction", ["client-never-reads", "upstream-never-reads"])
+def test_proxy_memory_is_bounded_whoever_does_not_read(poller: str, direction: str) -> None:
+    streaming = direction == "client-never-reads"
+    with Firehose(stream=streaming) as up, proxy(up.address, "--poller", poller) as (proc, port):
+        with connect_to(("127.0.0.1", port), TIMEOUT) as warm:  # imports, first dial
+            warm.sendall(b"x")
+            time.sleep(0.3)
+        before = memory(proc.pid)["VmRSS"]
+        with connect_to(("127.0.0.1", port), TIMEOUT) as c:
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            if streaming:
+                time.sleep(3.0)  # the upstream streams; the client reads nothing
+            else:
+                assert _flood(c, 3.0) > 0  # the client streams; the upstream reads nothing
+            grown = memory(proc.pid)["VmRSS"] - before
+        print(f"proxy ({poller}, {direction}): grew {grown / MiB:.1f} MiB in 3 s")
+        assert grown < 10 * MiB
+        stop(proc)
+
+
+@pytest.mark.rule("REL-15", "REL-11", "REL-12")
+def test_proxy_passes_half_close_through_every_byte_comes_back(poller: str) -> None:
+    payload = os.urandom(MiB)
+    with Upstream() as up, proxy(up.address, "--poller", poller) as (proc, port):
+        for _ in range(3):
+            with connect_to(("127.0.0.1", port), TIMEOUT) as c:  # what `nc -N` does
+                c.sendall(payload)
+                c.shutdown(socket.SHUT_WR)
+                got = read_until_eof(c)
+            assert len(got) == len(payload) and got == payload
+        stop(proc)
+
+
+# ---------------------------------------------------------- Redis clone
+
+
+def _command(*words: bytes) -> bytes:
+    return b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
+
+
+def _set_bigkey(port: int, size: int) -> None:
+    with connect_to(("127.0.0.1", port), TIMEOUT) as s:
+        s.sendall(_command(b"SET", b"bigkey", b"v" * size))
+        assert recv_exactly(s, 5) == b"+OK\r\n"
+
+
+def _ping_times(port: int, n: int = 20) -> list[float]:
+    times = []
+    with connect_to(("127.0.0.1", port), TIMEOUT) as s:
+        for _ in range(n):
+            started = time.monotonic()
+            s.sendall(b"PING\r\n")
+            assert recv_exactly(s, 7) == b"+PONG\r\n"
+            times.append(time.monotonic() - started)
+            time.sleep(0.05)
+    return times
+
+
+def _send_all_without_reading(s: socket.socket, data: bytes, seconds: float) -> int:
+    s.setblocking(False)
+    sent, end = 0, time.monotonic() + seconds
+    while sent < len(data) and time.monotonic() < end:
+        try:
+            sent += s.send(data[sent:])
+        except BlockingIOError:
+            time.sleep(0.01)
+    return sent
+
+
+@pytest.mark.rule("REL-16", "REL-8")
+def test_redis_pipelined_big_gets_from_a_client_that_never_reads(poller: str) -> None:
+    with example("redis_server.py", "--poller", poller) as (proc, port):
+        _set_bigkey(port, MiB)
+        with connect_to(("127.0.0.1", port), TIMEOUT) as attacker:
+            attacker.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            gets = _command(b"GET", b"bigkey") * 2600
+            sent = _send_all_without_reading(attacker, gets, 3.0)
+            times = _ping_times(port)
+            hwm = memory(proc.pid)["VmHWM"]
+            print(f"redis ({poller}): {sent} of {len(gets)} bytes of GETs taken; "
+                  f"peak RSS {hwm / MiB:.1f} MiB; PING max {max(times) * 1000:.1f} ms")
+            assert hwm < 100 * MiB
+            assert max(times) < 0.1
+            attacker.setblocking(True)
+            attacker.settimeout(TIMEOUT)
+            head = recv_exactly(attacker, 3 * (MiB + 12))  # the replies are all there, in order
+            assert head == (b"$1048576\r\n" + b"v" * MiB + b"\r\n") * 3
+        stop(proc)
+
+
+@pytest.mark.rule("REL-17", "REL-4", "REL-10")
+def test_redis_timeout_and_max_output(poller: str) -> None:
+    with example("redis_server.py", "--poller", poller, "--timeout", "0.5",
+                 "--max-output", str(MiB)) as (proc, port):
+        _set_bigkey(port, 16 * MiB)
+        with connect_to(("127.0.0.1", port), TIMEOUT) as idle, \
+                connect_to(("127.0.0.1", port), TIMEOUT) as greedy:
+            greedy.sendall(_command(b"GET", b"bigkey"))  # and do not read, for now
+            started = time.monotonic()
+            assert read_until_eof(idle) == b""  # closed for idling
+            assert 0.4 < time.monotonic() - started < 5
+            # closed over the output limit: what the kernel had taken, then the end
+            assert len(read_until_eof(greedy)) < 16 * MiB
+            assert max(_ping_times(port, 3)) < 1.0  # the server goes on
+        stop(proc)
+
+
+# ------------------------------------------------------------------ UDP
+
+_UDP_SERVER = """
+import signal, sys
+import evio
+counts = {"opened": 0, "closed": 0}
+def serving(server):
+    signal.signal(signal.SIGTERM, lambda *a: server.stop())
+    print("listening on", server.addrs[0], flush=True)
+def opened(id, info):
+    counts["opened"] += 1
+def closed(id, err):
+    counts["closed"] += 1
+def tick():
+    print(counts["opened"], counts["closed"], flush=True)
+    return 0.2
+evio.serve(evio.Events(serving=serving, opened=opened, closed=closed, tick=tick,
+                       data=lambda id, d: None, udp_idle_timeout=float(sys.argv[1])),
+           "udp://127.0.0.1:0", poller=sys.argv[2])
+"""
+
+
+@pytest.mark.rule("REL-18", "UDP-10", "UDP-11")
+def test_udp_remotes_from_300k_sources_are_forgotten(poller: str) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", _UDP_SERVER, "1.0", poller],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        banner = proc.stdout.readline()
+        port = int(banner.split(", ")[1].split(")")[0])
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")),
+                                  daemon=True)
+        reader.start()
+
+        def counts() -> tuple[int, int]:
+            opened, closed = lines[-1].split() if lines else ("0", "0")
+            return int(opened), int(closed)
+
+        def flood(n: int, first: int) -> None:
+            for i in range(first, first + n):
+                ip = f"127.{1 + (i >> 16) % 250}.{(i >> 8) & 255}.{i & 255 or 1}"
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                    s.bind((ip, 0))
+                    s.sendto(b"x", ("127.0.0.1", port))
+                if i % 2000 == 0:
+                    time.sleep(0.002)  # let the server keep up: drops make no remotes
+
+        flood(5000, 0)  # warm up: imports, first allocations
+        end = time.monotonic() + TIMEOUT
+        while counts()[1] < counts()[0] or counts()[0] == 0:
+            assert time.monotonic() < end, "warm-up remotes never forgotten"
+            time.sleep(0.1)
+        before = memory(proc.pid)["VmRSS"]
+        flood(300_000, 5000)
+        peak = memory(proc.pid)
+        end = time.monotonic() + TIMEOUT
+        while counts()[1] < counts()[0]:
+            assert time.monotonic() < end, f"remotes never forgotten: {counts()}"
+            time.sleep(0.1)
+        after = memory(proc.pid)["VmRSS"]
+        opened, _ = counts()
+        print(f"udp ({poller}): {opened - 5000} remotes; RSS {before / MiB:.1f} MiB before, "
+              f"{peak['VmRSS'] / MiB:.1f} at the end of the flood, {after / MiB:.1f} once idle")
+        assert opened > 100_000  # the rest were dropped by the kernel: no remote
+        # Every object is freed (sys.getallocatedblocks() returns to where it
+        # was); what stays is CPython's allocator keeping partly used arenas.
+        assert after - before < 16 * MiB
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=TIMEOUT)
+
+
+# ------------------------------------------------- HTTP and TLS examples
+
+
+def _closed_after(port: int, trickle: bytes = b"") -> float:
+    """Connect; send ``trickle`` a byte every 0.1 s (nothing if empty) and
+    read nothing else; return the seconds until the server closed."""
+    with connect_to(("127.0.0.1", port), TIMEOUT) as s:
+        started = time.monotonic()
+        s.settimeout(0.1)
+        i = 0
+        while time.monotonic() - started < TIMEOUT:
+            try:
+                if not s.recv(65536):
+                    return time.monotonic() - started
+            except TimeoutError:
+                if i < len(trickle):
+                    s.send(trickle[i:i + 1])
+                    i += 1
+            except ConnectionResetError:
+                return time.monotonic() - started
+    raise AssertionError("never closed")
+
+
+# The start of a TLS ClientHello record, sent a byte at a time: never complete.
+_HELLO_START = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(64))
+
+
+@pytest.mark.rule("REL-19", "REL-4", "TR-7")
+def test_http_example_idle_and_handshake_timeouts_and_400_on_the_https_port(
+        poller: str) -> None:
+    with example("http_server.py", "--poller", poller, "--tlsport", "0",
+                 "--idle-timeout", "0.5", "--handshake-timeout", "1.0") as (proc, port):
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("https on"), line
+        tls_port = int(line.split(", ")[1].split(")")[0])
+        with connect_to(("127.0.0.1", tls_port), TIMEOUT) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            answer = read_until_eof(s)
+        assert answer.startswith(b"HTTP/1.0 400 Bad Request\r\n"), answer
+        assert b"HTTP request to an HTTPS server" in answer
+        assert 0.4 < _closed_after(port) < 5  # idle on the plain port
+        assert 0.4 < _closed_after(tls_port) < 5  # idle before the handshake
+        # Trickling a handshake keeps it from idling, not from its deadline.
+        assert 0.9 < _closed_after(tls_port, _HELLO_START) < 5
+        stop(proc)
+
+
+@pytest.mark.rule("REL-19", "REL-4")
+def test_tls_echo_example_idle_and_handshake_timeouts(poller: str) -> None:
+    from test_example_tls import stop as stop_tls
+    from test_example_tls import tls_echo
+
+    with tls_echo("--poller", poller, "--quiet", "--idle-timeout", "0.5",
+                  "--handshake-timeout", "1.0") as ex:
+        assert 0.4 < _closed_after(ex.tls_port) < 5
+        assert 0.9 < _closed_after(ex.tls_port, _HELLO_START) < 5
+        stop_tls(ex)
