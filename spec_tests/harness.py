@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import os
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -371,3 +372,54 @@ def read_until_eof(c: socket.socket) -> bytes:
                 break
             buf += chunk
     return bytes(buf)
+
+
+def family_of(bound: Any) -> socket.AddressFamily:
+    """The address family of a listener's bound address."""
+    if isinstance(bound, str):
+        return socket.AF_UNIX
+    return socket.AF_INET6 if len(bound) == 4 else socket.AF_INET
+
+
+def small_socket(bound: Any, size: int = 4096, timeout: float = DEADLINE) -> socket.socket:
+    """A client with tiny socket buffers, set before ``connect`` so they hold.
+
+    (On Linux the kernel doubles the value and has a floor of a few KiB.)
+    """
+    s = socket.socket(family_of(bound), socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+        s.settimeout(timeout)
+        s.connect(bound)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def reset(s: socket.socket) -> None:
+    """Close with ``SO_LINGER`` 0: the peer gets a reset, not an end of stream."""
+    with contextlib.suppress(OSError):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+
+
+@contextlib.contextmanager
+def watching_transitions() -> Iterator[set[tuple[Any, Any, Any]]]:
+    """Collect every ``(source, event, target)`` the loop moves a connection
+    through while the block runs (`evio.lifecycle.observe`)."""
+    from evio.lifecycle import On, State, observe
+
+    seen: set[tuple[Any, Any, Any]] = set()
+    lock = threading.Lock()
+
+    def note(cid: int, src: State, on: On, dst: State) -> None:
+        with lock:
+            seen.add((src, on, dst))
+
+    stop = observe(note)
+    try:
+        yield seen
+    finally:
+        stop()

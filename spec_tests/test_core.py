@@ -10,13 +10,11 @@ import contextlib
 import logging
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,31 +26,20 @@ from harness import (
     open_descriptors,
     recv_all,
     recv_exactly,
+    reset,
     running,
+    small_socket,
     unanswered_listener,
     wait_for,
+    watching_transitions,
 )
 
 import evio
 from evio import Action
-from evio.lifecycle import FLOW_ROWS, LIFECYCLE, On, State, observe
+from evio.lifecycle import FLOW_ROWS, LIFECYCLE, On, State
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
-
-
-def _reset(s: socket.socket) -> None:
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    s.close()
-
-
-def _tiny(bound: Any) -> socket.socket:
-    """A tcp client with small buffers that will not read unless told."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.settimeout(DEADLINE)
-    s.connect(bound)
-    return s
 
 
 def _read_until(c: socket.socket, pred: Any, what: str) -> None:
@@ -66,22 +53,6 @@ def _read_until(c: socket.socket, pred: Any, what: str) -> None:
             if not c.recv(1 << 20):
                 break
     c.settimeout(DEADLINE)
-
-
-@contextlib.contextmanager
-def _watching() -> Iterator[set[tuple[State, On, State]]]:
-    seen: set[tuple[State, On, State]] = set()
-    lock = threading.Lock()
-
-    def note(cid: int, src: State, on: On, dst: State) -> None:
-        with lock:
-            seen.add((src, on, dst))
-
-    stop = observe(note)
-    try:
-        yield seen
-    finally:
-        stop()
 
 
 class _Boom(evio.Translator):
@@ -157,7 +128,7 @@ def test_the_loop_makes_every_transition_of_the_table_and_no_other(poller: str) 
                                     detached=lambda cid, conn: detached.append(conn)),
                         lambda cid, info: info.addr_index == 1, factory)
     addrs = ("tcp4://127.0.0.1:0",) * 3
-    with _watching() as seen, running(ev, *addrs, poller=poller) as r:
+    with watching_transitions() as seen, running(ev, *addrs, poller=poller) as r:
         server = r.server
         assert server is not None
         # 1: opening -> open; bytes read; peer's end -> flushing -> drained -> closed
@@ -174,21 +145,21 @@ def test_the_loop_makes_every_transition_of_the_table_and_no_other(poller: str) 
         # 4: a read error (a reset)
         c = r.connect()
         wait_for(lambda: 4 in rec.ids(), what="opened 4")
-        _reset(c)
+        reset(c)
         wait_for(lambda: 4 in closed_ids(), what="closed 4")
         # 5: above the high-water mark, then at the low-water mark again
-        c = _tiny(server.addrs[0])
+        c = small_socket(server.addrs[0])
         r.clients.append(c)
         c.sendall(b"flood")
         assert recv_exactly(c, len(big)) == big
         # 6: flushing -> closed on a write error
-        c = _tiny(server.addrs[0])
+        c = small_socket(server.addrs[0])
         c.sendall(b"drain")
         c.recv(1)
-        _reset(c)
+        reset(c)
         wait_for(lambda: 6 in closed_ids(), what="closed 6")
         # 7: flushing -> detached
-        c = _tiny(server.addrs[0])
+        c = small_socket(server.addrs[0])
         r.clients.append(c)
         wait_for(lambda: 7 in rec.ids(), what="opened 7")
         hooks[7] = "detach-flushing"
@@ -206,7 +177,7 @@ def test_the_loop_makes_every_transition_of_the_table_and_no_other(poller: str) 
         hooks[9] = "raise"
         c.sendall(b"hello")
         assert recv_all(c) == b""
-        c = _tiny(server.addrs[0])
+        c = small_socket(server.addrs[0])
         r.clients.append(c)
         wait_for(lambda: 10 in rec.ids(), what="opened 10")
         hooks[10] = "raise-flushing"
@@ -219,7 +190,7 @@ def test_the_loop_makes_every_transition_of_the_table_and_no_other(poller: str) 
         assert recv_all(c) == b""
         # 12, 13: idle timeout, open and flushing (listener 2)
         idle = r.connect(2)
-        c = _tiny(server.addrs[2])
+        c = small_socket(server.addrs[2])
         r.clients.append(c)
         c.sendall(b"drain")
         assert recv_all(idle) == b""
@@ -241,7 +212,7 @@ def test_the_loop_makes_every_transition_of_the_table_and_no_other(poller: str) 
             open_one = r.connect()
             open_one.sendall(b"hi")
             assert recv_exactly(open_one, 2) == b"hi"
-            flushing = _tiny(server.addrs[0])
+            flushing = small_socket(server.addrs[0])
             r.clients.append(flushing)
             flushing.sendall(b"drain")
             wait_for(lambda: drains() == 5, what="the last drain")
@@ -268,7 +239,7 @@ def test_shutdown_while_a_connection_is_still_opening(poller: str) -> None:
         raise KeyboardInterrupt
 
     ev = evio.translate(echo_events(rec), should, lambda cid, info: evio.Passthrough())
-    with _watching() as seen, running(ev, "tcp4://127.0.0.1:0", poller=poller,
+    with watching_transitions() as seen, running(ev, "tcp4://127.0.0.1:0", poller=poller,
                                       stoppable=False, expect_error=True) as r:
         c = r.connect()
         r.join()
@@ -606,11 +577,11 @@ def test_postwrite_follows_a_write_that_failed(poller: str) -> None:
     ev = echo_events(rec, data=lambda cid, d: big, prewrite=prewrite, postwrite=postwrite)
     with running(ev, "tcp4://127.0.0.1:0", poller=poller) as r:
         assert r.server is not None
-        c = _tiny(r.server.addrs[0])
+        c = small_socket(r.server.addrs[0])
         c.sendall(b"go")
         sent.wait(DEADLINE)
         wait_for(lambda: rec.of("post"), what="the first postwrite")
-        _reset(c)
+        reset(c)
         wait_for(lambda: rec.of("closed"), what="closed after the reset")
     kinds = [k for k, i, _ in rec.log if k in ("pre", "post")]
     assert kinds == ["pre", "post"] * (len(kinds) // 2), kinds

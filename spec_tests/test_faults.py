@@ -38,7 +38,6 @@ import random
 import resource
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -63,8 +62,10 @@ from harness import (
     pattern,
     recv_all,
     recv_exactly,
+    reset,
     running,
     server_side_socket,
+    small_socket,
     wait_for,
 )
 from hypothesis import HealthCheck, event, settings
@@ -85,36 +86,6 @@ KiB = 1 << 10
 ROOT = Path(__file__).resolve().parent.parent
 # A peer that goes away may surface as either, depending on family and timing.
 GONE = (ConnectionResetError, BrokenPipeError)
-
-
-def family_of(bound: Any) -> socket.AddressFamily:
-    if isinstance(bound, str):
-        return socket.AF_UNIX
-    return socket.AF_INET6 if len(bound) == 4 else socket.AF_INET
-
-
-def small_socket(bound: Any, size: int = 4096, timeout: float = 10.0) -> socket.socket:
-    """A client with tiny socket buffers, set before ``connect`` so they hold.
-
-    (On Linux the kernel doubles the value and has a floor of a few KiB.)
-    """
-    s = socket.socket(family_of(bound), socket.SOCK_STREAM)
-    try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
-        s.settimeout(timeout)
-        s.connect(bound)
-    except BaseException:
-        s.close()
-        raise
-    return s
-
-
-def reset(s: socket.socket) -> None:
-    """Close with ``SO_LINGER`` 0: the peer gets a reset, not an end of stream."""
-    with contextlib.suppress(OSError):
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    s.close()
 
 
 def fd_count() -> int:

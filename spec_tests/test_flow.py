@@ -4,12 +4,9 @@ the lifecycle table they add (docs/spec/loop.md, LOOP-20)."""
 
 from __future__ import annotations
 
-import contextlib
 import socket
-import struct
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,47 +18,18 @@ from harness import (
     read_until_eof,
     recv_all,
     recv_exactly,
+    reset,
     running,
+    small_socket,
     wait_for,
+    watching_transitions,
 )
 
 import evio
 from evio import Action
-from evio.lifecycle import FLOW_ROWS, LIFECYCLE, On, State, observe
+from evio.lifecycle import FLOW_ROWS, LIFECYCLE
 
 MiB = 1 << 20
-
-
-def _reset(s: socket.socket) -> None:
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    s.close()
-
-
-def _tiny(bound: Any) -> socket.socket:
-    """A client with a small receive buffer that reads only when told."""
-    fam = socket.AF_UNIX if isinstance(bound, str) else (
-        socket.AF_INET6 if len(bound) == 4 else socket.AF_INET)
-    s = socket.socket(fam, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.settimeout(DEADLINE)
-    s.connect(bound)
-    return s
-
-
-@contextlib.contextmanager
-def _watching() -> Iterator[set[tuple[State, On, State]]]:
-    seen: set[tuple[State, On, State]] = set()
-    lock = threading.Lock()
-
-    def note(cid: int, src: State, on: On, dst: State) -> None:
-        with lock:
-            seen.add((src, on, dst))
-
-    stop = observe(note)
-    try:
-        yield seen
-    finally:
-        stop()
 
 
 # ----------------------------------------------------------- the lifecycle
@@ -135,12 +103,12 @@ def test_the_loop_makes_every_flow_transition_of_the_table(poller: str) -> None:
     ev = echo_events(rec, serving=srv.append, opened=opened, data=data, eof=eof,
                      prewrite=prewrite, detached=lambda cid, conn: detached.append(conn))
     addrs = ("tcp4://127.0.0.1:0", "tcp4://127.0.0.1:0")
-    with _watching() as seen, running(ev, *addrs, poller=poller) as r:
+    with watching_transitions() as seen, running(ev, *addrs, poller=poller) as r:
         server = srv[0]
 
         def conn(index: int = 0, tiny: bool = False) -> tuple[socket.socket, int]:
             n = len(rec.ids())
-            c = _tiny(server.addrs[index]) if tiny else r.connect(index)
+            c = small_socket(server.addrs[index]) if tiny else r.connect(index)
             if tiny:
                 r.clients.append(c)
             wait_for(lambda: len(rec.ids()) > n, what="opened")
@@ -175,7 +143,7 @@ def test_the_loop_makes_every_flow_transition_of_the_table(poller: str) -> None:
         on_eof[cid] = "mid"
         c.shutdown(socket.SHUT_WR)
         wait_for(lambda: server.pending(cid) > 0, what="pending output")
-        _reset(c)
+        reset(c)
         wait_for(lambda: cid in closed_ids(), what="a write error while writing only")
         c, cid = conn()
         hooks[cid] = "raise"
@@ -199,7 +167,7 @@ def test_the_loop_makes_every_flow_transition_of_the_table(poller: str) -> None:
             if last == b"end":
                 c.shutdown(socket.SHUT_WR)
             elif last == b"reset":
-                _reset(c)
+                reset(c)
             elif last != b"idle":
                 c.sendall(last)
             if last == b"deta":
@@ -283,7 +251,7 @@ def test_a_paused_connection_that_is_reset_does_not_spin_the_loop(poller: str) -
         ctl.sendall(b"pause %d" % aid)
         assert ctl.recv(16) == b"True"
         r.clients.remove(a)
-        _reset(a)
+        reset(a)
         time.sleep(0.3)
         polls = counting.polls
         time.sleep(0.3)
@@ -309,7 +277,7 @@ def test_drained_once_back_at_the_low_water_mark(poller: str) -> None:
 
     ev = echo_events(rec, data=data, drained=drained)
     with running(ev, "tcp4://127.0.0.1:0", poller=poller) as r:
-        c = _tiny(r.addrs[0])
+        c = small_socket(r.addrs[0])
         r.clients.append(c)
         c.sendall(b"big")
         time.sleep(0.2)
@@ -336,11 +304,11 @@ def test_output_over_max_pending_closes_the_connection(poller: str) -> None:
 
     ev = echo_events(rec, opened=opened, data=data)
     with running(ev, "tcp4://127.0.0.1:0", poller=poller) as r:
-        ok = _tiny(r.addrs[0])
+        ok = small_socket(r.addrs[0])
         r.clients.append(ok)
         ok.sendall(b"some")  # under the limit: delivered
         assert recv_exactly(ok, 512 * 1024) == pattern(512 * 1024)
-        bad = _tiny(r.addrs[0])
+        bad = small_socket(r.addrs[0])
         r.clients.append(bad)
         bad.sendall(b"lots")
         wait_for(lambda: len(rec.of("closed")) == 1, what="closed")

@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from evio.lifecycle import LIFECYCLE, On, State  # noqa: E402
+from evio.lifecycle import LIFECYCLE, On, State, Transition  # noqa: E402
 
 PAGE = ROOT / "docs" / "spec" / "loop.md"
 BEGIN, END = "<!-- lifecycle:begin -->", "<!-- lifecycle:end -->"
@@ -38,40 +38,53 @@ def _wrap(text: str, width: int = 18) -> str:
     return "<br/>".join(lines)
 
 
+HALF_CLOSE = frozenset({State.WRITE_ONLY, State.READ_ONLY})
+"""States drawn in a second diagram: one diagram of every state was too
+wide to read."""
+
+
+def _diagram(rows: list[Transition], starts: list[str]) -> list[str]:
+    """A mermaid state diagram of ``rows``: one arrow per pair of states."""
+    # Mermaid draws parallel arrows between the same two states over each
+    # other (their labels lost), so each pair gets one arrow with its events
+    # one per line, long ones wrapped, to keep it narrow.
+    edges: dict[tuple[str, str], list[str]] = {}
+    for t in rows:
+        edges.setdefault((_id(t.source.value), _id(t.target.value)), []).append(
+            _wrap(t.event.value))
+    names = [s for s in State if any(s in (t.source, t.target) for t in rows)]
+    out = ["```mermaid", "stateDiagram-v2", *(f"    [*] --> {s}" for s in starts)]
+    # A state id cannot hold a space: "writing only" is drawn from writing_only.
+    out += [f'    state "{s.value}" as {_id(s.value)}' for s in names if " " in s.value]
+    for (source, target), events in edges.items():
+        out.append(f"    {source} --> {target}: {'<br/>'.join(events)}")
+    return [*out, "    closed --> [*]", "```"]
+
+
 def render() -> str:
-    """The markdown between the markers: a table, then a mermaid diagram."""
+    """The markdown between the markers: a table, then mermaid diagrams."""
     rows = ["| from | on | to | what happens |", "| --- | --- | --- | --- |"]
     for t in LIFECYCLE:
         rows.append(f"| {t.source.value} | {t.event.value} | {t.target.value} | {t.effect} |")
-    # One arrow per pair of states, its events one per line: mermaid draws
-    # parallel arrows between the same two states over each other (their
-    # labels lost), and one arrow per transition made the diagram so wide
-    # that it was shrunk to unreadable text.
-    # A transition that stays in its state is written as a note beside it:
-    # mermaid lays a looping arrow's label over its neighbours.
-    # SHUTDOWN takes every live state to closed: a sentence says so, instead
-    # of a SHUTDOWN on four arrows, and long events wrap, to keep it narrow.
-    edges: dict[tuple[str, str], list[str]] = {}
+    # Not drawn, but said under the diagrams: the rows that stay in their
+    # state (a looping arrow's label lands on its neighbours) and SHUTDOWN,
+    # which takes every live state to closed.
+    drawn = [t for t in LIFECYCLE if t.source != t.target and t.event is not On.SHUTDOWN]
+    main = [t for t in drawn if not {t.source, t.target} & HALF_CLOSE]
+    half = [t for t in drawn if {t.source, t.target} & HALF_CLOSE]
     stays: dict[str, list[str]] = {}
     for t in LIFECYCLE:
         if t.source == t.target:
             stays.setdefault(t.source.value, []).append(t.event.value)
-        elif t.event is not On.SHUTDOWN:
-            edges.setdefault((_id(t.source.value), _id(t.target.value)), []).append(
-                _wrap(t.event.value))
     shut = [t.source.value for t in LIFECYCLE if t.event is On.SHUTDOWN]
-    diagram = ["```mermaid", "stateDiagram-v2", "    [*] --> opening", "    [*] --> dialing"]
-    # A state id cannot hold a space: "writing only" is drawn from writing_only.
-    diagram += [f'    state "{s.value}" as {_id(s.value)}' for s in State if " " in s.value]
-    for (source, target), events in edges.items():
-        diagram.append(f"    {source} --> {target}: {'<br/>'.join(events)}")
-    diagram += ["    closed --> [*]", "```"]
-    # Notes beside states widened the diagram until it was shrunk to
-    # unreadable text, so what is not drawn is said under it.
     stay = "; ".join(f"{', '.join(events)} (in {state})" for state, events in stays.items())
     below = [f"Not drawn: the rows that stay in their state -- {stay} -- and SHUTDOWN, "
              f"which takes {', '.join(shut)} to closed."]
-    return "\n".join([BEGIN, *rows, "", *diagram, "", *below, END])
+    blocks = [*rows, "", *_diagram(main, ["opening", "dialing"])]
+    if half:
+        blocks += ["", "Half-close (**REL-11**, **REL-12**), from *open*:", "",
+                   *_diagram(half, ["open"])]
+    return "\n".join([BEGIN, *blocks, "", *below, END])
 
 
 def current() -> str:
