@@ -123,6 +123,15 @@ def test_the_loop_makes_every_transition_of_the_table_and_no_other(poller: str) 
     def drains() -> int:
         return sum(1 for k, _, p in rec.log if k == "data" and p == b"drain")
 
+    seen_ids: list[int] = []
+
+    def newest(c: socket.socket) -> tuple[socket.socket, int]:
+        """A client just connected, and the id the server gave it."""
+        r.clients.append(c)
+        wait_for(lambda: len(rec.ids()) > len(seen_ids), what="opened")
+        seen_ids[:] = rec.ids()
+        return c, seen_ids[-1]
+
     ev = evio.translate(echo_events(rec, data=data, opened=opened, prewrite=prewrite,
                                     postwrite=postwrite,
                                     detached=lambda cid, conn: detached.append(conn)),
@@ -184,6 +193,27 @@ def test_the_loop_makes_every_transition_of_the_table_and_no_other(poller: str) 
         c.sendall(b"drain")
         wait_for(lambda: drains() == 3, what="drain 10")
         _read_until(c, lambda: 10 in closed_ids(), "closed 10")
+        # Two rows hang on timing the test does not control (how much the
+        # kernel takes per send): drive them again on new connections if a
+        # busy machine made them slip by.
+        seen_ids[:] = rec.ids()
+        for _ in range(3):
+            if {(State.OPEN, On.ABOVE_HIGH, State.OPEN),
+                    (State.OPEN, On.AT_LOW, State.OPEN)} <= seen:
+                break
+            c, _cid = newest(small_socket(server.addrs[0]))
+            c.sendall(b"flood")
+            assert recv_exactly(c, len(big)) == big
+        for _ in range(3):
+            if (State.FLUSHING, On.HOOK_RAISED, State.CLOSED) in seen:
+                break
+            c, cid = newest(small_socket(server.addrs[0]))
+            hooks[cid] = "raise-flushing"
+            n = drains()
+            c.sendall(b"drain")
+            wait_for(lambda n=n: drains() > n, what="drain again")
+            _read_until(c, lambda cid=cid: cid in closed_ids(),
+                        f"closed {cid}")
         # 11: the translator raised (listener 1)
         c = r.connect(1)
         c.sendall(b"bad")
@@ -214,8 +244,9 @@ def test_the_loop_makes_every_transition_of_the_table_and_no_other(poller: str) 
             assert recv_exactly(open_one, 2) == b"hi"
             flushing = small_socket(server.addrs[0])
             r.clients.append(flushing)
+            n = drains()
             flushing.sendall(b"drain")
-            wait_for(lambda: drains() == 5, what="the last drain")
+            wait_for(lambda: drains() > n, what="the last drain")
             server.stop()
             r.join()
             for conn in detached:
