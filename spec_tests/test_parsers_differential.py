@@ -157,10 +157,11 @@ def check_resp(data: bytes, limits: dict[str, int]) -> None:
     for chunks in splits(data):
         expected = resp_reference(chunks, limits)
         assert resp_fast(chunks, limits) == expected, chunks
+        assert resp_fast(chunks, limits, fused=True) == expected, chunks
     whole = resp_reference([data], limits)
-    assert resp_fast([data], limits, fused=True) == whole
     for take in (1, 2):
         assert resp_fast([data], limits, take=take) == whole
+        assert resp_fast([data], limits, take=take, fused=True) == whole
 
 
 @pytest.mark.rule("REDIS-2", "REDIS-3", "REDIS-4", "REDIS-5")
