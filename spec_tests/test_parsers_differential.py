@@ -94,6 +94,14 @@ def resp_command(draw: st.DrawFn) -> bytes:
 
 
 RESP_VALID = st.lists(resp_command(), min_size=1, max_size=6).map(b"".join)
+# Reads of whole plain inline commands only, which have a path of their own.
+RESP_INLINE = st.lists(
+    st.one_of(st.tuples(st.lists(_word(plain=True), min_size=1, max_size=3),
+                        st.sampled_from([b" ", b"\t", b"  "]),
+                        st.sampled_from([b"\r\n", b"\n"]))
+              .map(lambda t: t[1].join(t[0]) + t[2]),
+              st.sampled_from([b"\r\n", b"\n", b"  \r\n"])),
+    min_size=1, max_size=6).map(b"".join)
 RESP_FRAGMENTS = [b"*", b"$", b"\r\n", b"\r", b"\n", b"0", b"1", b"2", b"3", b"-1", b"99",
                   b"PING", b" ", b'"', b"'", b"\\x4", b"\\", b"\x00", b"\xff", b"x" * 40]
 RESP_ANY = st.one_of(
@@ -175,6 +183,13 @@ def test_resp_fast_path_agrees_with_the_reference(data: bytes, limits: dict[str,
 @PROPERTY
 @given(data=RESP_VALID, limits=RESP_LIMITS)
 def test_resp_fast_path_agrees_on_valid_pipelines(data: bytes, limits: dict[str, int]) -> None:
+    check_resp(data, limits)
+
+
+@pytest.mark.rule("REDIS-1", "REDIS-2")
+@PROPERTY
+@given(data=st.one_of(RESP_INLINE, mutated(RESP_INLINE)), limits=RESP_LIMITS)
+def test_resp_fast_path_agrees_on_inline_commands(data: bytes, limits: dict[str, int]) -> None:
     check_resp(data, limits)
 
 
