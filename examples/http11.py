@@ -250,7 +250,7 @@ class RequestParser:
         self._continue = False  # the client waits for "100 Continue"
         self._error: HTTPError | None = None
         # The last bodiless head the fast path accepted, and its request.
-        self._last = b""
+        self._last: bytes | bytearray = b""
         self._last_request: Request | None = None
 
     @property
@@ -330,7 +330,8 @@ class RequestParser:
         scan = self._scan
         end = buf.find(b"\r\n\r\n", scan - 3 if scan > 3 else 0)
         if 0 <= end <= self.max_head - 4:
-            fast = _FAST_HEAD.fullmatch(buf[: end + 4].decode("latin-1"))
+            raw = buf[: end + 4]
+            fast = _FAST_HEAD.fullmatch(raw.decode("latin-1"))
             if fast is not None:
                 del buf[: end + 4]
                 self._scan = 0
@@ -343,7 +344,7 @@ class RequestParser:
                 if end < _REMEMBER:
                     # Bodiless, so a pure function of the bytes (a Content-Length
                     # of 0 is within every max_body): remember it.
-                    self._last = fast.string.encode("latin-1")
+                    self._last = raw  # a copy: nothing else refers to it
                     self._last_request = parsed
                 return parsed
         if self._scan == 0:
