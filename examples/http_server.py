@@ -254,6 +254,17 @@ def main(argv: list[str] | None = None) -> int:
         parsers[id] = RequestParser()
         return options
 
+    def answer(req: Request) -> bytes:
+        # A static page's response depends only on the request line,
+        # keep-alive and the date: build it once per second, not per request.
+        key = (req.target, req.method, req.version, req.keep_alive)
+        response = pages.get(key)
+        if response is None:
+            response = respond(req, date)
+            if req.target in STATIC and req.method in ("GET", "HEAD"):
+                pages[key] = response
+        return response
+
     def data(id: int, data: bytes | None) -> tuple[bytes, evio.Action] | bytes | evio.Action | None:
         if data is None:
             # A wake: only tick asks for one, for a handshake past its deadline.
@@ -262,30 +273,41 @@ def main(argv: list[str] | None = None) -> int:
                 return evio.Action.CLOSE
             return None
         parser = parsers[id]
-        out: list[bytes] = []
+        # A refused request is answered after the ones before it, and the
+        # connection closes: after a framing error we cannot know where the
+        # next request starts.
         try:
             parser.feed(data)
-            while (req := parser.next_request()) is not None:
-                # A static page's response depends only on the request line,
-                # keep-alive and the date: build it once per second, not per request.
-                key = (req.target, req.method, req.version, req.keep_alive)
-                response = pages.get(key)
-                if response is None:
-                    response = respond(req, date)
-                    if req.target in STATIC and req.method in ("GET", "HEAD"):
-                        pages[key] = response
-                out.append(response)
+            req = parser.next_request()
+        except HTTPError as e:
+            return refuse(e, date), evio.Action.CLOSE
+        if req is None:
+            return parser.take_interim() or None  # "100 Continue" if the client waits
+        # The common case, one request in the read, is answered without a
+        # list to join (bytes + b"" is the same bytes object, not a copy).
+        response = pages.get((req.target, req.method, req.version, req.keep_alive)) \
+            or answer(req)
+        if not req.keep_alive:
+            return response, evio.Action.CLOSE
+        try:
+            req = parser.next_request()
+        except HTTPError as e:
+            return response + refuse(e, date), evio.Action.CLOSE
+        if req is None:
+            return response + parser.take_interim()
+        # Pipelined requests: answered in order, in one write.
+        out = [response]
+        try:
+            while req is not None:
+                out.append(answer(req))
                 if not req.keep_alive:
                     return b"".join(out), evio.Action.CLOSE
+                req = parser.next_request()
         except HTTPError as e:
-            # Answer what came before it, then refuse and close: after a
-            # framing error we cannot know where the next request starts.
             out.append(refuse(e, date))
             return b"".join(out), evio.Action.CLOSE
-        interim = parser.take_interim()  # "100 Continue" if the client waits for it
-        if interim:
-            out.append(interim)
-        return (out[0] if len(out) == 1 else b"".join(out)) if out else None
+        out.append(parser.take_interim())
+        return b"".join(out)
 
     def closed(id: int, err: BaseException | None) -> None:
         parsers.pop(id, None)
