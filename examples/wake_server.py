@@ -21,7 +21,7 @@ connection closes -- plus the loop's high-water mark (64 KiB) and one read
 (64 KiB) of echoes pending, because the loop stops reading a client that
 does not read above the mark, plus at most `MAX_JOBS` (16) job threads and
 their answers: an ``exec`` beyond that is answered ``exec busy`` at once.
-So a client costs under 256 KiB and a few thread stacks, however it
+So a client costs about 256 KiB and 16 thread stacks at most, however it
 behaves; the number of clients is bounded by the process's descriptor
 limit (``ulimit -n``).
 

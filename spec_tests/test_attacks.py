@@ -1,8 +1,9 @@
-"""The examples under attack: the proxy, the Redis clone and UDP, run as
-real processes and measured from /proc (docs/spec/reliability.md,
-*Examples under attack*). Bounds, not timings: each attack runs for a
-fixed time or a fixed amount of data, then the server's resident memory
-(``VmRSS``, peak ``VmHWM``) is read from ``/proc/<pid>/status``.
+"""The examples under attack: the proxy, the Redis clone, UDP, HTTP and
+the echo, wake and TLS echo servers, run as real processes and measured
+from /proc (docs/spec/reliability.md, *Examples under attack*). Bounds,
+not timings: each attack runs for a fixed time or a fixed amount of data,
+then the server's resident memory (``VmRSS``, peak ``VmHWM``) is read from
+``/proc/<pid>/status``.
 """
 
 from __future__ import annotations
