@@ -6,6 +6,14 @@ The smallest useful evio server, and the one ``make run`` starts::
     python examples/echo_server.py --unixsocket /tmp/echo.sock --poller poll
     python examples/echo_server.py --loops auto     # one loop per CPU, one process each
 
+Memory: a client that sends without reading costs at most the loop's
+high-water mark (64 KiB) plus one read (64 KiB) of pending output, because
+the loop stops reading a connection above the mark (**REL-1**, **REL-2**);
+its bytes then wait in the kernel's socket buffers, not here. Nothing else
+is kept per connection but its small record. The number of connections is
+bounded by the process's descriptor limit (``ulimit -n``; accept backs off
+when it is reached), and ``--loops N`` runs N such processes.
+
 Stop it with Ctrl-C (or SIGTERM): the loop shuts down cleanly, closing every
 connection and removing the unix socket file.
 """

@@ -26,6 +26,16 @@ which wakes the connection so that ``data(id, None)`` answers ``CLOSE``.
 Plain HTTP sent to the HTTPS port gets a ``400 Bad Request`` saying so, as
 Go's net/http does, instead of a bare close.
 
+Memory: a connection's parser keeps at most 16 KiB of an unfinished head
+(431 beyond) or under 1 MiB of an unfinished body (413 beyond), and its
+pending output is at most the loop's high-water mark (64 KiB) plus the
+responses to one read -- at most one 1 MiB ``/echo`` body plus about twelve
+times a 64 KiB read of small pipelined requests -- because the loop stops
+reading above the mark. So under 3 MiB per connection however it behaves
+(plus a TLS session on the HTTPS port), for at most ``--idle-timeout``
+seconds of silence; the number of connections is bounded by the process's
+descriptor limit (``ulimit -n``), per loop with ``--loops N``.
+
 Without ``--tlscert`` the server makes a throwaway certificate authority
 with ``trustme`` (``pip install trustme``) and prints where its CA file is,
 so clients can verify the server: ``curl --cacert CA https://...``.

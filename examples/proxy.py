@@ -31,6 +31,13 @@ the loop's thread, so no lock is needed.
 * A dial that fails (``opened`` with ``info.closing``, then ``closed`` with
   the error) closes its client the same way.
 
+Memory: a pair holds at most `MAX_EARLY` (4 MiB) while its upstream
+connects (for `DIAL_TIMEOUT` seconds at most), then, in each direction, at
+most `HIGH_WATER` (64 KiB) plus one read (64 KiB) pending and one read in
+the outbox -- under 512 KiB per pair, whoever does not read (**REL-14**).
+The number of pairs is bounded by the process's descriptor limit
+(``ulimit -n``; each pair takes two).
+
 The guide "Back-pressure in a proxy" walks through this file.
 
 Stop it with Ctrl-C (or SIGTERM).

@@ -40,6 +40,17 @@ on which loop the kernel gave them. Sharing it would need a store outside
 the loops (shared memory, a lock, a primary), which is exactly what evio's
 one thread lets this server do without.
 
+Memory
+------
+Per client: at most ``--max-buffer`` bytes (64 MiB) of an unfinished or
+waiting request (a longer one is an error, then the client is closed);
+replies pending stop its pipeline at `HIGH_WATER` (64 KiB) plus one batch
+(**REL-16**), and more than ``--max-output`` (256 MiB) pending closes it
+(**REL-17**); a WGET keeps at most `MAX_RESPONSE` (16 MiB). A client idle
+for ``--timeout`` seconds is closed. The number of clients is bounded by
+the process's descriptor limit (``ulimit -n``). The keyspace is what
+clients SET: like Redis without ``maxmemory``, it has no bound of its own.
+
 Stop it with SHUTDOWN, Ctrl-C or SIGTERM: the loop shuts down cleanly,
 closing every connection and removing the unix socket file.
 """

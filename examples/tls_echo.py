@@ -27,6 +27,15 @@ seconds (10): a client that stops mid-handshake is not held for ever.
 ``tick`` finds those and wakes them; their ``data(id, None)`` answers
 ``CLOSE``.
 
+Memory: as for the plain echo server, a client that sends without
+reading costs at most the high-water mark (64 KiB) plus one read's worth
+of encrypted output (64 KiB of plaintext and its record overhead) pending,
+because the loop stops reading above the mark; add one TLS session
+(OpenSSL's state and buffers, some tens of KiB). A handshake never
+finished costs that session for ``--handshake-timeout`` seconds at most,
+an idle connection for ``--idle-timeout``. The number of connections is
+bounded by the process's descriptor limit (``ulimit -n``).
+
 Stop it with Ctrl-C (or SIGTERM): every TLS connection is sent a
 ``close_notify`` and closed, and the throwaway files are removed.
 """

@@ -15,6 +15,12 @@ evio gives each sender address an id the first time it is heard from, so
 ``opened`` runs once per remote, not once per datagram; the remotes are
 forgotten (``closed``) when the server stops.
 
+Memory: nothing is buffered -- a reply the socket cannot take is dropped,
+and a read is one datagram (at most 64 KiB). What a remote costs is its
+small record, and the loop keeps at most ``udp_max_remotes`` (65,536) of
+them, forgetting each one idle for ``udp_idle_timeout`` (60 s, **UDP-10**,
+**UDP-11**): a flood from many source addresses is bounded by that count.
+
 Stop it with Ctrl-C (or SIGTERM).
 """
 

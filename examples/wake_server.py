@@ -15,6 +15,16 @@ connection's result queue (under a lock: two threads touch it) and calls
 thread, and that call returns whatever the queue holds. Lines that arrive
 meanwhile are answered as usual.
 
+Memory: a client holds at most `MAX_LINE` (64 KiB) of a partial line --
+a longer one is answered ``error: line longer than 65536 bytes`` and the
+connection closes -- plus the loop's high-water mark (64 KiB) and one read
+(64 KiB) of echoes pending, because the loop stops reading a client that
+does not read above the mark, plus at most `MAX_JOBS` (16) job threads and
+their answers: an ``exec`` beyond that is answered ``exec busy`` at once.
+So a client costs about 256 KiB and 16 thread stacks at most, however it
+behaves; the number of clients is bounded by the process's descriptor
+limit (``ulimit -n``).
+
 Stop it with Ctrl-C (or SIGTERM). Jobs still running are abandoned: their
 wake finds the server gone and returns False.
 """
@@ -31,8 +41,10 @@ from dataclasses import dataclass, field
 import evio
 
 MAX_LINE = 64 * 1024
-"""A partial line longer than this closes the connection: the kept bytes of
-an ``InputStream`` are memory the client controls."""
+"""A partial line longer than this is refused and the connection closed:
+the kept bytes of an ``InputStream`` are memory the client controls."""
+MAX_JOBS = 16
+"""``exec`` jobs one client may have running; past it, ``exec busy``."""
 
 
 @dataclass(slots=True, eq=False)
@@ -42,6 +54,7 @@ class _Conn:
     stream: evio.InputStream = field(default_factory=evio.InputStream)
     lock: threading.Lock = field(default_factory=threading.Lock)
     done: list[bytes] = field(default_factory=list)  # guarded by lock
+    jobs: int = 0  # started and not yet answered; the loop's thread only
 
 
 def non_negative(text: str) -> float:
@@ -95,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             # arrive as one call, so take the whole queue, not one item.
             with conn.lock:
                 answers, conn.done = conn.done, []
+            conn.jobs -= len(answers)
             return b"".join(answers)
         out = bytearray()
         buf = conn.stream.begin(data)
@@ -103,14 +117,18 @@ def main(argv: list[str] | None = None) -> int:
             line, start = buf[start : end + 1], end + 1
             eol = b"\r\n" if line.endswith(b"\r\n") else b"\n"
             body = line[: -len(eol)]
-            if body == b"exec" or body.startswith(b"exec "):
+            if not (body == b"exec" or body.startswith(b"exec ")):
+                out += line
+            elif conn.jobs >= MAX_JOBS:
+                out += body + b" busy" + eol  # each job is a thread: not without bound
+            else:
+                conn.jobs += 1
                 worker = threading.Thread(target=job, args=(id, conn, body + b" done" + eol),
                                           name=f"exec-{id}", daemon=True)
                 worker.start()
-            else:
-                out += line
         conn.stream.end(buf[start:])  # a partial line waits for the next read
         if len(conn.stream) > MAX_LINE:
+            out += b"error: line longer than %d bytes\n" % MAX_LINE
             return bytes(out), evio.Action.CLOSE
         return bytes(out)
 

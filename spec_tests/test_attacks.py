@@ -1,8 +1,9 @@
-"""The examples under attack: the proxy, the Redis clone and UDP, run as
-real processes and measured from /proc (docs/spec/reliability.md,
-*Examples under attack*). Bounds, not timings: each attack runs for a
-fixed time or a fixed amount of data, then the server's resident memory
-(``VmRSS``, peak ``VmHWM``) is read from ``/proc/<pid>/status``.
+"""The examples under attack: the proxy, the Redis clone, UDP, HTTP and
+the echo, wake and TLS echo servers, run as real processes and measured
+from /proc (docs/spec/reliability.md, *Examples under attack*). Bounds,
+not timings: each attack runs for a fixed time or a fixed amount of data,
+then the server's resident memory (``VmRSS``, peak ``VmHWM``) is read from
+``/proc/<pid>/status``.
 """
 
 from __future__ import annotations
@@ -347,4 +348,141 @@ def test_tls_echo_example_idle_and_handshake_timeouts(poller: str) -> None:
                   "--handshake-timeout", "1.0") as ex:
         assert 0.4 < _closed_after(ex.tls_port) < 5
         assert 0.9 < _closed_after(ex.tls_port, _HELLO_START) < 5
+        stop_tls(ex)
+
+
+# -------------------------------------- echo, wake and TLS echo (REL-20)
+
+KiB = 1 << 10
+SLACK = 4 * MiB
+"""Interpreter noise over a stated bound: allocator arenas, a first use of
+a code path, the kernel's accounting of page tables."""
+
+
+def _flood_watching(s: Any, pid: int, chunk: bytes, seconds: float) -> tuple[int, int]:
+    """Send ``chunk`` over and over without reading and without blocking, for
+    ``seconds`` or until the server closes; return the bytes sent and the
+    server's highest ``VmRSS`` seen meanwhile. ``s`` is a socket or an
+    ``ssl.SSLSocket``."""
+    import ssl
+
+    s.setblocking(False)
+    sent, peak, end = 0, 0, time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            sent += s.send(chunk)
+        except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            peak = max(peak, memory(pid)["VmRSS"])
+            time.sleep(0.01)
+        except (ConnectionResetError, BrokenPipeError):
+            break  # closed by the server
+    return sent, max(peak, memory(pid)["VmRSS"])
+
+
+def _non_reader(port: int) -> socket.socket:
+    """A client with a small receive buffer (set before connecting), so the
+    server's output backs up at once."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    s.settimeout(TIMEOUT)
+    s.connect(("127.0.0.1", port))
+    return s
+
+
+def _threads(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
+
+
+@pytest.mark.rule("REL-20", "REL-1", "REL-2")
+def test_echo_example_holds_a_client_that_pipelines_megabytes_and_never_reads(
+        poller: str) -> None:
+    bound = 64 * KiB + 64 * KiB  # the high-water mark plus one read
+    with example("echo_server.py", "--poller", poller, "--quiet") as (proc, port):
+        with connect_to(("127.0.0.1", port), TIMEOUT) as warm:  # the output path, once
+            warm.sendall(bytes(MiB))
+            assert recv_exactly(warm, MiB) == bytes(MiB)
+        before = memory(proc.pid)["VmRSS"]
+        with _non_reader(port) as c:
+            sent, peak = _flood_watching(c, proc.pid, bytes(MiB), 3.0)
+            grown = peak - before
+            print(f"echo ({poller}): {sent / MiB:.1f} MiB pipelined unread; "
+                  f"RSS grew {grown / KiB:.0f} KiB at most (bound {bound // KiB} KiB + slack)")
+            assert sent > 2 * MiB  # megabytes went: the kernel's buffers, not ours
+            assert grown < bound + SLACK
+            c.setblocking(True)
+            c.settimeout(TIMEOUT)
+            assert recv_exactly(c, sent) == bytes(sent)  # nothing lost meanwhile
+        stop(proc)
+
+
+_LINE_ERROR = b"error: line longer than 65536 bytes\n"
+
+
+@pytest.mark.rule("REL-20", "REL-1")
+def test_wake_example_holds_a_client_that_never_reads_and_refuses_endless_lines(
+        poller: str) -> None:
+    bound = 64 * KiB + 64 * KiB + 64 * KiB + 64 * KiB  # partial line, mark, one read, slop
+    with example("wake_server.py", "--poller", poller, "--delay", "60") as (proc, port):
+        with connect_to(("127.0.0.1", port), TIMEOUT) as warm:
+            warm.sendall(b"hello\n" * 20000)
+            assert recv_exactly(warm, 6 * 20000) == b"hello\n" * 20000
+        before = memory(proc.pid)["VmRSS"]
+        # Lines it cannot echo to a client that never reads.
+        with _non_reader(port) as c:
+            sent, peak = _flood_watching(c, proc.pid, b"x" * 99 + b"\n", 2.0)
+        # A line that never ends, sent as fast as the server takes it.
+        with _non_reader(port) as c:
+            more, peak2 = _flood_watching(c, proc.pid, b"x" * 4096, 2.0)
+        grown = max(peak, peak2) - before
+        print(f"wake ({poller}): {sent / MiB:.1f} MiB of lines unread, {more / KiB:.0f} KiB "
+              f"of one line; RSS grew {grown / KiB:.0f} KiB at most")
+        assert sent > 2 * MiB
+        assert more < 16 * MiB  # closed: the kernel stopped taking it
+        assert grown < bound + SLACK
+        # The endless line is answered, then closed: exactly one byte too many.
+        with connect_to(("127.0.0.1", port), TIMEOUT) as c:
+            c.sendall(b"y" * (64 * KiB + 1))
+            assert read_until_eof(c) == _LINE_ERROR
+        stop(proc)
+
+
+@pytest.mark.rule("REL-20")
+def test_wake_example_runs_at_most_16_jobs_per_client(poller: str) -> None:
+    with example("wake_server.py", "--poller", poller, "--delay", "60") as (proc, port):
+        with connect_to(("127.0.0.1", port), TIMEOUT) as c:
+            c.sendall(b"".join(b"exec %d\n" % i for i in range(100)) + b"ping\n")
+            want = b"".join(b"exec %d busy\n" % i for i in range(16, 100)) + b"ping\n"
+            assert recv_exactly(c, len(want)) == want
+            threads = _threads(proc.pid)
+            print(f"wake ({poller}): {threads} threads after 100 exec")
+            assert threads <= 1 + 16
+        stop(proc)
+
+
+@pytest.mark.rule("REL-20", "REL-1", "REL-2")
+def test_tls_echo_example_holds_a_client_that_never_reads(poller: str) -> None:
+    import ssl
+
+    from test_example_tls import stop as stop_tls
+    from test_example_tls import tls_echo
+
+    bound = 64 * KiB + 64 * KiB + 64 * KiB  # mark, one read encrypted, a TLS session
+    with tls_echo("--poller", poller, "--quiet") as ex:
+        assert ex.ca is not None
+        ctx = ssl.create_default_context(cafile=str(ex.ca))
+        with ctx.wrap_socket(connect_to(("127.0.0.1", ex.tls_port), TIMEOUT),
+                             server_hostname="localhost") as warm:
+            warm.sendall(bytes(MiB))
+            got = 0
+            while got < MiB:
+                got += len(warm.recv(MiB))
+        before = memory(ex.proc.pid)["VmRSS"]
+        with ctx.wrap_socket(_non_reader(ex.tls_port), server_hostname="localhost") as c:
+            sent, peak = _flood_watching(c, ex.proc.pid, bytes(16 * KiB), 3.0)
+            grown = peak - before
+            print(f"tls echo ({poller}): {sent / MiB:.1f} MiB pipelined unread; "
+                  f"RSS grew {grown / KiB:.0f} KiB at most (bound {bound // KiB} KiB + slack)")
+            assert sent > 2 * MiB
+            assert grown < bound + SLACK
         stop_tls(ex)
