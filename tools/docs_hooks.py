@@ -69,7 +69,6 @@ _SKIP_TAGS = frozenset(
     {"a", "code", "pre", "kbd", "samp", "script", "style", "textarea", "svg", "title"}
     | {f"h{n}" for n in range(1, 7)}
 )
-_FENCE_RE = re.compile(r"^\s*(`{3,}|~{3,})")
 
 
 @dataclass(slots=True)
@@ -240,18 +239,7 @@ def anchor_rules(markdown: str, src_uri: str) -> str:
     """
     trace_link = posixpath.relpath(TRACE_PAGE, posixpath.dirname(src_uri) or ".")
     lines = markdown.split("\n")
-    fence: str | None = None
-    for i, line in enumerate(lines):
-        m = _FENCE_RE.match(line)
-        if m:
-            marker = m.group(1)
-            if fence is None:
-                fence = marker
-            elif marker[0] == fence[0] and len(marker) >= len(fence):
-                fence = None
-            continue
-        if fence is not None:
-            continue
+    for i, line in ruletrace.outside_fences(lines):
         d = ruletrace.RULE_DEF_RE.match(line)
         if not d or _state.rule_page.get(d.group(1)) != src_uri:
             continue

@@ -266,8 +266,18 @@ def parse_spec_page(text: str, page: str) -> list[RuleDef]:
         inside fenced code blocks are skipped.
     """
     rules: list[RuleDef] = []
+    for i, line in outside_fences(text.splitlines()):
+        d = RULE_DEF_RE.match(line)
+        if d:
+            rules.append(RuleDef(d.group(1), page, i + 1))
+    return rules
+
+
+def outside_fences(lines: Sequence[str]) -> Iterator[tuple[int, str]]:
+    """``(index, line)`` for each Markdown line outside fenced code blocks
+    (a fence closes on a marker of the same character, at least as long)."""
     fence: str | None = None
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for i, line in enumerate(lines):
         m = _FENCE_RE.match(line)
         if m:
             marker = m.group(1)
@@ -276,12 +286,8 @@ def parse_spec_page(text: str, page: str) -> list[RuleDef]:
             elif marker[0] == fence[0] and len(marker) >= len(fence):
                 fence = None
             continue
-        if fence is not None:
-            continue
-        d = RULE_DEF_RE.match(line)
-        if d:
-            rules.append(RuleDef(d.group(1), page, lineno))
-    return rules
+        if fence is None:
+            yield i, line
 
 
 # --------------------------------------------------------------------------
