@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import os
 import socket
+import socketserver
 import struct
 import threading
 import time
@@ -423,3 +424,47 @@ def watching_transitions() -> Iterator[set[tuple[Any, Any, Any]]]:
         yield seen
     finally:
         stop()
+
+
+class TCPService:
+    """A threaded TCP server on 127.0.0.1, port 0, for the tests' own peers
+    (an upstream for the proxy, a firehose); subclasses say what to do with
+    each connection in `serve_one`. Use it as a context manager."""
+
+    def __init__(self) -> None:
+        owner = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                owner.serve_one(self.request)
+
+        class Server(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+            block_on_close = False
+            allow_reuse_address = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever,
+                                       kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def address(self) -> str:
+        """``tcp://127.0.0.1:PORT``."""
+        host, port = self.server.server_address[:2]
+        return f"tcp://{host!s}:{port}"
+
+    def serve_one(self, s: socket.socket) -> None:
+        raise NotImplementedError
+
+    def stopping(self) -> None:
+        """Called first on leaving the ``with`` block."""
+
+    def __enter__(self) -> Any:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stopping()
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(DEADLINE)

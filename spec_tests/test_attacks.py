@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 import socket
-import socketserver
 import threading
 import time
 from typing import Any
 
 import pytest
-from harness import connect_to, read_until_eof, recv_exactly
+from harness import TCPService, connect_to, read_until_eof, recv_exactly
 from test_examples_more import TIMEOUT, Upstream, example, proxy, stop
 
 MiB = 1 << 20
@@ -33,7 +32,7 @@ def memory(pid: int) -> dict[str, int]:
     return out
 
 
-class Firehose:
+class Firehose(TCPService):
     """A threaded TCP server that either streams zeros at whoever connects
     and never reads (``stream=True``, like ``socat ... OPEN:/dev/zero``), or
     reads nothing and sends nothing (``stream=False``)."""
@@ -41,47 +40,24 @@ class Firehose:
     def __init__(self, stream: bool) -> None:
         self.stream = stream
         self.stop = threading.Event()
-        owner = self
+        super().__init__()
 
-        class Handler(socketserver.BaseRequestHandler):
-            def handle(self) -> None:
-                s = self.request
-                s.settimeout(0.2)
-                zeros = bytes(MiB)
-                while not owner.stop.is_set():
-                    try:
-                        if owner.stream:
-                            s.send(zeros)
-                        else:
-                            time.sleep(0.05)
-                    except TimeoutError:
-                        continue
-                    except OSError:
-                        return
+    def serve_one(self, s: socket.socket) -> None:
+        s.settimeout(0.2)
+        zeros = bytes(MiB)
+        while not self.stop.is_set():
+            try:
+                if self.stream:
+                    s.send(zeros)
+                else:
+                    time.sleep(0.05)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
 
-        class Server(socketserver.ThreadingTCPServer):
-            daemon_threads = True
-            block_on_close = False
-            allow_reuse_address = True
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever,
-                                       kwargs={"poll_interval": 0.05}, daemon=True)
-
-    @property
-    def address(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"tcp://{host!s}:{port}"
-
-    def __enter__(self) -> Firehose:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
+    def stopping(self) -> None:
         self.stop.set()
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(TIMEOUT)
 
 
 def _flood(s: socket.socket, seconds: float) -> int:

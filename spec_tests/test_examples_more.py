@@ -18,19 +18,18 @@ import queue
 import select
 import signal
 import socket
-import socketserver
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from harness import (
     POLLERS,
     Lines,
+    TCPService,
     connect_to,
     in_thread,
     read_until_eof,
@@ -188,7 +187,7 @@ def test_wake_server_stops_cleanly_with_a_job_running() -> None:
 # ------------------------------------------------------------------ proxy
 
 
-class Upstream:
+class Upstream(TCPService):
     """A threaded TCP server standing in for the proxied service.
 
     Each connection is sent ``greeting`` first; then, if ``close_after_greeting``,
@@ -205,25 +204,7 @@ class Upstream:
         self.ends: queue.Queue[tuple[int, str]] = queue.Queue()
         self.accepted = 0
         self.lock = threading.Lock()
-        owner = self
-
-        class Handler(socketserver.BaseRequestHandler):
-            def handle(self) -> None:
-                owner.serve_one(self.request)
-
-        class Server(socketserver.ThreadingTCPServer):
-            daemon_threads = True
-            block_on_close = False
-            allow_reuse_address = True
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever,
-                                       kwargs={"poll_interval": 0.05}, daemon=True)
-
-    @property
-    def address(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"tcp://{host!s}:{port}"
+        super().__init__()
 
     def serve_one(self, s: socket.socket) -> None:
         s.settimeout(TIMEOUT)
@@ -242,15 +223,6 @@ class Upstream:
                 s.sendall(chunk)
         self.ends.put((n, digest.hexdigest()))
         s.close()
-
-    def __enter__(self) -> Upstream:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(TIMEOUT)
 
 
 def proxy(upstream: str, *args: str) -> contextlib.AbstractContextManager[
