@@ -68,10 +68,6 @@ class Timers:
         self._seq = itertools.count()
         self._dead = 0
 
-    def __len__(self) -> int:
-        """How many timers are pending (cancelled ones excluded)."""
-        return len(self.heap) - self._dead
-
     def at(self, when: float, fire: Callable[[], None]) -> Timer:
         """Call ``fire()`` on the loop's thread once ``time.monotonic() >= when``."""
         t = Timer(when, fire)
