@@ -108,14 +108,22 @@ class Policy:
             return
         try:
             r = fn(c.id, payload)
-            if r is None:
-                return
-            if type(r) is bytes:
-                out: Any = r
-                action = _NONE
-            else:
-                out, action = split_reply(r)
         except Exception as e:
+            self.failed(side, c, "data", e)
+            return
+        if r is None:
+            return
+        if type(r) is bytes:
+            if r:
+                side.send(c, r)
+            return
+        self.answer(side, c, r)
+
+    def answer(self, side: Side[Any], c: Any, r: object) -> None:
+        """Act on what ``data`` returned when it is not plain ``bytes``."""
+        try:
+            out, action = split_reply(r)
+        except Exception as e:  # a TypeError: not an answer ``data`` may give
             self.failed(side, c, "data", e)
             return
         if out:

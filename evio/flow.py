@@ -35,6 +35,12 @@ The traps, and what we chose:
   ``eof`` (the peer's end finishes it, as before) and ``shutdown_write``
   finishes it: pending output, the translator's goodbye (``close_notify``),
   then the socket closes.
+* **Small reads are the common case** (a request, a command), and a 64 KiB
+  read buffer is not free: CPython allocates it with ``malloc`` and shrinks
+  it to what arrived, every read.  After a read of at most `SMALL_READ`
+  bytes the next one asks for only that much, which the small-object
+  allocator serves; a read that fills it asks for `READ_SIZE` again, so
+  a burst is read in full-size pieces from the next turn on (rule LOOP-11).
 * **A hard output limit** (``Options.max_pending``) is checked only where
   output is queued behind output already pending; past it, the connection
   is closed at once with `evio.OutputLimitError`, its output dropped.
@@ -52,10 +58,26 @@ from typing import Any
 from .callbacks import Policy
 from .events import Events, Options, OutputLimitError
 from .lifecycle import LIVE, READABLE, Conn, On, State, move
-from .pollers import Poller
+from .pollers import READ, WRITE, Poller
 from .timers import Timers
+from .translate import Pump
 
-__all__ = ["Flow"]
+__all__ = ["READ_SIZE", "SMALL_READ", "Flow", "next_read_size"]
+
+READ_SIZE = 65536
+"""Most bytes asked for in one read; message boundaries are not kept."""
+SMALL_READ = 448
+"""What a connection asks for after a read of no more than this: a
+size CPython's small-object allocator serves (a 64 KiB buffer costs a
+``malloc`` and a ``realloc`` per read).  Filling it asks for `READ_SIZE`."""
+
+
+def next_read_size(n: int, size: int) -> int:
+    """What to ask for after a read of ``n`` bytes that asked for ``size``."""
+    if n == size:
+        return READ_SIZE  # filled: more may be waiting, ask for all of it
+    return SMALL_READ if n <= SMALL_READ else size
+
 
 _OPEN = State.OPEN
 _WRITE_ONLY = State.WRITE_ONLY
@@ -71,14 +93,46 @@ class Flow:
     policy: Policy
     by_id: dict[int, Conn]
 
-    # Provided by Streams.
-    def sync(self, c: Conn) -> None: ...
+    pump: Pump | None
 
+    # Provided by Streams.
     def read(self, c: Conn) -> None: ...
 
     def close(self, c: Conn, on: On, err: BaseException | None) -> None: ...
 
     def finish(self, c: Conn, on: On, err: BaseException | None) -> None: ...
+
+    # ------------------------------------------------------------- interest
+
+    def sync(self, c: Conn) -> None:
+        """Derive the wanted interest from state; tell the poller if it changed."""
+        pending = len(c.pending)
+        state = c.state
+        if state is _OPEN or state is _WRITE_ONLY:
+            if c.reading_paused:
+                if pending <= c.low_water:
+                    c.reading_paused = False
+                    if state is _OPEN:
+                        move(c, On.AT_LOW)
+                    if self.ev.drained is not None:
+                        self.drained(c)
+                        if c.state in LIVE:
+                            self.sync(c)
+                        return
+            elif pending > c.high_water:
+                c.reading_paused = True
+                if state is _OPEN:
+                    move(c, On.ABOVE_HIGH)
+            if c.fin_wanted and not pending:
+                self.send_fin(c)
+                if c.state not in LIVE:
+                    return
+                state = c.state
+        want = (READ if state in READABLE and not (c.reading_paused or c.held) else 0) | (
+            WRITE if pending else 0)
+        if want != c.interest:
+            self.poller.modify(c.fd, want)
+            c.interest = want
 
     # -------------------------------------------------------------- options
 
@@ -162,6 +216,18 @@ class Flow:
 
     # ---------------------------------------------------------- half-close
 
+    def ended(self, c: Conn) -> None:
+        """The peer's end of stream: no more data; send what is pending.
+
+        A translator may call it an error (a TLS handshake cut short); with
+        an ``eof`` callback, an untranslated connection stays writable.
+        """
+        if c.translator is None and c.state is _OPEN and self.ev.eof is not None:
+            self.peer_ended(c)  # half-close: go on writing
+            return
+        err = self.pump.eof(c) if c.translator is not None and self.pump else None
+        self.finish(c, On.PEER_EOF, err)
+
     def peer_ended(self, c: Conn) -> None:
         """The peer ended its stream on an open connection with ``eof`` set."""
         move(c, On.HALF_CLOSE)
@@ -202,6 +268,27 @@ class Flow:
             move(c, On.FIN_SENT)
 
     # --------------------------------------------------------- output limit
+
+    def keep(self, c: Conn, out: Any, n: int) -> bool:
+        """The socket took ``n`` bytes of ``out``: keep the rest pending.
+
+        Returns:
+            False if that put ``c`` over its output limit (it is closed).
+        """
+        c.pending += memoryview(out)[n:]
+        if c.max_pending is not None and len(c.pending) > c.max_pending:
+            self.over_limit(c)
+            return False
+        return True
+
+    def _write_failed(self, c: Conn, unsent: int, e: OSError) -> None:
+        """A send failed (the peer reset): ``postwrite`` still hears of the
+        attempt -- nothing written, ``unsent`` bytes left -- then ``c`` closes."""
+        side: Any = self  # a Streams
+        if self.ev.postwrite is not None and not self.policy.around(
+                side, c, "postwrite", (c.id, 0, unsent)):
+            return
+        self.close(c, On.IO_ERROR, e)
 
     def over_limit(self, c: Conn) -> None:
         """More than ``max_pending`` bytes are pending: close ``c`` now."""

@@ -253,6 +253,10 @@ class Conn:
         idle_timeout: Seconds of silence before it is closed, or ``None``.
         last_active: ``time.monotonic()`` of the last byte read or written.
         idle_timer: The pending idle check in the loop's timer queue.
+        plain: No translator, no write hooks, no reused read buffer: its
+            reads take the inline path of `evio.streams.Streams.ready`.
+        read_size: What its next read asks for (a plain connection's
+            shrinks after small reads: `evio.flow.SMALL_READ`).
     """
 
     id: int
@@ -276,3 +280,5 @@ class Conn:
     idle_timeout: float | None = None
     last_active: float = 0.0
     idle_timer: Timer | None = None
+    plain: bool = False
+    read_size: int = 65536

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -42,23 +43,22 @@ from typing import Any
 from .callbacks import Policy
 from .detach import DetachedConn
 from .events import Events, Info
-from .flow import Flow
+from .flow import READ_SIZE, SMALL_READ, Flow, next_read_size
 from .lifecycle import LIVE, READABLE, TALKING, WRITABLE, Conn, On, State, move
 from .pollers import READ, WRITE, Poller
 from .timers import Timers
 from .translate import Pump
 
-__all__ = ["READ_SIZE", "Handlers", "Streams"]
+__all__ = ["Handlers", "Streams"]
 
 log = logging.getLogger("evio")
 
-READ_SIZE = 65536
-"""Bytes asked for in one read; message boundaries are not kept."""
 Handlers = dict[int, tuple[Callable[[Any, int], None], Any]]
 """The loop's dispatch table: descriptor -> (handler, its argument);
 the loop calls ``handler(argument, mask)`` for each ready descriptor."""
 
 _OPEN = State.OPEN
+os_read, os_write = os.read, os.write
 _WRITE_ONLY = State.WRITE_ONLY
 _FLUSHING = State.FLUSHING
 
@@ -92,6 +92,11 @@ class Streams(Flow):
         self.pump = Pump(self, *events.translation) if events.translation else None
         if self.pump is None:
             self.send = self.write  # type: ignore[method-assign]  # nothing to translate
+        # *Plain*: nothing between socket and ``data`` (no translator, no write
+        # hooks, a fresh buffer per read); `ready` inlines its reads.
+        self.on_data: Any = events.data
+        self.plain = events.data is not None and events.prewrite is None and (
+            events.postwrite is None)
         self.rbuf = bytearray(READ_SIZE)
         self.rview = memoryview(self.rbuf)
 
@@ -151,6 +156,7 @@ class Streams(Flow):
         move(c, On.OPENED)
         if info is not None:
             self.policy.opened(self, c, info)
+        c.plain = self.plain and c.translator is None and not c.reuse_input
         if woken and c.state is _OPEN:
             self.policy.data(self, c, None)  # the wake that arrived while dialing
         if c.state in LIVE:
@@ -172,51 +178,64 @@ class Streams(Flow):
     # ------------------------------------------------------------- dispatch
 
     def ready(self, c: Conn, mask: int) -> None:
-        """The poller reported ``c``: write what is pending, then read once."""
-        if mask & WRITE and c.pending:
-            self.flush(c)
-        # Interest has READ exactly when the connection reads and is not
-        # paused (`sync` derives it), so one test covers both.
-        if mask & READ and c.interest & READ and c.state in READABLE:
-            self.read(c)
-        elif mask and not c.interest and c.state in LIVE:
-            self.hung_up(c)  # epoll and poll report a hang-up even so
-        # The common case -- open, reading, nothing pending -- needs no
-        # change of interest; skip the call.
+        """The poller reported ``c``: write what is pending, then read once.
+
+        The common case -- a plain connection, open, nothing pending (its
+        interest is ``READ`` alone), readable -- is written out first:
+        read, ``data``, send.  The general path handles every case.
+        """
+        if mask == READ and c.interest == READ and c.plain and c.state is _OPEN:
+            size = c.read_size
+            try:
+                data = os_read(c.fd, size)  # ``recv`` without flags, cheaper to call
+            except (BlockingIOError, InterruptedError):
+                return  # a spurious wake-up: nothing to read after all
+            except OSError as e:
+                self.close(c, On.IO_ERROR, e)
+                return
+            if data:
+                n = len(data)
+                if n == size or n <= SMALL_READ < size:  # `next_read_size`, inlined
+                    c.read_size = READ_SIZE if n == size else SMALL_READ
+                if c.idle_timeout is not None:
+                    c.last_active = time.monotonic()
+                try:
+                    r = self.on_data(c.id, data)
+                except Exception as e:
+                    self.policy.failed(self, c, "data", e)  # finishes it
+                    r = None
+                if type(r) is bytes and not c.pending and c.state is _OPEN:
+                    if not r:
+                        return
+                    # `write`, for this case: nothing pending, no hooks.
+                    try:
+                        n = os_write(c.fd, r)
+                    except (BlockingIOError, InterruptedError):
+                        n = 0
+                    except OSError as e:
+                        self._write_failed(c, len(r), e)
+                        return
+                    if n and c.idle_timeout is not None:
+                        c.last_active = time.monotonic()
+                    if n == len(r) or not self.keep(c, r, n):
+                        return  # all sent (the common case), or over the limit
+                elif r is not None:
+                    self.policy.answer(self, c, r)
+            else:
+                self.ended(c)
+        else:
+            if mask & WRITE and c.pending:
+                self.flush(c)
+            # Interest has READ exactly when reading and not paused (`sync`).
+            if mask & READ and c.interest & READ and c.state in READABLE:
+                self.read(c)
+            elif mask and not c.interest and c.state in LIVE:
+                self.hung_up(c)  # epoll and poll report a hang-up even so
+        # Open, reading, nothing pending: no change of interest; skip the call.
         if (c.pending or c.reading_paused or c.interest != READ or c.state is not _OPEN) and (
             c.state in LIVE
         ):
             self.sync(c)
-
-    def sync(self, c: Conn) -> None:
-        """Derive the wanted interest from state; tell the poller if it changed."""
-        pending = len(c.pending)
-        state = c.state
-        if state is _OPEN or state is _WRITE_ONLY:
-            if c.reading_paused:
-                if pending <= c.low_water:
-                    c.reading_paused = False
-                    if state is _OPEN:
-                        move(c, On.AT_LOW)
-                    if self.ev.drained is not None:
-                        self.drained(c)
-                        if c.state in LIVE:
-                            self.sync(c)
-                        return
-            elif pending > c.high_water:
-                c.reading_paused = True
-                if state is _OPEN:
-                    move(c, On.ABOVE_HIGH)
-            if c.fin_wanted and not pending:
-                self.send_fin(c)
-                if c.state not in LIVE:
-                    return
-                state = c.state
-        want = (READ if state in READABLE and not (c.reading_paused or c.held) else 0) | (
-            WRITE if pending else 0)
-        if want != c.interest:
-            self.poller.modify(c.fd, want)
-            c.interest = want
 
     def read(self, c: Conn) -> None:
         """Read once; hand the bytes to ``data`` (through the translator, if any)."""
@@ -227,20 +246,15 @@ class Streams(Flow):
                 view = self.rview[:n]
                 data: Any = view if n else b""
             else:
-                data = c.sock.recv(READ_SIZE)
+                data = c.sock.recv(c.read_size)
+                c.read_size = next_read_size(len(data), c.read_size)
         except (BlockingIOError, InterruptedError):
             return  # a spurious wake-up: nothing to read after all
         except OSError as e:
             self.close(c, On.IO_ERROR, e)  # reset: the peer is gone, pending output with it
             return
         if not data:
-            # The peer's end of stream: no more data; send what is pending.
-            # A translator may call it an error (a TLS handshake cut short).
-            if c.translator is None and c.state is _OPEN and self.ev.eof is not None:
-                self.peer_ended(c)  # half-close: go on writing
-                return
-            err = self.pump.eof(c) if c.translator is not None and self.pump else None
-            self.finish(c, On.PEER_EOF, err)
+            self.ended(c)
             return
         if c.idle_timeout is not None:
             c.last_active = time.monotonic()
@@ -306,11 +320,8 @@ class Streams(Flow):
             return
         if n and c.idle_timeout is not None:
             c.last_active = time.monotonic()
-        if n < len(out):
-            c.pending += memoryview(out)[n:]
-            if c.max_pending is not None and len(c.pending) > c.max_pending:
-                self.over_limit(c)
-                return
+        if n < len(out) and not self.keep(c, out, n):
+            return
         if ev.postwrite is not None:
             self.policy.around(self, c, "postwrite", (c.id, n, len(c.pending)))
 
@@ -335,14 +346,6 @@ class Streams(Flow):
             return
         if not c.pending and c.state is _FLUSHING:
             self.close(c, On.DRAINED, c.err)
-
-    def _write_failed(self, c: Conn, unsent: int, e: OSError) -> None:
-        """A send failed (the peer reset): ``postwrite`` still hears of the
-        attempt -- nothing written, ``unsent`` bytes left -- then ``c`` closes."""
-        if self.ev.postwrite is not None and not self.policy.around(
-                self, c, "postwrite", (c.id, 0, unsent)):
-            return
-        self.close(c, On.IO_ERROR, e)
 
     # ------------------------------------------------------------- endings
 
@@ -396,34 +399,29 @@ class Streams(Flow):
             self._forget(c)
             self.policy.closed(c.id, err)
 
-    def _forget(self, c: Conn) -> None:
-        """Drop ``c`` from every table and close its socket."""
+    def _forget(self, c: Conn, keep_socket: bool = False) -> None:
+        """Drop ``c`` from every table and close its socket (unless detached)."""
         self.by_fd.pop(c.fd, None)
         self.by_id.pop(c.id, None)
         self.handlers.pop(c.fd, None)
         self.timers.cancel(c.idle_timer)
         c.idle_timer = None
-        c.sock.close()
+        if not keep_socket:
+            c.sock.close()
 
     def detach(self, c: Conn) -> None:
         """``Action.DETACH``: hand the socket, and the output still pending, to
         ``detached``; if ``detached`` raises, the socket is closed."""
         if c.state not in LIVE:
             return
-        if self.ev.detached is None:
-            self.policy.failed(self, c, "DETACH", TypeError("Action.DETACH needs a detached "
-                                                            "callback"))
-            return
-        if c.translator is not None:
-            self.policy.failed(self, c, "DETACH",
-                               TypeError("a translated connection cannot be detached"))
+        why = ("Action.DETACH needs a detached callback" if self.ev.detached is None else
+               "a translated connection cannot be detached" if c.translator else None)
+        if why:
+            self.policy.failed(self, c, "DETACH", TypeError(why))
             return
         move(c, On.DETACH)
         self.poller.unregister(c.fd)
-        self.by_fd.pop(c.fd, None)
-        self.by_id.pop(c.id, None)
-        self.handlers.pop(c.fd, None)
-        self.timers.cancel(c.idle_timer)
+        self._forget(c, keep_socket=True)
         conn = DetachedConn(c.sock, bytes(c.pending))
         c.pending.clear()
         if not self.policy.detached(c.id, conn):

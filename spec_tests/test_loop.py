@@ -395,6 +395,26 @@ def test_reads_are_owned_bytes_of_at_most_64k(poller: str, addr: str) -> None:
     assert b"".join(chunks) == payload
 
 
+@pytest.mark.rule("LOOP-11")
+def test_after_small_reads_a_burst_is_read_small_once_then_in_full_pieces(
+    poller: str, addr: str
+) -> None:
+    rec = Recorder()
+    payload = pattern(MiB, 3)
+    with running(echo_events(rec), addr, poller=poller) as r:
+        c = r.connect()
+        c.sendall(b"ping")
+        assert recv_exactly(c, 4) == b"ping"  # a small read: the next asks for 448
+        sender = threading.Thread(target=c.sendall, args=(payload,))
+        sender.start()
+        assert recv_exactly(c, len(payload)) == payload
+        sender.join(10)
+    sizes = [len(p) for _, p in rec.of("data")]
+    assert sizes[0] == 4
+    assert 0 < sizes[1] <= 448  # the first read of the burst asked for 448
+    assert max(sizes[2:]) > 448 and max(sizes) <= 65536  # then for 65,536
+
+
 @pytest.mark.rule("LOOP-12")
 def test_reuse_input_buffer_hands_a_view_valid_only_during_the_call(
     poller: str, addr: str
