@@ -149,6 +149,9 @@ class _Loop:
         self.waker = Waker()
         self.signals = SignalWatch(self.stop)
         self.tick_due = 0.0
+        # Made once: a bound method per tick would be a new object each time,
+        # and the one pending after a burst keeps its arena (evio.memory).
+        self._next_tick = self._tick
         ids = itertools.count(1)  # next() is atomic: dial() draws ids from any thread
         self.policy = Policy(events, self._stop_here, self._is_stopping)
         self.streams = Streams(events, poller, self.timers, self.policy, self.handlers, ids)
@@ -299,7 +302,7 @@ class _Loop:
         # the successor fires at once.
         now = time.monotonic()
         self.tick_due = max(due + delay, now) if delay else now
-        self.timers.at(self.tick_due, self._tick)
+        self.timers.at(self.tick_due, self._next_tick)
 
     # ------------------------------------------------------------- shutdown
 

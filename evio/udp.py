@@ -32,7 +32,9 @@ What is different, and why:
   least recently heard one is forgotten first; each gets ``closed(id,
   None)``.  The table of remotes is kept in the order they were last heard
   from (a remote heard again moves to the end), so both are cheap: the
-  least recently heard is always first.
+  least recently heard is always first.  Once a sweep has forgotten every
+  remote of a table that had grown large, the memory is given back on the
+  next turn (`evio.memory`: freed is not the same as returned).
 * ``wake`` and ``dial`` do not apply; ``DETACH`` has no socket to hand over
   (the socket is shared by every remote) and acts as ``CLOSE``.
 """
@@ -49,6 +51,7 @@ from typing import Any
 from .addresses import Listener
 from .callbacks import Policy
 from .events import Events, Info, Options
+from .memory import GIVE_BACK_AT, give_back
 from .pollers import READ, Poller
 from .timers import Timer, Timers
 
@@ -120,7 +123,7 @@ class UdpSide:
         self.new_id = new_id
         self.peers: dict[int, Peer] = {}  # by id
         self.by_remote: dict[tuple[int, Any], Peer] = {}  # by (listener fd, remote)
-        self.now = 0.0
+        self.most_heard = 0  # the most remotes known at once since the last give_back
         self.buf = bytearray(UDP_MAX)
         self.view = memoryview(self.buf)
 
@@ -134,7 +137,9 @@ class UdpSide:
         """Read up to a batch of datagrams from one UDP listener."""
         index, lst = entry
         stopping = self.policy.stopping
-        self.now = time.monotonic()  # one clock read per batch, not per datagram
+        # One clock read per batch, not per datagram; a local, not kept on
+        # self, so the last one of a flood does not outlive it (evio.memory).
+        now = time.monotonic()
         for _ in range(UDP_BATCH):
             try:
                 n, remote = lst.sock.recvfrom_into(self.buf)
@@ -145,11 +150,11 @@ class UdpSide:
                 # concerns one datagram, not the listener.
                 log.debug("UDP receive on %s: %s", lst.address.text, e)
                 continue
-            self._datagram(index, lst, remote, n)
+            self._datagram(index, lst, remote, n, now)
             if stopping():
                 return
 
-    def _datagram(self, index: int, lst: Listener, remote: Any, n: int) -> None:
+    def _datagram(self, index: int, lst: Listener, remote: Any, n: int, now: float) -> None:
         """One datagram of ``n`` bytes: ``opened`` for a new remote, then ``data``."""
         key = (lst.sock.fileno(), remote)
         by_remote = self.by_remote
@@ -157,16 +162,18 @@ class UdpSide:
         if peer is None:
             if len(by_remote) >= self.most:
                 self.forget(next(iter(by_remote.values())).id, None)  # least recently heard
-            peer = Peer(self.new_id(), index, lst, remote, heard=self.now)
+            peer = Peer(self.new_id(), index, lst, remote, heard=now)
             self.peers[peer.id] = peer
             by_remote[key] = peer
+            if len(by_remote) > self.most_heard:
+                self.most_heard = len(by_remote)
             if self.sweep is None and self.idle is not None:
-                self.sweep = self.timers.at(self.now + self.idle, self._sweep)
+                self.sweep = self.timers.at(now + self.idle, self._sweep)
             self.policy.opened(self, peer, Info(False, index, lst.bound, remote))
             if peer.id not in self.peers:
                 return  # opened closed it, or raised
         else:
-            peer.heard = self.now
+            peer.heard = now
             if by_remote[next(reversed(by_remote))] is not peer:
                 del by_remote[key]
                 by_remote[key] = peer  # to the end: the most recently heard
@@ -229,8 +236,17 @@ class UdpSide:
                 break
             self.forget(oldest.id, None)
         if not self.by_remote:
-            # Dicts never shrink as keys go: start afresh once all are gone.
-            self.peers, self.by_remote = {}, {}
+            # Dicts never shrink as keys go: free their tables once all are
+            # gone; after a flood, give the memory back (evio.memory).
+            # clear(), not new dicts: a new one would land in one of the
+            # flood's arenas and keep it.
+            self.peers.clear()
+            self.by_remote.clear()
+            if self.most_heard >= GIVE_BACK_AT:
+                # On the next turn: this frame still holds the last remote
+                # forgotten, and its blocks would go back to the free lists.
+                self.most_heard = 0
+                self.timers.at(now, give_back)
 
     def forget(self, cid: int, err: BaseException | None) -> None:
         """Forget a remote and call ``closed``; its next datagram opens a new id."""

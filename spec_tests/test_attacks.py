@@ -205,9 +205,6 @@ evio.serve(evio.Events(serving=serving, opened=opened, closed=closed, tick=tick,
 """
 
 
-WARM_UP = 100_000
-
-
 @pytest.mark.rule("REL-18", "UDP-10", "UDP-11")
 def test_udp_remotes_from_300k_sources_are_forgotten(poller: str) -> None:
     import subprocess
@@ -228,40 +225,34 @@ def test_udp_remotes_from_300k_sources_are_forgotten(poller: str) -> None:
             opened, closed = lines[-1].split() if lines else ("0", "0")
             return int(opened), int(closed)
 
-        def flood(n: int, first: int) -> None:
-            for i in range(first, first + n):
-                ip = f"127.{1 + (i >> 16) % 250}.{(i >> 8) & 255}.{i & 255 or 1}"
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                    s.bind((ip, 0))
-                    s.sendto(b"x", ("127.0.0.1", port))
-                if i % 2000 == 0:
-                    time.sleep(0.002)  # let the server keep up: drops make no remotes
-
-        # Warm up with a flood of its own: CPython's allocator keeps arenas it
-        # has used, so bursts leave a floor that later ones return to
-        # (measured: three floods of 100k left +6, +11, +10 MB): what the
-        # test bounds is growth over that floor, which a leak would show.
-        flood(WARM_UP, 0)
-        end = time.monotonic() + TIMEOUT
-        while counts()[1] < counts()[0] or counts()[0] == 0:
-            assert time.monotonic() < end, "warm-up remotes never forgotten"
-            time.sleep(0.1)
-        warm = counts()[0]
+        # A fresh server, one flood, no warm-up: what is measured is what a
+        # real server keeps after its first flood.
+        while not lines:
+            time.sleep(0.05)
         before = memory(proc.pid)["VmRSS"]
-        flood(300_000, WARM_UP)
+        for i in range(300_000):
+            ip = f"127.{1 + (i >> 16) % 250}.{(i >> 8) & 255}.{i & 255 or 1}"
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.bind((ip, 0))
+                s.sendto(b"x", ("127.0.0.1", port))
+            if i % 2000 == 0:
+                time.sleep(0.002)  # let the server keep up: drops make no remotes
         peak = memory(proc.pid)
         end = time.monotonic() + TIMEOUT
         while counts()[1] < counts()[0]:
             assert time.monotonic() < end, f"remotes never forgotten: {counts()}"
             time.sleep(0.1)
+        time.sleep(0.5)  # the memory is given back on the turn after the last sweep
         after = memory(proc.pid)["VmRSS"]
         opened, _ = counts()
-        print(f"udp ({poller}): {opened - warm} remotes; RSS {before / MiB:.1f} MiB before, "
+        print(f"udp ({poller}): {opened} remotes; RSS {before / MiB:.1f} MiB before, "
               f"{peak['VmRSS'] / MiB:.1f} at the end of the flood, {after / MiB:.1f} once idle")
-        assert opened - warm > 100_000  # the rest were dropped by the kernel: no remote
-        # Every object is freed (sys.getallocatedblocks() returns to where it
-        # was); what stays is CPython's allocator keeping partly used arenas.
-        assert after - before < 16 * MiB
+        assert opened > 100_000  # the rest were dropped by the kernel: no remote
+        # What stays is a few arenas of CPython's allocator (1 MiB each) that
+        # a live object allocated during the flood keeps: the loop's next
+        # timer entry, this server's counters (measured +3 to +5 MiB; without
+        # evio.memory's give-back, +12 to +18 MiB).
+        assert after - before < 8 * MiB
     finally:
         proc.terminate()
         proc.communicate(timeout=TIMEOUT)
