@@ -129,6 +129,13 @@ def _run_child(events: Events, listeners: list[Listener], poller: str | None,
     _Loop(events, listeners, make_poller(poller), index, loops, parent_fd).run()
 
 
+def _gone(arg: object, mask: int) -> None:
+    """The handler of a descriptor closed earlier in the same turn: nothing."""
+
+
+_GONE = (_gone, None)
+
+
 class _Loop:
     """One run of `serve`: the shared pieces, and `run`. Not reusable.
 
@@ -234,11 +241,11 @@ class _Loop:
                 ready = poll(timeout)
                 # dispatch
                 for fd, mask in ready:
-                    entry = handlers.get(fd)
-                    if entry is not None:
-                        entry[0](entry[1], mask)
-                        if self.stopping:
-                            break
+                    # An earlier handler of this turn may have closed ``fd``.
+                    handler, arg = handlers.get(fd, _GONE)
+                    handler(arg, mask)
+                    if self.stopping:
+                        break
                 # wakes
                 if self.rang and not self.stopping:
                     self._wakes()

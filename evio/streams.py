@@ -194,9 +194,12 @@ class Streams(Flow):
                 self.close(c, On.IO_ERROR, e)
                 return
             if data:
-                n = len(data)
-                if n == size or n <= SMALL_READ < size:  # `next_read_size`, inlined
-                    c.read_size = READ_SIZE if n == size else SMALL_READ
+                # `next_read_size`, inlined, the common case first.
+                if size is SMALL_READ:
+                    if len(data) == SMALL_READ:
+                        c.read_size = READ_SIZE
+                elif len(data) <= SMALL_READ:
+                    c.read_size = SMALL_READ
                 if c.idle_timeout is not None:
                     c.last_active = time.monotonic()
                 try:
