@@ -45,7 +45,7 @@ For each server, one after another:
    redis-benchmark sends first on each, and the 50 closes;
 4. SIGTERM.
 
-What is left of non-determinism is how many ready connections each
+The main non-determinism left is how many ready connections each
 ``epoll_wait`` returns: a wake's fixed cost is shared by all of them.
 Under valgrind every server is the bottleneck (it runs about ten times
 slower than natively), so all 50 connections are nearly always ready;
@@ -268,21 +268,20 @@ its own parser, differs from the others mostly in parsing.
 User CPU time per request, which [the main benchmarks](index.md) report,
 moves by several per cent between runs on a shared machine. Instruction
 counts do not: callgrind runs the program on a simulated CPU, so the count
-depends on the code and the input, not on the neighbours. The one source
+depends on the code and the input, not on the neighbours. The main source
 of variation left is how many connections each wake finds ready, and
 under valgrind every server is saturated, so that varies little.
 
 But instructions are not time:
 
 - callgrind counts **user-space instructions only**. The kernel's work in
-  `epoll_wait`, `read` and `write` — the larger part of a request's cost
-  for the fastest servers — is not counted at all;
+  `epoll_wait`, `read` and `write` is not counted at all;
 - every instruction counts the same, whether it hits the cache or misses,
   whether it is a register move or a division.
 
-So the ratios below rank the loops' own code, not their speed. Read them
-as a lower bound on the gaps: the user-CPU ratios that `bench/run.py`
-measures run a little worse for evio than these.
+So the ratios below rank the loops' own code, not their speed. The
+user-CPU ratios that `bench/run.py` measures run a little worse for evio
+than these: read evio's ratios here as the hopeful end of the range.
 
 ## Results
 {noted}
