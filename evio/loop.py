@@ -53,7 +53,7 @@ from .pollers import PORTABLE_FALLBACK, READ, Poller, make_poller
 from .server import Server
 from .signals import SignalWatch
 from .streams import Handlers, Streams
-from .timers import Timers
+from .timers import MAX_POLL_WAIT, Timers
 from .udp import UdpSide, is_udp
 from .wake import Waker
 
@@ -234,9 +234,11 @@ class _Loop:
             poll = self.poller.poll
             timers = self.timers
             due = timers.heap  # changed only in place: testing it is enough
+            monotonic = time.monotonic
+            now = monotonic()  # read again at the end of each turn that has timers
             while not self.stopping:
-                # timeout
-                timeout = timers.timeout() if due else None
+                # timeout (the queue's earliest entry is always live)
+                timeout = min(due[0][0] - now, MAX_POLL_WAIT) if due else None
                 # poll
                 ready = poll(timeout)
                 # dispatch
@@ -249,9 +251,12 @@ class _Loop:
                 # wakes
                 if self.rang and not self.stopping:
                     self._wakes()
-                # timers
-                if due and not self.stopping:
-                    timers.run_due(self._is_stopping)
+                # timers: one clock read; a call only when one is due
+                if due:
+                    now = monotonic()
+                    if due[0][0] <= now and not self.stopping:
+                        timers.run_due(now, self._is_stopping)
+                        now = monotonic()  # the timers took time
         finally:
             # shutdown
             self._shutdown()

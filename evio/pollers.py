@@ -108,7 +108,8 @@ class Poller:
         raise NotImplementedError
 
     def poll(self, timeout: float | None) -> Ready:
-        """Wait up to ``timeout`` seconds (``None``: no limit) for readiness.
+        """Wait up to ``timeout`` seconds (``None``: no limit; 0 or less: not
+        at all) for readiness.
 
         Returns:
             A list of ``(fd, mask)`` pairs, each descriptor at most once.

@@ -202,15 +202,19 @@ class Streams(Flow):
                     c.read_size = SMALL_READ
                 if c.idle_timeout is not None:
                     c.last_active = time.monotonic()
+                on_data = self.on_data
                 try:
-                    r = self.on_data(c.id, data)
+                    r = on_data(c.id, data)
                 except Exception as e:
                     self.policy.failed(self, c, "data", e)  # finishes it
                     r = None
-                if type(r) is bytes and not c.pending and c.state is _OPEN:
+                if type(r) is bytes:
+                    # `write`, for this case: still open with nothing pending
+                    # (no call a callback can make changes that for its own
+                    # connection before the callback returns), no hooks;
+                    # ``last_active`` was set by the read of this turn.
                     if not r:
                         return
-                    # `write`, for this case: nothing pending, no hooks.
                     try:
                         n = os_write(c.fd, r)
                     except (BlockingIOError, InterruptedError):
@@ -218,8 +222,6 @@ class Streams(Flow):
                     except OSError as e:
                         self._write_failed(c, len(r), e)
                         return
-                    if n and c.idle_timeout is not None:
-                        c.last_active = time.monotonic()
                     if n == len(r) or not self.keep(c, r, n):
                         return  # all sent (the common case), or over the limit
                 elif r is not None:

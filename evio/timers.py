@@ -17,9 +17,11 @@ same instant fire in a fixed order and the heap never compares two
 The trap is *cancellation*.  Removing an entry from the middle of a heap
 costs a linear search, and a server that closes ten thousand connections a
 second, each with an idle timer, would pay it ten thousand times.  So a
-cancelled timer only forgets its callback; the heap drops it when it
-reaches the top, and when more than half the heap is dead it is rebuilt in
-one linear pass.  Memory stays proportional to the live timers.
+cancelled timer only forgets its callback; the heap drops it as soon as
+it is at the top (so the earliest entry is always live, and the loop
+reads its poll timeout off ``heap[0]`` with no call), and when more than
+half the heap is dead it is rebuilt in one linear pass.  Memory stays
+proportional to the live timers.
 
 Everything here runs on the loop's thread: no locks.
 """
@@ -28,7 +30,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import time
 from collections.abc import Callable
 
 __all__ = ["MAX_POLL_WAIT", "Timer", "Timers"]
@@ -81,31 +82,25 @@ class Timers:
         t.fire = None
         self._dead += 1
         heap = self.heap
+        # The earliest entry is always live, so the loop can read its poll
+        # timeout off ``heap[0]`` without a call.
+        while heap and heap[0][2].fire is None:
+            heapq.heappop(heap)
+            self._dead -= 1
         if self._dead >= _COMPACT_AT and self._dead * 2 > len(heap):
             heap[:] = [e for e in heap if e[2].fire is not None]
             heapq.heapify(heap)
             self._dead = 0
 
-    def timeout(self) -> float | None:
-        """Seconds until the earliest live timer (0 if overdue), or ``None``."""
-        heap = self.heap
-        while heap and heap[0][2].fire is None:
-            heapq.heappop(heap)
-            self._dead -= 1
-        if not heap:
-            return None
-        return min(MAX_POLL_WAIT, max(0.0, heap[0][0] - time.monotonic()))
+    def run_due(self, now: float, stopping: Callable[[], bool]) -> None:
+        """Fire every timer due by ``now`` (a ``time.monotonic()``), earliest first.
 
-    def run_due(self, stopping: Callable[[], bool]) -> None:
-        """Fire every timer due by now, earliest first.
-
-        "Now" is read once, when the call starts: a timer set while it runs
-        (a tick with a delay of 0) waits for the next turn, so one call
-        always ends.  ``stopping()`` is asked after each timer, and a true
-        answer ends the call (what is left fires on a later turn, or never).
+        "Now" is fixed for the call: a timer set while it runs (a tick with
+        a delay of 0) waits for the next turn, so one call always ends.
+        ``stopping()`` is asked after each timer, and a true answer ends the
+        call (what is left fires on a later turn, or never).
         """
         heap = self.heap
-        now = time.monotonic()
         while heap and heap[0][0] <= now:
             t = heapq.heappop(heap)[2]
             fire = t.fire
@@ -116,3 +111,6 @@ class Timers:
             fire()
             if stopping():
                 return
+        while heap and heap[0][2].fire is None:  # keep the earliest entry live
+            heapq.heappop(heap)
+            self._dead -= 1
