@@ -120,6 +120,31 @@ def test_poll_timeout_is_bounded_by_an_idle_timeout(poller: str, addr: str) -> N
     assert waits and max(waits) <= 0.3 + 1e-6, counting.timeouts[:10]
 
 
+@pytest.mark.rule("LOOP-2")
+def test_a_cancelled_timer_no_longer_bounds_the_poll(poller: str, addr: str) -> None:
+    # The first connection's idle timer bounds the wait; once it closes
+    # (its timer cancelled) nothing is due, and the loop waits with no limit.
+    counting = CountingPoller(poller)
+    rec = Recorder()
+    ev = echo_events(rec, opened=lambda cid, info: evio.Options(idle_timeout=30.0)
+                     if cid == 1 else None)
+    with running(ev, addr, poller=counting) as r:
+        c = r.connect()
+        c.sendall(b"x")
+        assert recv_exactly(c, 1) == b"x"
+        assert any(t is not None and 29.0 < t <= 30.0 for t in counting.timeouts)
+        c.close()
+        wait_for(lambda: rec.of("closed"), what="closed 1")
+        with counting.lock:
+            after = len(counting.timeouts)
+        d = r.connect()
+        d.sendall(b"y")
+        assert recv_exactly(d, 1) == b"y"
+        with counting.lock:
+            later = counting.timeouts[after:]
+    assert later and all(t is None for t in later), later
+
+
 # ---------------------------------------------------------------- accept
 
 
