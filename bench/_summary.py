@@ -172,6 +172,16 @@ def targets(loads: list[str], servers: list[str]) -> list[Target]:
                       "asyncio", at_most=1.0))
     if "evio-min" in servers:
         out += [replace(t, subject="evio-min") for t in out if t.load.startswith(("http", "redis"))]
+        # The loop's own goal (the core second pass): the loop alone, one
+        # PING per read, where the loop is most of the work.
+        out += [
+            Target("the loop alone, user CPU per request, Redis PING pipeline 1: "
+                   "at most 0.8× asyncio's", "redis-p1", "user_us_per_req", "asyncio",
+                   at_most=0.8, subject="evio-min"),
+            Target("the loop alone, user CPU per request, Redis PING pipeline 1: "
+                   "at most 1.2× uvloop's", "redis-p1", "user_us_per_req", "uvloop",
+                   at_most=1.2, subject="evio-min"),
+        ]
     return [t for t in out if t.load in loads and t.against in servers]
 
 
