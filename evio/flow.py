@@ -133,6 +133,7 @@ class Flow:
         if want != c.interest:
             self.poller.modify(c.fd, want)
             c.interest = want
+        c.fast = want == READ and c.plain and state is _OPEN
 
     # -------------------------------------------------------------- options
 

@@ -33,7 +33,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Protocol
+from typing import Protocol, cast
 
 from .pollers import READ
 from .timers import Timer
@@ -83,6 +83,7 @@ class On(Enum):
     OVER_LIMIT = "output over max_pending"
 
 
+_OPEN = State.OPEN
 LIVE = (State.OPEN, State.FLUSHING, State.WRITE_ONLY, State.READ_ONLY)
 """The states in which a connection holds a registered socket."""
 TALKING = (State.OPEN, State.WRITE_ONLY, State.READ_ONLY)
@@ -203,6 +204,9 @@ def move(rec: _Record, event: On) -> State:
         raise LifecycleError(f"connection {rec.id}: no transition from {source.value} "
                              f"on {event.value!r}")
     rec.state = target
+    if source is _OPEN and target is not _OPEN:
+        # Only a connection is ever open; its inline read path is over.
+        cast(Conn, rec).fast = False
     if _observers:
         for fn in tuple(_observers):
             fn(rec.id, source, event, target)
@@ -255,6 +259,10 @@ class Conn:
         idle_timer: The pending idle check in the loop's timer queue.
         plain: No translator, no write hooks, no reused read buffer: its
             reads take the inline path of `evio.streams.Streams.ready`.
+        fast: Plain, open, and its interest is ``READ`` alone: a readable
+            report takes the inline path.  `evio.flow.Flow.sync` sets it
+            with the interest, and `move` clears it when the connection
+            leaves *open*.
         read_size: What its next read asks for (a plain connection's
             shrinks after small reads: `evio.flow.SMALL_READ`).
     """
@@ -281,4 +289,5 @@ class Conn:
     last_active: float = 0.0
     idle_timer: Timer | None = None
     plain: bool = False
+    fast: bool = False
     read_size: int = 65536

@@ -184,7 +184,7 @@ class Streams(Flow):
         interest is ``READ`` alone), readable -- is written out first:
         read, ``data``, send.  The general path handles every case.
         """
-        if mask == READ and c.interest == READ and c.plain and c.state is _OPEN:
+        if mask == READ and c.fast:
             size = c.read_size
             try:
                 data = os_read(c.fd, size)  # ``recv`` without flags, cheaper to call
