@@ -16,7 +16,7 @@ The traps, and what we chose:
   and asking about it otherwise is a busy loop.
 * Output is only ever *appended*.  If bytes are pending, new output queues
   behind them; it never replaces them and never jumps the queue.
-* Interest is *derived*, not toggled: `Streams.sync` computes the mask
+* Interest is *derived*, not toggled: `Flow.sync` computes the mask
   from the record (open? reading paused? output pending?) and tells the
   poller only when it changed.  Reading pauses while more than
   ``high_water`` bytes are pending and resumes at ``low_water`` (flow
