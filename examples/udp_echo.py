@@ -18,8 +18,10 @@ forgotten (``closed``) when the server stops.
 Memory: nothing is buffered -- a reply the socket cannot take is dropped,
 and a read is one datagram (at most 64 KiB). What a remote costs is its
 small record, and the loop keeps at most ``udp_max_remotes`` (65,536) of
-them, forgetting each one idle for ``udp_idle_timeout`` (60 s, **UDP-10**,
-**UDP-11**): a flood from many source addresses is bounded by that count.
+them, forgetting each one idle for ``udp_idle_timeout`` (``--idle-timeout``,
+60 s by default, **UDP-10**, **UDP-11**): a flood from many source
+addresses is bounded by that count, and its memory is given back once the
+sources fall silent.
 
 Stop it with Ctrl-C (or SIGTERM).
 """
@@ -38,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to listen on (default: 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=int, default=5001, help="UDP port (default: 5001)")
+    parser.add_argument("--idle-timeout", type=float, default=60.0,
+                        help="seconds of silence before a remote is forgotten (default: 60)")
     parser.add_argument("--poller", choices=evio.available_pollers(),
                         help="poller backend (default: the best available)")
     args = parser.parse_args(argv)
@@ -55,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     def data(id: int, packet: bytes) -> bytes:
         return packet  # one datagram in, the same datagram out
 
-    events = evio.Events(serving=serving, data=data)
+    events = evio.Events(serving=serving, data=data, udp_idle_timeout=args.idle_timeout)
     try:
         evio.serve(events, f"udp://{host}:{args.port}", poller=args.poller)
     except (ValueError, OSError) as e:
