@@ -399,7 +399,7 @@ def test_udp_echo_answers_each_sender() -> None:
 @pytest.mark.parametrize("name,flags", [
     ("wake_server.py", ["--delay", "--poller", "--port", "--host"]),
     ("proxy.py", ["--upstream", "--poller", "--port", "--host"]),
-    ("udp_echo.py", ["--poller", "--port", "--host"]),
+    ("udp_echo.py", ["--poller", "--port", "--host", "--idle-timeout"]),
 ])
 def test_examples_help_and_bad_arguments(name: str, flags: list[str]) -> None:
     help_ = run_example(name, "--help")
@@ -411,6 +411,9 @@ def test_examples_help_and_bad_arguments(name: str, flags: list[str]) -> None:
     assert "70000" in bad_port.stderr and "out of range" in bad_port.stderr
     if name == "wake_server.py":
         assert run_example(name, "--delay", "-1").returncode == 2
+    if name == "udp_echo.py":
+        zero = run_example(name, "--idle-timeout", "0", "--port", "0")
+        assert zero.returncode == 1 and "udp_idle_timeout" in zero.stderr, zero.stderr
     if name == "proxy.py":
         assert run_example(name).returncode == 2  # --upstream is required
         refused = run_example(name, "--upstream", "udp://127.0.0.1:53")
