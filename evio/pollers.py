@@ -7,7 +7,9 @@ can I read or write without blocking?" -- but each spells it differently:
 
 * ``epoll`` (Linux) keeps the interest set in the kernel.  We register a
   descriptor once and change its mask with ``modify``; ``poll`` costs time in
-  the number of *ready* descriptors, not registered ones.
+  the number of *ready* descriptors, not registered ones.  `READ` and
+  `WRITE` are its own ``EPOLLIN`` and ``EPOLLOUT``, so its reports need no
+  translation unless a hang-up or error bit is set.
 * ``kqueue`` (BSD, macOS) keeps one *filter* per direction.  Read and write
   interest are two separate kernel records, so changing a mask means adding
   or deleting the filter that changed.  A descriptor can come back twice in
@@ -152,8 +154,6 @@ class EpollPoller(Poller):
 
     def __init__(self) -> None:
         self._ep = select.epoll()
-        # Native flags for each of our masks, and ours for each native
-        # combination, computed once: the hot path is a dict lookup.
         # Our masks are epoll's own flags (READ is EPOLLIN, WRITE EPOLLOUT),
         # and no other flag is asked for: the end of the peer's stream shows
         # as readable, and a read finds it.  Only a hang-up or an error,
