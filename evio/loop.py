@@ -231,14 +231,14 @@ class _Loop:
             # start
             self._start()
             handlers = self.handlers
-            poll = self.poller.poll
+            poll = self.poller.waiter()  # `poll`, or a faster equivalent (epoll's own)
             timers = self.timers
             due = timers.heap  # changed only in place: testing it is enough
             monotonic = time.monotonic
             now = monotonic()  # read again at the end of each turn that has timers
             while not self.stopping:
                 # timeout (the queue's earliest entry is always live)
-                timeout = min(due[0][0] - now, MAX_POLL_WAIT) if due else None
+                timeout = max(0.0, min(due[0][0] - now, MAX_POLL_WAIT)) if due else None
                 # poll
                 ready = poll(timeout)
                 # dispatch

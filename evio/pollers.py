@@ -126,6 +126,18 @@ class Poller:
     def close(self) -> None:
         """Release the backend's own descriptor, if it has one."""
 
+    def waiter(self) -> Callable[[float | None], Ready]:
+        """What the loop calls once per turn instead of `poll`.
+
+        It takes a timeout of 0 or more seconds, or ``None``, and answers as
+        `poll` does, except that a mask may also carry the backend's own
+        hang-up or error bits (any bit above ``READ | WRITE``), which the
+        loop treats as ``READ | WRITE``.  The default is `poll` itself; the
+        epoll backend returns epoll's own ``poll``, a call into C with no
+        Python frame around it.
+        """
+        return self.poll
+
 
 _flags = operator.itemgetter(1)
 """The flags of one ``(fd, flags)`` report."""
@@ -188,6 +200,9 @@ class EpollPoller(Poller):
             ours = self._ours
             return [(fd, ours[ev]) for fd, ev in native]
         return native
+
+    def waiter(self) -> Callable[[float | None], Ready]:
+        return self._ep.poll  # our masks are its flags; a hang-up or error adds a bit
 
     def close(self) -> None:
         self._ep.close()

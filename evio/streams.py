@@ -229,9 +229,10 @@ class Streams(Flow):
             else:
                 self.ended(c)
         else:
+            if mask > READ | WRITE:  # a hang-up or error bit (`Poller.waiter`)
+                mask = READ | WRITE
             if mask & WRITE and c.pending:
                 self.flush(c)
-            # Interest has READ exactly when reading and not paused (`sync`).
             if mask & READ and c.interest & READ and c.state in READABLE:
                 self.read(c)
             elif mask and not c.interest and c.state in LIVE:

@@ -225,6 +225,46 @@ def test_hang_up_and_error_wake_both_directions(
     assert backend.poll(1.0) == [(s.fileno(), expected)]
 
 
+@pytest.mark.rule("POLL-9")
+def test_the_waiter_answers_as_poll_does(backend: Poller, sockets: Sockets) -> None:
+    both, read_only, write_only, idle = (pair(sockets) for _ in range(4))
+    for _, peer in (both, read_only, write_only):
+        peer.send(b"x")
+    backend.register(both[0].fileno(), READ | WRITE)
+    backend.register(read_only[0].fileno(), READ)
+    backend.register(write_only[0].fileno(), WRITE)
+    backend.register(idle[0].fileno(), READ)
+    wait = backend.waiter()
+    ready = wait(1.0)
+    assert isinstance(ready, list)
+    # Plain readiness carries no other bit.
+    assert sorted(ready) == sorted(
+        [(both[0].fileno(), READ | WRITE), (read_only[0].fileno(), READ),
+         (write_only[0].fileno(), WRITE)]
+    )
+    backend.unregister(both[0].fileno())
+    backend.unregister(read_only[0].fileno())
+    backend.unregister(write_only[0].fileno())
+    assert wait(0) == [] and wait(0.0) == []
+
+
+@pytest.mark.rule("POLL-9", "POLL-2")
+@pytest.mark.parametrize("condition", list(_CONDITIONS))
+def test_the_waiter_marks_a_hang_up_or_error_as_both_or_above(
+    backend: Poller, sockets: Sockets, condition: str
+) -> None:
+    s = _CONDITIONS[condition](sockets)
+    native = select.poll()
+    native.register(s, 0)
+    assert native.poll(5000), f"the {condition} never arrived"
+    backend.register(s.fileno(), READ)
+    ((fd, mask),) = backend.waiter()(1.0)
+    assert fd == s.fileno()
+    # What the loop makes of it: any bit above READ | WRITE means both.
+    seen = READ | WRITE if mask > READ | WRITE else mask
+    assert seen == (READ if backend.name == "select" else READ | WRITE)
+
+
 @pytest.mark.rule("POLL-2")
 def test_reset_while_only_writing_closes_with_the_error(poller: str, addr: str) -> None:
     """The reason for POLL-2: a connection flushing before close is watched for
