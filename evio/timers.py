@@ -82,11 +82,7 @@ class Timers:
         t.fire = None
         self._dead += 1
         heap = self.heap
-        # The earliest entry is always live, so the loop can read its poll
-        # timeout off ``heap[0]`` without a call.
-        while heap and heap[0][2].fire is None:
-            heapq.heappop(heap)
-            self._dead -= 1
+        self._live_head()
         if self._dead >= _COMPACT_AT and self._dead * 2 > len(heap):
             heap[:] = [e for e in heap if e[2].fire is not None]
             heapq.heapify(heap)
@@ -110,7 +106,13 @@ class Timers:
             t.fire = None
             fire()
             if stopping():
-                return
-        while heap and heap[0][2].fire is None:  # keep the earliest entry live
+                break
+        self._live_head()
+
+    def _live_head(self) -> None:
+        """Drop cancelled entries from the top: the earliest entry is always
+        live, so the loop reads its poll timeout off ``heap[0]`` without a call."""
+        heap = self.heap
+        while heap and heap[0][2].fire is None:
             heapq.heappop(heap)
             self._dead -= 1
