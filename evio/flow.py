@@ -57,20 +57,12 @@ from typing import Any
 
 from .callbacks import Policy
 from .events import Events, Options, OutputLimitError
-from .lifecycle import LIVE, READABLE, Conn, On, State, move
+from .lifecycle import LIVE, READ_SIZE, READABLE, SMALL_READ, Conn, On, State, move
 from .pollers import READ, WRITE, Poller
 from .timers import Timers
 from .translate import Pump
 
-__all__ = ["READ_SIZE", "SMALL_READ", "Flow", "next_read_size"]
-
-READ_SIZE = 65536
-"""Most bytes asked for in one read; message boundaries are not kept."""
-SMALL_READ = 448
-"""What a connection asks for after a read of no more than this: a
-size CPython's small-object allocator serves (a 64 KiB buffer costs a
-``malloc`` and a ``realloc`` per read).  Filling it asks for `READ_SIZE`."""
-
+__all__ = ["READ_SIZE", "SMALL_READ", "Flow", "next_read_size"]  # the sizes: lifecycle's
 
 def next_read_size(n: int, size: int) -> int:
     """What to ask for after a read of ``n`` bytes that asked for ``size``."""

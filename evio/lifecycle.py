@@ -39,7 +39,8 @@ from .pollers import READ
 from .timers import Timer
 from .translators import Translator
 
-__all__ = ["FLOW_ROWS", "LIFECYCLE", "LIVE", "READABLE", "TALKING", "WRITABLE", "Conn",
+__all__ = ["FLOW_ROWS", "LIFECYCLE", "LIVE", "READABLE", "READ_SIZE", "SMALL_READ", "TALKING",
+           "WRITABLE", "Conn",
            "LifecycleError", "On", "State", "Transition", "move", "observe"]
 
 
@@ -81,6 +82,14 @@ class On(Enum):
     HALF_CLOSE = "peer's end of stream, eof set"
     FIN_SENT = "our end of stream sent"
     OVER_LIMIT = "output over max_pending"
+
+
+READ_SIZE = 65536
+"""Most bytes asked for in one read; message boundaries are not kept."""
+SMALL_READ = 448
+"""What a connection asks for after a read of no more than this: a
+size CPython's small-object allocator serves (a 64 KiB buffer costs a
+``malloc`` and a ``realloc`` per read).  Filling it asks for `READ_SIZE`."""
 
 
 _OPEN = State.OPEN
@@ -264,7 +273,7 @@ class Conn:
             with the interest, and `move` clears it when the connection
             leaves *open*.
         read_size: What its next read asks for (a plain connection's
-            shrinks after small reads: `evio.flow.SMALL_READ`).
+            shrinks after small reads: `SMALL_READ`).
     """
 
     id: int
@@ -290,4 +299,4 @@ class Conn:
     idle_timer: Timer | None = None
     plain: bool = False
     fast: bool = False
-    read_size: int = 65536
+    read_size: int = READ_SIZE
