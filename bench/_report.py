@@ -127,36 +127,43 @@ def target_table(verdicts: list[Verdict], subject: str = "evio") -> list[str]:
 
 
 def rounds_table(samples: list[Sample]) -> list[str]:
-    """Every sample, in two narrow tables: the load's figures, then the machine's."""
-    speed = [
-        "| round | server | load | requests/s | p50 µs | p99 µs | user µs/req "
-        "| system µs/req |",
-        "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    machine = [
-        "| round | server | load | server CPU | load CPU | others' CPU | tries "
-        "| peak RSS MiB | bytes/idle conn |",
-        "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-
+    """Every sample, two narrow tables per load: its figures, then the machine's."""
     def pct(x: float | None) -> str:
         return "–" if x is None else f"{x:.0%}"
 
-    for s in sorted(samples, key=lambda s: (list(LOAD_ORDER).index(s.load)
-                                            if s.load in LOAD_ORDER else 99, s.round, s.server)):
-        m = s.metrics
-        who = f"| {s.round} | {s.server} | {s.load} "
-        if s.error:
-            speed.append(who + f"| failed: {s.error.splitlines()[0][:60]} | | | | |")
-            continue
-        speed.append(
-            who + f"| {_num(m.get('rps'))} | {_num(m.get('p50_us'))} | {_num(m.get('p99_us'))} "
-            f"| {_num(m.get('user_us_per_req'), 2)} | {_num(m.get('system_us_per_req'), 2)} |")
-        machine.append(
-            who + f"| {pct(m.get('server_cpu'))} | {pct(m.get('load_cpu'))} "
-            f"| {pct(m.get('foreign_cpu'))} | {_num(m.get('attempts'))} "
-            f"| {_num(m.get('peak_rss_mib'), 1)} | {_num(m.get('bytes_per_conn'))} |")
-    return [*speed, "", *machine]
+    out = ["Latency (p50, p99) in µs; user and system CPU in µs per request; CPU "
+           "shares (server, load, others) of one CPU; peak RSS in MiB; RSS bytes "
+           "per idle connection.", ""]
+    loads = sorted({s.load for s in samples},
+                   key=lambda ld: list(LOAD_ORDER).index(ld) if ld in LOAD_ORDER else 99)
+    for load in loads:
+        speed = [
+            "| round | server | req/s | p50 | p99 | user | system |",
+            "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        machine = [
+            "| round | server | server | load | others | tries | peak MiB | B/idle conn |",
+            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for s in sorted((s for s in samples if s.load == load), key=lambda s: (s.round, s.server)):
+            m = s.metrics
+            who = f"| {s.round} | {s.server} "
+            if s.error:
+                speed.append(who + f"| failed: {s.error.splitlines()[0][:60]} | | | | |")
+                continue
+            speed.append(
+                who + f"| {_num(m.get('rps'))} | {_num(m.get('p50_us'))} "
+                f"| {_num(m.get('p99_us'))} | {_num(m.get('user_us_per_req'), 2)} "
+                f"| {_num(m.get('system_us_per_req'), 2)} |")
+            machine.append(
+                who + f"| {pct(m.get('server_cpu'))} | {pct(m.get('load_cpu'))} "
+                f"| {pct(m.get('foreign_cpu'))} | {_num(m.get('attempts'))} "
+                f"| {_num(m.get('peak_rss_mib'), 1)} | {_num(m.get('bytes_per_conn'))} |")
+        out += [f"**{load}**", ""]
+        if any(s.metrics.get("rps") for s in samples if s.load == load):
+            out += [*speed, ""]  # the idle load has no timings, only memory
+        out += [*machine, ""]
+    return out[:-1]
 
 
 def section(meta: dict[str, Any], config: dict[str, Any], samples: list[Sample],

@@ -468,16 +468,18 @@ def report(meta: dict[str, str], config: dict[str, Any], samples: list[Sample],
                "req/s", "rr_per_s", "rr_per_cpu_s", "req per server CPU-s", 0),
         "### Every round",
         "",
-        "| round | server | bulk MiB/s | server CPU | client CPU | req/s | server CPU "
-        "| client CPU |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for s in samples:
-        lines.append(
-            f"| {s.round} | {s.kind} | {s.bulk_mib_s:,.1f} | {s.bulk_server_cpu:.0%} "
-            f"| {s.bulk_client_cpu:.0%} | {s.rr_per_s:,.0f} | {s.rr_server_cpu:.0%} "
-            f"| {s.rr_client_cpu:.0%} |")
-    lines += ["", *spread_notes(samples)]
+    # One narrow table per load, so no column scrolls out of view.
+    for title, rate, unit, digits in (("Bulk", "bulk_mib_s", "MiB/s", 1),
+                                      ("Request/response", "rr_per_s", "req/s", 0)):
+        load = rate.split("_")[0]
+        lines += [f"{title}:", "", f"| round | server | {unit} | server CPU | client CPU |",
+                  "| ---: | --- | ---: | ---: | ---: |"]
+        lines += [f"| {s.round} | {s.kind} | {getattr(s, rate):,.{digits}f} "
+                  f"| {getattr(s, load + '_server_cpu'):.0%} "
+                  f"| {getattr(s, load + '_client_cpu'):.0%} |" for s in samples]
+        lines.append("")
+    lines += spread_notes(samples)
     if not HAVE_UVLOOP:
         lines += ["", "uvloop is not installed, so it is not measured "
                       "(`pip install uvloop` adds two rows)."]
@@ -523,12 +525,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="request/response window (default 1.5)")
     parser.add_argument("--no-write", action="store_true",
                         help="print the report only; do not write the result files")
+    parser.add_argument("--render", action="store_true",
+                        help="rebuild docs/bench/tls.md from the saved results, measuring nothing")
     parser.add_argument("--serve", help=argparse.SUPPRESS)  # child mode
     parser.add_argument("--cert", help=argparse.SUPPRESS)
     parser.add_argument("--cpu", type=int, default=-1, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
         child(args.serve, args.cert, args.cpu)
+        return 0
+    if args.render:
+        saved = json.loads(RESULTS.read_text())
+        REPORT.write_text(report(saved["machine"], saved["config"],
+                                 [Sample(**s) for s in saved["samples"]],
+                                 saved["medians"], saved["ratios"]))
+        print(f"wrote {REPORT.relative_to(ROOT)} from {RESULTS.relative_to(ROOT)}")
         return 0
 
     import trustme  # a test dependency; the servers only read PEM files

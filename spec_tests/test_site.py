@@ -141,6 +141,20 @@ PROBE = r"""
   out.edit_link = !!document.querySelector("a.md-content__button[href*='edit']");
   out.footer = (document.querySelector(".md-copyright") || {}).textContent || "";
   out.prev_next = [...document.querySelectorAll("a.md-footer__link")].map((a) => a.href);
+  // Each table: how wide it is against the room it has, and its header rows.
+  out.tables = [...article.querySelectorAll("table")].map((t) => {
+    const wrap = t.closest(".md-typeset__scrollwrap") || t.parentElement;
+    return {
+      first: t.textContent.trim().replace(/\s+/g, " ").slice(0, 60),
+      width: t.scrollWidth, room: wrap.clientWidth,
+      head: [...t.querySelectorAll("thead tr")].map((r) => r.textContent.trim()),
+    };
+  });
+  // The sidebar's entries: a title that names two different pages misleads.
+  // (Pages only: a page's own table of contents nests there too, as links to anchors.)
+  out.nav = [...document.querySelectorAll("nav.md-nav--primary a.md-nav__link[href]")]
+    .filter((a) => !a.closest(".md-nav--secondary") && !a.getAttribute("href").includes("#"))
+    .map((a) => ({ text: a.textContent.trim(), href: a.href }));
   return out;
 })
 """
@@ -461,6 +475,34 @@ def test_internal_links_and_anchors_resolve(site: Site, visits: dict[str, Visit]
                 bad[url].append(f"nothing at {target} (link {link['text']!r})")
     assert checked > 100, f"only {checked} internal links found"
     assert not any(bad.values()), "broken internal links:\n" + _problems(bad)
+
+
+@pytest.mark.rule("DOCS-3")
+def test_every_table_fits_and_names_its_columns(visits: dict[str, Visit]) -> None:
+    bad = {
+        url: [
+            f"{t['first']!r}: {t['width']} px wide in {t['room']} px (columns scrolled out of view)"
+            for t in v.probe["tables"] if t["width"] > t["room"] + 1
+        ] + [
+            f"{t['first']!r}: an empty header row"
+            for t in v.probe["tables"] if any(not row for row in t["head"])
+        ]
+        for url, v in visits.items()
+    }
+    assert any(v.probe["tables"] for v in visits.values()), "no table found on the whole site"
+    assert not any(bad.values()), "tables a reader cannot read whole:\n" + _problems(bad)
+
+
+@pytest.mark.rule("DOCS-3")
+def test_no_two_sidebar_entries_share_a_title(visits: dict[str, Visit]) -> None:
+    titles: dict[str, set[str]] = {}
+    for v in visits.values():
+        for entry in v.probe["nav"]:
+            if entry["text"]:
+                titles.setdefault(entry["text"], set()).add(entry["href"])
+    assert len(titles) > 20, f"only {len(titles)} sidebar entries found"
+    twice = {t: sorted(h) for t, h in titles.items() if len(h) > 1}
+    assert not twice, f"sidebar titles that name more than one page: {twice}"
 
 
 @pytest.mark.rule("DOCS-3")
