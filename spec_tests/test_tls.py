@@ -322,7 +322,9 @@ class _CountingSSLObject(ssl.SSLObject):
 
 
 @pytest.mark.rule("TLS-7")
-def test_whole_records_are_read_without_raising(poller: str, pki: PKI, cctx: ssl.SSLContext) -> None:
+def test_whole_records_are_read_without_raising(
+    poller: str, pki: PKI, cctx: ssl.SSLContext
+) -> None:
     ctx = pki.server_ctx()
     ctx.sslobject_class = _CountingSSLObject  # what the translator's wrap_bio makes
     _CountingSSLObject.reads = _CountingSSLObject.raised = 0
