@@ -15,6 +15,9 @@ server has CPU 0):
   connections.  A one-second unmeasured wrk run comes first.  wrk has no
   markers, so CPU is read just before it starts and just after it exits;
   the few milliseconds of connecting are noise against D seconds.
+* **redis-p1c** -- ``echo_load`` again, sending ``PING\r\n`` and waiting for
+  ``+PONG\r\n``: pipeline 1 from a client cheap enough that the server sets
+  the pace (redis-benchmark at pipeline 1 uses all of its CPU first).
 * **redis** -- ``redis-benchmark -t ping_inline -c 50 -P p --csv``.  It counts
   requests, not seconds, so a short calibration run (which is also the
   warm-up) measures the server's rate and the real run asks for about
@@ -158,10 +161,14 @@ def _check_alive(server: ServerProcess) -> None:
 
 
 def echo(binary: Path, server: ServerProcess, seconds: float, cpus: tuple[int, ...],
-         cpu: int | None) -> Measurement:
-    """Closed-loop echo round trips with ``echo_load``."""
+         cpu: int | None, exchange: tuple[str, str] | None = None) -> Measurement:
+    """Closed-loop echo round trips with ``echo_load``.
+
+    With ``exchange`` (request, reply), each round trip sends the request and
+    waits for exactly the reply instead of an echo: see `ping`.
+    """
     argv = [str(binary), "127.0.0.1", str(server.port), str(CONNS), str(ECHO_SIZE),
-            f"{seconds:g}", f"{ECHO_WARMUP:g}"]
+            f"{seconds:g}", f"{ECHO_WARMUP:g}", *(exchange or ())]
     w = _Window(server, cpus)
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, preexec_fn=child_setup(cpu))
@@ -189,6 +196,18 @@ def echo(binary: Path, server: ServerProcess, seconds: float, cpus: tuple[int, .
     return Measurement(int(f["roundtrips"]), secs, float(f["p50_us"]), float(f["p99_us"]),
                        w.cpu.user, w.cpu.system, w.peak, load_cpu,
                        w.foreign(load_cpu * secs, secs))
+
+
+def ping(binary: Path, server: ServerProcess, seconds: float, cpus: tuple[int, ...],
+         cpu: int | None) -> Measurement:
+    """Redis inline PING, one in flight per connection, from ``echo_load``.
+
+    The same requests as ``redis-benchmark -t ping_inline -P 1``, from a
+    client that spends a fraction of redis-benchmark's CPU per request: at
+    pipeline 1 redis-benchmark runs at 100% of its CPU before a fast server
+    does, and then every server measures the client's speed.
+    """
+    return echo(binary, server, seconds, cpus, cpu, ("PING\r\n", "+PONG\r\n"))
 
 
 # ------------------------------------------------------------------ http

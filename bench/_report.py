@@ -32,8 +32,9 @@ BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 COLOURS = {"evio": "#1f77b4", "evio-min": "#9ecae1", "asyncio": "#ff7f0e",
            "uvloop": "#2ca02c", "redis-server": "#7f7f7f"}
 CHARTS = {"rps": "requests.png", "cpu": "cpu.png", "idle": "memory.png"}
-LOAD_ORDER = ("echo", "http", "redis-p1", "redis-p8", "redis-p16", "idle")
+LOAD_ORDER = ("echo", "http", "redis-p1", "redis-p1c", "redis-p8", "redis-p16", "idle")
 SHORT = {"echo": "echo (16 B ping-pong)", "http": "HTTP Hello World", "redis-p1": "Redis PING, P1",
+         "redis-p1c": "Redis PING, P1 (echo_load)",
          "redis-p8": "Redis PING, P8", "redis-p16": "Redis PING, P16", "idle": "idle"}
 
 

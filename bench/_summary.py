@@ -156,7 +156,7 @@ def targets(loads: list[str], servers: list[str]) -> list[Target]:
     ]
     # The example servers at the speed of the loop: their user CPU per request
     # at most asyncio's minimal servers', and (a stretch) at most uvloop's.
-    for load in ("http", "redis-p1", "redis-p8", "redis-p16"):
+    for load in ("http", "redis-p1", "redis-p1c", "redis-p8", "redis-p16"):
         out.append(Target(f"user CPU per request, {load}: at most asyncio's", load,
                           "user_us_per_req", "asyncio", at_most=1.0))
         out.append(Target(f"user CPU per request, {load}: at most uvloop's (stretch)", load,

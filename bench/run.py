@@ -23,6 +23,8 @@ http         examples/http_server.py --no-tls,           wrk -t1 -c50 --latency
              evio_min.py http, aio.py http
 redis-pN     examples/redis_server.py, evio_min.py       redis-benchmark -t ping_inline
              redis, aio.py redis, redis-server           -c 50 -P N, N = 1, 8, 16
+redis-p1c    the same                                    echo_load sending PING, one in
+                                                         flight per connection
 idle         the three echo servers                      10,000 connections from here
 ===========  ==========================================  =============================
 
@@ -126,13 +128,14 @@ LOADS = {
     "echo": "Echo: 50 connections, 16-byte messages",
     "http": "HTTP Hello World: wrk, 50 keep-alive connections",
     "redis-p1": "Redis PING_INLINE, pipeline 1: redis-benchmark, 50 connections",
+    "redis-p1c": "Redis PING_INLINE, pipeline 1: echo_load (a lighter client), 50 connections",
     "redis-p8": "Redis PING_INLINE, pipeline 8",
     "redis-p16": "Redis PING_INLINE, pipeline 16",
     "idle": "RSS per idle connection",
 }
 WORKLOAD_LOADS = {"echo": ["echo"], "http": ["http"],
-                  "redis": ["redis-p1", "redis-p8", "redis-p16"]}
-LOAD_TOOLS = {"echo": "cc", "http": "wrk", "redis-p1": "redis-benchmark",
+                  "redis": ["redis-p1", "redis-p1c", "redis-p8", "redis-p16"]}
+LOAD_TOOLS = {"echo": "cc", "http": "wrk", "redis-p1": "redis-benchmark", "redis-p1c": "cc",
               "redis-p8": "redis-benchmark", "redis-p16": "redis-benchmark"}
 
 
@@ -234,6 +237,10 @@ class Bench:
             m = _loads.echo(self.echo_binary, server, args.seconds, self.cpus, self.load_cpu)
         elif load == "http":
             m = _loads.http(server, args.seconds, self.cpus, self.load_cpu)
+        elif load == "redis-p1c":
+            assert self.echo_binary is not None
+            m = _loads.ping(self.echo_binary, server, args.redis_seconds, self.cpus,
+                            self.load_cpu)
         else:
             m = _loads.redis(server, int(load.removeprefix("redis-p")), args.redis_seconds,
                              self.cpus, self.load_cpu)
@@ -400,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     for s in skipped:
         print(f"skipped: {s}", file=sys.stderr)
     echo_binary = None
-    if any("echo" in loads for _, loads in sessions):
+    if any(LOAD_TOOLS.get(ld) == "cc" for _, loads in sessions for ld in loads):
         echo_binary = _loads.build_echo_load(BUILD)
     loads_run = [ld for ld in LOADS if any(ld in lds for _, lds in sessions)]
     servers_run = [n for n in SERVER_ORDER if any(s.name == n for s, _ in sessions)]

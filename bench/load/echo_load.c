@@ -32,7 +32,13 @@
  * CPU: near 1.0 means the load generator, not the server, set the pace.
  * Exit status 0 on success, 1 on any error (message on stderr).
  *
- * Usage: echo_load HOST PORT CONNS SIZE SECONDS WARMUP
+ * Usage: echo_load HOST PORT CONNS SIZE SECONDS WARMUP [REQUEST REPLY]
+ *
+ * With REQUEST and REPLY (SIZE is then ignored), every connection sends the
+ * bytes of REQUEST and waits for exactly the bytes of REPLY: for example
+ * "PING\r\n" and "+PONG\r\n", a Redis PING with one request in flight per
+ * connection, from a client that costs far less per request than
+ * redis-benchmark, so the server, not the client, sets the pace.
  */
 
 #define _GNU_SOURCE
@@ -58,8 +64,11 @@ struct conn {
     int fd;
     int got;          /* bytes of the echo received so far */
     int64_t sent_at;  /* when the message in flight was sent (ns) */
-    unsigned char *msg;
+    unsigned char *msg;  /* what is sent */
+    unsigned char *want; /* what must come back: msg itself, or REPLY */
 };
+
+static int rsize; /* bytes of each reply */
 
 static uint32_t *hist;
 
@@ -103,20 +112,25 @@ static void send_msg(struct conn *c, int size) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 7) {
-        fprintf(stderr, "usage: %s HOST PORT CONNS SIZE SECONDS WARMUP\n", argv[0]);
+    if (argc != 7 && argc != 9) {
+        fprintf(stderr, "usage: %s HOST PORT CONNS SIZE SECONDS WARMUP [REQUEST REPLY]\n",
+                argv[0]);
         return 2;
     }
+    const char *request = argc == 9 ? argv[7] : NULL, *reply = argc == 9 ? argv[8] : NULL;
     const char *host = argv[1];
     int port = atoi(argv[2]), nconns = atoi(argv[3]), size = atoi(argv[4]);
     double seconds = atof(argv[5]), warmup = atof(argv[6]);
-    if (port <= 0 || nconns <= 0 || size <= 0 || size > 4096 || seconds <= 0 || warmup < 0) {
+    if (request) size = (int)strlen(request);
+    rsize = reply ? (int)strlen(reply) : size;
+    if (port <= 0 || nconns <= 0 || size <= 0 || size > 4096 || rsize <= 0 || rsize > 4096 ||
+        seconds <= 0 || warmup < 0) {
         fprintf(stderr, "echo_load: bad arguments\n");
         return 2;
     }
     hist = calloc(MAX_US + 1, sizeof *hist);
     struct conn *conns = calloc((size_t)nconns, sizeof *conns);
-    unsigned char *rbuf = malloc((size_t)size);
+    unsigned char *rbuf = malloc((size_t)rsize);
     if (!hist || !conns || !rbuf) die("calloc");
 
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
@@ -137,7 +151,11 @@ int main(int argc, char **argv) {
         if (fcntl(c->fd, F_SETFL, O_NONBLOCK) < 0) die("fcntl");
         c->msg = malloc((size_t)size);
         if (!c->msg) die("malloc");
-        for (int j = 0; j < size; j++) c->msg[j] = (unsigned char)('a' + (i + j) % 26);
+        if (request)
+            memcpy(c->msg, request, (size_t)size);
+        else
+            for (int j = 0; j < size; j++) c->msg[j] = (unsigned char)('a' + (i + j) % 26);
+        c->want = reply ? (unsigned char *)reply : c->msg;
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
         if (epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev) < 0) die("epoll_ctl");
     }
@@ -176,7 +194,7 @@ int main(int argc, char **argv) {
         }
         for (int k = 0; k < n; k++) {
             struct conn *c = evs[k].data.ptr;
-            ssize_t r = recv(c->fd, rbuf + c->got, (size_t)(size - c->got), 0);
+            ssize_t r = recv(c->fd, rbuf + c->got, (size_t)(rsize - c->got), 0);
             if (r < 0) {
                 if (errno == EAGAIN || errno == EINTR) continue;
                 die("recv");
@@ -185,12 +203,12 @@ int main(int argc, char **argv) {
                 fprintf(stderr, "echo_load: the server closed a connection\n");
                 return 1;
             }
-            if (memcmp(rbuf + c->got, c->msg + c->got, (size_t)r) != 0) {
-                fprintf(stderr, "echo_load: the echo differs from what was sent\n");
+            if (memcmp(rbuf + c->got, c->want + c->got, (size_t)r) != 0) {
+                fprintf(stderr, "echo_load: the reply differs from what was expected\n");
                 return 1;
             }
             c->got += (int)r;
-            if (c->got < size) continue;
+            if (c->got < rsize) continue;
             int64_t done_at = now_ns();
             last_progress = done_at;
             if (measuring && c->sent_at >= start) {
