@@ -129,13 +129,6 @@ def _run_child(events: Events, listeners: list[Listener], poller: str | None,
     _Loop(events, listeners, make_poller(poller), index, loops, parent_fd).run()
 
 
-def _gone(arg: object, mask: int) -> None:
-    """The handler of a descriptor closed earlier in the same turn: nothing."""
-
-
-_GONE = (_gone, None)
-
-
 class _Loop:
     """One run of `serve`: the shared pieces, and `run`. Not reusable.
 
@@ -243,8 +236,10 @@ class _Loop:
                 ready = poll(timeout)
                 # dispatch
                 for fd, mask in ready:
-                    # An earlier handler of this turn may have closed ``fd``.
-                    handler, arg = handlers.get(fd, _GONE)
+                    try:
+                        handler, arg = handlers[fd]
+                    except KeyError:
+                        continue  # an earlier handler of this turn closed ``fd``
                     handler(arg, mask)
                     if self.stopping:
                         break
