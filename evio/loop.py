@@ -156,7 +156,8 @@ class _Loop:
         self.policy = Policy(events, self._stop_here, self._is_stopping)
         self.streams = Streams(events, poller, self.timers, self.policy, self.handlers, ids)
         self.acceptor = Acceptor(self.streams, poller, self.timers, self.handlers)
-        self.udp = UdpSide(events, poller, self.policy, self.handlers, ids.__next__, self.timers)
+        self.udp = UdpSide(events, poller, self.policy, self.handlers, ids.__next__, self.timers,
+                           self.waker.post)
         self.dialer = Dialer(poller, self.timers, self.waker, self.policy, self.handlers, ids,
                              self.streams)
 
@@ -230,12 +231,12 @@ class _Loop:
             monotonic = time.monotonic
             now = monotonic()  # read again at the end of each turn that has timers
             while not self.stopping:
-                # timeout (the queue's earliest entry is always live)
-                timeout = max(0.0, min(due[0][0] - now, MAX_POLL_WAIT)) if due else None
-                # poll
-                ready = poll(timeout)
-                # dispatch
-                for fd, mask in ready:
+                # timeout (the queue's earliest entry is always live), poll, dispatch.
+                # Neither the timeout nor the list of reports outlives its
+                # turn: a float or a list kept from a burst would keep a block
+                # of the allocator the burst filled (`evio.memory`).
+                for fd, mask in poll(max(0.0, min(due[0][0] - now, MAX_POLL_WAIT))
+                                     if due else None):
                     try:
                         handler, arg = handlers[fd]
                     except KeyError:
@@ -251,7 +252,8 @@ class _Loop:
                     now = monotonic()
                     if due[0][0] <= now and not self.stopping:
                         timers.run_due(now, self._is_stopping)
-                        now = monotonic()  # the timers took time
+                        # The timers took time; with none left, keep no float (above).
+                        now = monotonic() if due else 0.0
         finally:
             # shutdown
             self._shutdown()

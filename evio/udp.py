@@ -104,7 +104,8 @@ class UdpSide:
     """
 
     def __init__(self, events: Events, poller: Poller, policy: Policy,
-                 handlers: dict[int, Any], new_id: Callable[[], int], timers: Timers) -> None:
+                 handlers: dict[int, Any], new_id: Callable[[], int], timers: Timers,
+                 post: Callable[[Callable[[], None]], bool]) -> None:
         idle, most = events.udp_idle_timeout, events.udp_max_remotes
         if idle is not None and (isinstance(idle, bool) or not isinstance(idle, int | float)
                                  or not 0 < idle < float("inf")):
@@ -115,6 +116,7 @@ class UdpSide:
         self.idle = idle
         self.most = most
         self.timers = timers
+        self.post = post  # the doorbell's `post`: a job for the next turn's wakes phase
         self.sweep: Timer | None = None
         self.ev = events
         self.poller = poller
@@ -243,10 +245,12 @@ class UdpSide:
             self.peers.clear()
             self.by_remote.clear()
             if self.most_heard >= GIVE_BACK_AT:
-                # On the next turn: this frame still holds the last remote
-                # forgotten, and its blocks would go back to the free lists.
+                # On the next turn, in its wakes phase: this frame still
+                # holds the last remote forgotten, and the loop its clock
+                # reading; both would go back to the free lists after the
+                # collection emptied them, and keep their blocks.
                 self.most_heard = 0
-                self.timers.at(now, give_back)
+                self.post(give_back)
 
     def forget(self, cid: int, err: BaseException | None) -> None:
         """Forget a remote and call ``closed``; its next datagram opens a new id."""

@@ -20,8 +20,8 @@ and a read is one datagram (at most 64 KiB). What a remote costs is its
 small record, and the loop keeps at most ``udp_max_remotes`` (65,536) of
 them, forgetting each one idle for ``udp_idle_timeout`` (``--idle-timeout``,
 60 s by default, **UDP-10**, **UDP-11**): a flood from many source
-addresses is bounded by that count, and its memory is given back once the
-sources fall silent.
+addresses is bounded by that count, and its memory is given back, all but
+a megabyte or two, once the sources fall silent (**REL-18**).
 
 Stop it with Ctrl-C (or SIGTERM).
 """
