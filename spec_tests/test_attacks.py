@@ -205,7 +205,7 @@ evio.serve(evio.Events(serving=serving, opened=opened, closed=closed, tick=tick,
 """
 
 
-def _flood(port: int, sources: int) -> None:
+def _udp_flood(port: int, sources: int) -> None:
     """One datagram to ``port`` from each of ``sources`` loopback addresses."""
     for i in range(sources):
         ip = f"127.{1 + (i >> 16) % 250}.{(i >> 8) & 255}.{i & 255 or 1}"
@@ -223,7 +223,7 @@ def test_the_udp_example_gives_a_floods_memory_back(poller: str) -> None:
     with example("udp_echo.py", "--poller", poller, "--idle-timeout", "1") as (proc, port):
         time.sleep(0.3)
         before = memory(proc.pid)["VmRSS"]
-        _flood(port, 300_000)
+        _udp_flood(port, 300_000)
         peak = memory(proc.pid)["VmRSS"]
         # Forgotten within a second or two of silence; then wait until RSS settles.
         time.sleep(3.0)
@@ -270,7 +270,7 @@ def test_udp_remotes_from_300k_sources_are_forgotten(poller: str) -> None:
         while not lines:
             time.sleep(0.05)
         before = memory(proc.pid)["VmRSS"]
-        _flood(port, 300_000)
+        _udp_flood(port, 300_000)
         peak = memory(proc.pid)
         end = time.monotonic() + TIMEOUT
         while counts()[1] < counts()[0]:
