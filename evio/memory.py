@@ -37,8 +37,13 @@ turn after the sweep (posted to the doorbell, not put on the timer queue,
 whose entries carry clock readings), and the loop keeps no object of a
 turn past it: the timeout and the list of poll reports are temporaries,
 and with no timer left the clock reading is dropped too.  A server with no
-state of its own then gives back all but a megabyte or two (measured on
-`examples/udp_echo.py` after 300,000 sources: +0.6 to +1.7 MB).
+state of its own then gives back all but about a megabyte (measured on
+`examples/udp_echo.py` after 300,000 sources: +0.6 to +1.7 MB).  That
+megabyte is one arena with no block in use: CPython keeps the last wholly
+free arena rather than unmap it, so that a loop allocating and freeing
+around an arena boundary does not map and unmap one every time
+(bpo-37257).  Its pages stay resident, and nothing outside the allocator
+can hand them back.
 
 What this cannot reach is a live object that happened to be allocated in
 one of the flood's arenas, and it would be a trick to pretend otherwise:
