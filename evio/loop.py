@@ -231,10 +231,12 @@ class _Loop:
             monotonic = time.monotonic
             now = monotonic()  # read again at the end of each turn that has timers
             while not self.stopping:
-                # timeout (the queue's earliest entry is always live), poll, dispatch.
-                # Neither the timeout nor the list of reports outlives its
+                # timeout: the queue's earliest entry is always live
+                # poll
+                # dispatch
+                # (The timeout and the list of reports are not kept past their
                 # turn: a float or a list kept from a burst would keep a block
-                # of the allocator the burst filled (`evio.memory`).
+                # of the allocator the burst filled, `evio.memory`.)
                 for fd, mask in poll(max(0.0, min(due[0][0] - now, MAX_POLL_WAIT))
                                      if due else None):
                     try:
