@@ -64,6 +64,7 @@ from .translate import Pump
 
 __all__ = ["READ_SIZE", "SMALL_READ", "Flow", "next_read_size"]  # the sizes: lifecycle's
 
+
 def next_read_size(n: int, size: int) -> int:
     """What to ask for after a read of ``n`` bytes that asked for ``size``."""
     if n == size:

@@ -40,8 +40,7 @@ from .timers import Timer
 from .translators import Translator
 
 __all__ = ["FLOW_ROWS", "LIFECYCLE", "LIVE", "READABLE", "READ_SIZE", "SMALL_READ", "TALKING",
-           "WRITABLE", "Conn",
-           "LifecycleError", "On", "State", "Transition", "move", "observe"]
+           "WRITABLE", "Conn", "LifecycleError", "On", "State", "Transition", "move", "observe"]
 
 
 class State(Enum):

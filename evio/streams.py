@@ -58,9 +58,9 @@ Handlers = dict[int, tuple[Callable[[Any, int], None], Any]]
 the loop calls ``handler(argument, mask)`` for each ready descriptor."""
 
 _OPEN = State.OPEN
-os_read, os_write = os.read, os.write
 _WRITE_ONLY = State.WRITE_ONLY
 _FLUSHING = State.FLUSHING
+os_read, os_write = os.read, os.write
 
 
 class Streams(Flow):
