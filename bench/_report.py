@@ -38,6 +38,21 @@ SHORT = {"echo": "echo (16 B ping-pong)", "http": "HTTP Hello World", "redis-p1"
          "redis-p8": "Redis PING, P8", "redis-p16": "Redis PING, P16", "idle": "idle"}
 
 
+def machine_table(meta: dict[str, Any], *extra: tuple[str, str]) -> list[str]:
+    """The machine a run was made on, as table rows; ``extra`` rows follow the common ones.
+
+    Every results page (this one, ``paired.py``'s, ``tls_echo.py``'s and
+    ``soak.py``'s) starts with it; ``meta`` has ``date``, ``uname``, ``cpu``,
+    ``cpus`` and ``python``.
+    """
+    return ["| what | this run |", "| --- | --- |",
+            f"| date (UTC) | {meta['date']} |",
+            f"| `uname -srm` | {meta['uname']} |",
+            f"| CPU | {meta['cpu']} ({meta['cpus']} CPUs) |",
+            f"| Python | {meta['python']} |",
+            *(f"| {what} | {value} |" for what, value in extra)]
+
+
 def _num(x: float | None, digits: int = 0) -> str:
     return "–" if x is None else f"{x:,.{digits}f}"
 
@@ -178,18 +193,10 @@ def section(meta: dict[str, Any], config: dict[str, Any], samples: list[Sample],
         "",
         "### The machine of the last run",
         "",
-        "| what | this run |",
-        "| --- | --- |",
-        f"| date (UTC) | {meta['date']} |",
-        f"| `uname -srm` | {meta['uname']} |",
-        f"| CPU | {meta['cpu']} ({meta['cpus']} CPUs) |",
-        f"| Python | {meta['python']} |",
-        f"| evio | {v['evio-loop']} |",
-        f"| uvloop | {v['uvloop']} |",
-        f"| redis-server | {v['redis-server']} |",
-        f"| redis-benchmark | {v['redis-benchmark']} |",
-        f"| wrk | {v['wrk']} |",
-        f"| C compiler | {v['cc']} |",
+        *machine_table(meta, ("evio", v["evio-loop"]), ("uvloop", v["uvloop"]),
+                       ("redis-server", v["redis-server"]),
+                       ("redis-benchmark", v["redis-benchmark"]), ("wrk", v["wrk"]),
+                       ("C compiler", v["cc"])),
         "",
         f"Rounds: {config['rounds']} ({'quick run' if config['quick'] else 'full run'}); "
         f"echo and HTTP {config['seconds']:g} s each, Redis about "

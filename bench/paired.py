@@ -53,6 +53,7 @@ from typing import Any
 
 import _loads
 import _procs
+from _report import machine_table
 from run import LOAD_CPU, ROOT, SERVER_CPU, SERVER_ORDER, SERVERS, available, machine, versions
 
 RESULTS = ROOT / "bench" / "results" / "paired.json"
@@ -141,13 +142,7 @@ def report(meta: dict[str, Any], config: dict[str, Any], samples: list[Sample]) 
         "",
         "## Machine",
         "",
-        "| what | this run |",
-        "| --- | --- |",
-        f"| date (UTC) | {meta['date']} |",
-        f"| `uname -srm` | {meta['uname']} |",
-        f"| CPU | {meta['cpu']} ({meta['cpus']} CPUs) |",
-        f"| Python | {meta['python']} |",
-        f"| redis-benchmark | {meta['versions'].get('redis-benchmark', '?')} |",
+        *machine_table(meta, ("redis-benchmark", meta["versions"].get("redis-benchmark", "?"))),
         "",
         "## Method",
         "",

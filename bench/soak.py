@@ -63,6 +63,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from _report import machine_table
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "soak.json"
 REPORT = ROOT / "docs" / "bench" / "soak.md"
@@ -426,13 +428,7 @@ def report(r: dict[str, Any]) -> str:
         "",
         "## Machine",
         "",
-        "| what | this run |",
-        "| --- | --- |",
-        f"| date (UTC) | {m['date']} |",
-        f"| `uname -srm` | {m['uname']} |",
-        f"| CPU | {m['cpu']} ({m['cpus']} CPUs) |",
-        f"| Python | {m['python']} |",
-        f"| poller | {c['poller']} |",
+        *machine_table(m, ("poller", c["poller"])),
         "",
         "## Method",
         "",

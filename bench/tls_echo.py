@@ -61,6 +61,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from _report import machine_table
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "tls_echo.json"
 REPORT = ROOT / "docs" / "bench" / "tls.md"
@@ -422,14 +424,7 @@ def report(meta: dict[str, str], config: dict[str, Any], samples: list[Sample],
         "",
         "## Machine",
         "",
-        "| what | this run |",
-        "| --- | --- |",
-        f"| date (UTC) | {meta['date']} |",
-        f"| `uname -srm` | {meta['uname']} |",
-        f"| CPU | {meta['cpu']} ({meta['cpus']} CPUs) |",
-        f"| Python | {meta['python']} |",
-        f"| OpenSSL | {meta['openssl']} |",
-        f"| uvloop | {meta['uvloop']} |",
+        *machine_table(meta, ("OpenSSL", meta["openssl"]), ("uvloop", meta["uvloop"])),
         "",
         "## Method",
         "",
