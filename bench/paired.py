@@ -133,7 +133,7 @@ def report(meta: dict[str, Any], config: dict[str, Any], samples: list[Sample]) 
         f"under `redis-benchmark -t ping_inline -c {_loads.CONNS} -P {config['pipeline']}`:",
         "a load in which the client, not the server, sets the pace. Why this page",
         "exists and how to read it is explained in",
-        "[Performance](../performance.md#pipeline-1-with-a-client-that-is-not-the-bottleneck).",
+        "[Performance](../performance.md#why-a-faster-server-gets-fewer-requests-from-a-saturated-client).",
         "Produce it again with:",
         "",
         "```sh",
