@@ -33,6 +33,7 @@ import ipaddress
 import os
 import socket
 import stat
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,8 @@ _STREAM = {"tcp": socket.AF_UNSPEC, "tcp4": socket.AF_INET, "tcp6": socket.AF_IN
 _DGRAM = {"udp": socket.AF_UNSPEC, "udp4": socket.AF_INET, "udp6": socket.AF_INET6}
 DEFAULT_UNIX_MODE = 0o600
 """Unix socket files are owner-only unless the address says ``?mode=``."""
+SUN_PATH_MAX = 108 if sys.platform.startswith("linux") else 104
+"""The most bytes a unix socket path may have (``sun_path``'s size)."""
 _TRUE = {"1", "true", "yes"}
 _FALSE = {"0", "false", "no"}
 
@@ -143,6 +146,12 @@ def parse_address(text: str) -> Address:
             raise bad("a unix address needs a path")
         if "\0" in rest:
             raise bad("a unix path cannot contain NUL")
+        try:
+            size = len(os.fsencode(rest))  # "@name" (abstract): the "@" becomes a NUL byte
+        except UnicodeEncodeError as e:
+            raise bad("the unix path cannot be encoded for the file system") from e
+        if size > SUN_PATH_MAX:
+            raise bad(f"a unix path is at most {SUN_PATH_MAX} bytes here, this one is {size}")
         return Address(
             text, network, path=rest, reuseport=reuseport, portable=portable, mode=mode
         )
@@ -179,10 +188,11 @@ def _split_host_port(rest: str, bad: Callable[[str], ValueError]) -> tuple[str, 
             raise bad("an IPv6 host must be written [host]:port")
     if not port_text.isdigit() or not port_text.isascii():
         raise bad(f"port {port_text!r} is not a number")
-    port = int(port_text)
-    if port > 65535:
-        raise bad(f"port {port} is out of range (0-65535)")
-    return host, port
+    digits = port_text.lstrip("0") or "0"
+    if len(digits) > 5 or int(digits) > 65535:  # int() of thousands of digits would raise
+        shown = digits if len(digits) <= 12 else digits[:12] + "..."
+        raise bad(f"port {shown} is out of range (0-65535)")
+    return host, int(digits)
 
 
 @dataclass(slots=True)

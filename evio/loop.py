@@ -54,7 +54,7 @@ from .server import Server
 from .signals import SignalWatch
 from .streams import Handlers, Streams
 from .timers import MAX_POLL_WAIT, Timers
-from .udp import UdpSide, is_udp
+from .udp import UdpSide, check_settings, is_udp
 from .wake import Waker
 
 __all__ = ["serve"]
@@ -88,8 +88,9 @@ def serve(events: Events, *addrs: str, poller: str | Poller | None = None,
 
     Raises:
         TypeError: ``events`` is not an `evio.Events`.
-        ValueError: an address, the poller or ``loops`` is not valid, or a
-            host name cannot be resolved; nothing has been bound.
+        ValueError: an address, the poller, ``loops`` or a UDP setting of
+            ``events`` is not valid, or a host name cannot be resolved;
+            nothing has been bound.
         OSError: a bind failed; nothing stays bound.
         KeyboardInterrupt: SIGINT stopped the loop (raised after the
             shutdown, never from inside it).
@@ -101,6 +102,7 @@ def serve(events: Events, *addrs: str, poller: str | Poller | None = None,
         raise TypeError(f"serve() needs an evio.Events, not {type(events).__name__}")
     if not addrs:
         raise ValueError("serve() needs at least one address")
+    check_settings(events)
     n = loop_count(loops)
     parsed = [parse_address(a) for a in addrs]
     if any(a.portable for a in parsed):
@@ -115,12 +117,16 @@ def serve(events: Events, *addrs: str, poller: str | Poller | None = None,
         supervise(events, parsed, n, poller, _run_child)
         return
     backend = poller if isinstance(poller, Poller) else make_poller(poller)
+    listeners: list[Listener] = []
     try:
         listeners = bind_all(parsed)
-    except BaseException:
+        loop = _Loop(events, listeners, backend)
+    except BaseException:  # nothing stays bound, nothing stays open
+        for lst in listeners:
+            lst.close()
         backend.close()
         raise
-    _Loop(events, listeners, backend).run()
+    loop.run()
 
 
 def _run_child(events: Events, listeners: list[Listener], poller: str | None,

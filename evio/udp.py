@@ -86,6 +86,23 @@ class Peer:
     heard: float = 0.0
 
 
+def check_settings(events: Events) -> None:
+    """Check the UDP settings of ``events``; `serve` calls it before it binds.
+
+    Raises:
+        ValueError: ``events.udp_idle_timeout`` is not a positive, finite
+            number of seconds or ``None``, or ``events.udp_max_remotes``
+            is not a positive integer.
+    """
+    idle, most = events.udp_idle_timeout, events.udp_max_remotes
+    if idle is not None and (isinstance(idle, bool) or not isinstance(idle, int | float)
+                             or not 0 < idle < float("inf")):
+        raise ValueError(f"udp_idle_timeout must be a positive, finite number of seconds "
+                         f"or None, not {idle!r}")
+    if type(most) is not int or most < 1:
+        raise ValueError(f"udp_max_remotes must be a positive integer, not {most!r}")
+
+
 class UdpSide:
     """The loop's UDP listeners and the remotes they know (a `evio.callbacks.Side`).
 
@@ -98,23 +115,15 @@ class UdpSide:
         timers: The loop's deadline queue (for forgetting idle remotes).
 
     Raises:
-        ValueError: ``events.udp_idle_timeout`` is not a positive number
-            or ``None``, or ``events.udp_max_remotes`` is not a positive
-            integer.
+        ValueError: see `check_settings`.
     """
 
     def __init__(self, events: Events, poller: Poller, policy: Policy,
                  handlers: dict[int, Any], new_id: Callable[[], int], timers: Timers,
                  post: Callable[[Callable[[], None]], bool]) -> None:
-        idle, most = events.udp_idle_timeout, events.udp_max_remotes
-        if idle is not None and (isinstance(idle, bool) or not isinstance(idle, int | float)
-                                 or not 0 < idle < float("inf")):
-            raise ValueError(f"udp_idle_timeout must be a positive number of seconds or None, "
-                             f"not {idle!r}")
-        if type(most) is not int or most < 1:
-            raise ValueError(f"udp_max_remotes must be a positive integer, not {most!r}")
-        self.idle = idle
-        self.most = most
+        check_settings(events)
+        self.idle = events.udp_idle_timeout
+        self.most = events.udp_max_remotes
         self.timers = timers
         self.post = post  # the doorbell's `post`: a job for the next turn's wakes phase
         self.sweep: Timer | None = None

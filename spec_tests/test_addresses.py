@@ -269,6 +269,10 @@ _MALFORMED = [
     "tcp://127.0.0.1:\u0663",  # ARABIC-INDIC DIGIT THREE: a digit, but not decimal ASCII
     "tcp://127.0.0.1:65536",
     "tcp://127.0.0.1:99999999999999999999",
+    "tcp://127.0.0.1:" + "9" * 5000,  # past int()'s own digit limit: still this error
+    "tcp://[::1]:" + "1" * 5000,
+    "unix:///tmp/" + "a" * 200,  # longer than sun_path
+    "unix://@" + "a" * 200,
     "tcp://::1:5000",
     "tcp6://fe80::1:5000",
     "tcp://[::1]5000",
@@ -297,6 +301,16 @@ def test_malformed_address_is_a_value_error_naming_it(text: str) -> None:
     assert text in str(e.value)
 
 
+@pytest.mark.rule("ADDR-6")
+def test_the_longest_unix_path_is_accepted_and_one_byte_more_is_not(tmp_path: Path) -> None:
+    most = evio.addresses.SUN_PATH_MAX
+    prefix = f"{tmp_path}/"
+    fits = prefix + "s" * (most - len(os.fsencode(prefix)))
+    assert evio.parse_address(f"unix://{fits}").path == fits
+    with pytest.raises(ValueError, match=re.escape(f"unix://{fits}x")):
+        evio.parse_address(f"unix://{fits}x")
+
+
 # (the bad address, what serve() raises)
 _REFUSED_BEFORE_BINDING = [
     pytest.param("bogus://x", ValueError, id="unknown-scheme"),
@@ -305,6 +319,22 @@ _REFUSED_BEFORE_BINDING = [
     # Resolution happens before binding too (ADDR-3): ".invalid" never resolves.
     pytest.param("tcp://no-such-host.invalid:0", ValueError, id="unresolvable"),
 ]
+
+
+@pytest.mark.rule("ADDR-6", "UDP-10")
+@pytest.mark.parametrize("setting", [
+    {"udp_idle_timeout": 0}, {"udp_idle_timeout": -1.0}, {"udp_idle_timeout": float("inf")},
+    {"udp_idle_timeout": float("nan")}, {"udp_idle_timeout": True},
+    {"udp_idle_timeout": "60"}, {"udp_max_remotes": 0}, {"udp_max_remotes": 2.5},
+], ids=repr)
+def test_a_bad_udp_setting_is_refused_before_binding_any(
+    poller: str, tmp_path: Path, setting: dict[str, object]
+) -> None:
+    path = tmp_path / "first.sock"
+    events = evio.Events(serving=lambda server: Action.SHUTDOWN, **setting)
+    with nothing_left_bound(path), pytest.raises(ValueError, match=next(iter(setting))):
+        evio.serve(events, f"unix://{path}", "tcp4://127.0.0.1:0", "udp4://127.0.0.1:0",
+                   poller=poller)
 
 
 @pytest.mark.rule("ADDR-2", "ADDR-3", "ADDR-6")

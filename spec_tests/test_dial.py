@@ -312,6 +312,8 @@ BAD_ADDRESSES = [
     "tcp://[::1:9",
     "tcp4://[::1]:9",
     "unix://",
+    "tcp://127.0.0.1:" + "9" * 5000,
+    "unix:///tmp/" + "a" * 200,
 ]
 BAD_TIMEOUTS: list[Any] = [0, 0.0, -1, -0.5, float("nan"), float("inf"), True, False]
 

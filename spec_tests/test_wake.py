@@ -523,7 +523,8 @@ def test_wake_after_close_returned_is_dropped(poller: str, addr: str) -> None:
         wait_for(lambda: remaining, what="the first write")
         assert remaining[0] > 0  # still flushing: the client reads nothing yet
         assert r.server is not None
-        r.server.wake(1)  # True or False: either way data must not be called
+        # Still open (the client has read nothing of BIG), so taken, then dropped.
+        assert r.server.wake(1) is True
         assert r.server.wake(2) is True  # taken with, or after, the wake of 1
         wait_for(lambda: (2, None) in rec.of("data"), what="data(2, None)")
         got = recv_all(flushing)
@@ -565,7 +566,8 @@ def test_wake_after_the_peer_ended_its_stream_is_dropped(poller: str, addr: str)
         # The loop has seen the end of stream when it stops asking to read.
         wait_for(lambda: (fd, WRITE) in counting.modifies, what="reading stopped")
         assert r.server is not None
-        r.server.wake(1)  # True or False: either way data must not be called
+        # Still open (the client has read nothing of BIG), so taken, then dropped.
+        assert r.server.wake(1) is True
         assert r.server.wake(2) is True
         wait_for(lambda: (2, None) in rec.of("data"), what="data(2, None)")
         got = recv_all(ending)
