@@ -59,8 +59,8 @@ class Side(Protocol[C]):
     def end(self, c: C) -> None:
         """``Action.CLOSE``: close once pending output is sent."""
 
-    def detach(self, c: C) -> None:
-        """``Action.DETACH``."""
+    def detach(self, c: C, where: str) -> None:
+        """``Action.DETACH``, returned by the callback ``where``."""
 
     def raised(self, c: C, where: str, e: Exception) -> None:
         """A callback for ``c`` raised ``e`` (already logged)."""
@@ -92,12 +92,12 @@ class Policy:
 
     # ------------------------------------------------- connection callbacks
 
-    def act(self, side: Side[Any], c: Any, action: Action) -> None:
-        """Apply an action a connection callback returned."""
+    def act(self, side: Side[Any], c: Any, action: Action, where: str = "data") -> None:
+        """Apply an action the connection callback ``where`` returned."""
         if action is _CLOSE:
             side.end(c)
         elif action is _DETACH:
-            side.detach(c)
+            side.detach(c, where)
         elif action is _SHUTDOWN:
             self.stop()
 
@@ -144,7 +144,7 @@ class Policy:
         if out:
             side.send(c, out)
         if action is not _NONE:
-            self.act(side, c, action)
+            self.act(side, c, action, where)
 
     def opened(self, side: Side[Any], c: Any, info: Any) -> None:
         """``opened(id, info)``: options first, then output, then the action."""
@@ -161,7 +161,7 @@ class Policy:
         if out:
             side.send(c, out)
         if action is not _NONE:
-            self.act(side, c, action)
+            self.act(side, c, action, "opened")
 
     def around(self, side: Side[Any], c: Any, where: str, args: tuple[int, ...]) -> bool:
         """``prewrite`` or ``postwrite``; False if ``c`` did not survive it."""
@@ -173,7 +173,7 @@ class Policy:
             self.failed(side, c, where, e)
             return side.live(c)
         if action is not _NONE:
-            self.act(side, c, action)
+            self.act(side, c, action, where)
         return side.live(c)
 
     def failed(self, side: Side[Any], c: Any, where: str, e: Exception) -> None:

@@ -229,7 +229,7 @@ def split_reply(r: object) -> tuple[Buffer | None, Action]:
     if r is None:
         return _NO_OUTPUT
     if isinstance(r, bytes | bytearray | memoryview):
-        return r, Action.NONE
+        return (octets(r) if type(r) is memoryview else r), Action.NONE
     if type(r) is Action:
         return None, r
     if type(r) is tuple and len(r) == 2:
@@ -237,11 +237,24 @@ def split_reply(r: object) -> tuple[Buffer | None, Action]:
         if (out is None or isinstance(out, bytes | bytearray | memoryview)) and (
             action is None or type(action) is Action
         ):
-            return out, action or Action.NONE
+            return (octets(out) if type(out) is memoryview else out), action or Action.NONE
     raise TypeError(
         "a callback must return None, bytes, an Action or (bytes, Action); "
         f"got {_describe(r)}"
     )
+
+
+def octets(view: memoryview) -> memoryview:
+    """``view`` as one flat run of bytes: what it holds, byte for byte.
+
+    The loop counts and slices output in bytes, as ``send`` does; a view
+    of wider items (an ``array('i')``), of several dimensions or with
+    strides would be counted in items.  A flat byte view comes back as it
+    is; a contiguous one is recast without a copy; a strided one is copied.
+    """
+    if view.itemsize == 1 and view.ndim == 1 and view.c_contiguous:
+        return view
+    return view.cast("B") if view.c_contiguous else memoryview(view.tobytes())
 
 
 def split_opened(r: object) -> tuple[Buffer | None, Options | None, Action]:

@@ -415,15 +415,15 @@ class Streams(Flow):
         if not keep_socket:
             c.sock.close()
 
-    def detach(self, c: Conn) -> None:
-        """``Action.DETACH``: hand the socket, and the output still pending, to
-        ``detached``; if ``detached`` raises, the socket is closed."""
+    def detach(self, c: Conn, where: str) -> None:
+        """``Action.DETACH`` from ``where``: hand the socket, and the output
+        still pending, to ``detached``; if ``detached`` raises, it is closed."""
         if c.state not in LIVE:
             return
         why = ("Action.DETACH needs a detached callback" if self.ev.detached is None else
                "a translated connection cannot be detached" if c.translator else None)
-        if why:
-            self.policy.failed(self, c, "DETACH", TypeError(why))
+        if why:  # as if ``where`` raised it (EV-8): from a write hook, output is dropped
+            self.policy.failed(self, c, where, TypeError(why))
             return
         move(c, On.DETACH)
         self.poller.unregister(c.fd)

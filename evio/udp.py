@@ -220,7 +220,10 @@ class UdpSide:
         """``CLOSE``: forget the remote."""
         self.forget(peer.id, None)
 
-    detach = end  # no socket of its own to hand over: DETACH acts as CLOSE
+    def detach(self, peer: Peer, where: str) -> None:
+        """``Action.DETACH``: a remote has no socket of its own to hand over,
+        so it acts as ``CLOSE``."""
+        self.end(peer)
 
     def raised(self, peer: Peer, where: str, e: Exception) -> None:
         """A callback for this remote raised: forget it with ``e``."""

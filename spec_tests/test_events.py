@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import logging
 import threading
@@ -77,6 +78,32 @@ REPLIES: list[tuple[Any, bytes, bool]] = [
     ((b"bye", Action.CLOSE), b"bye", True),
     ((bytearray(b"bye"), Action.CLOSE), b"bye", True),
 ]
+
+
+def _views(size: int) -> list[tuple[str, memoryview, bytes]]:
+    """Memoryviews that are not flat byte runs, and the bytes each holds."""
+    ints = array.array("i", range(size // 4))
+    raw = ints.tobytes()
+    grid = memoryview(raw).cast("B", (size // 64, 64))
+    strided = memoryview(raw)[::2]
+    return [("int-items", memoryview(ints), raw), ("two-dimensions", grid, raw),
+            ("strided", strided, raw[::2])]
+
+
+@pytest.mark.rule("EV-3", "LOOP-8")
+@pytest.mark.parametrize("which", ["int-items", "two-dimensions", "strided"])
+def test_any_memoryview_is_sent_byte_for_byte(poller: str, addr: str, which: str) -> None:
+    # Larger than a socket takes at once, so the loop counts and slices it.
+    view, expected = next((v, b) for name, v, b in _views(8 * MiB) if name == which)
+    rec = Recorder()
+    ev = echo_events(rec, data=lambda cid, d: (view, Action.CLOSE))
+    with running(ev, addr, poller=poller) as r:
+        c = r.connect()
+        c.sendall(b"go")
+        got = recv_all(c)
+        wait_for(lambda: rec.of("closed"), what="closed")
+    assert len(got) == len(expected) and got == expected
+    assert _closed_errors(rec) == [None]
 
 
 @pytest.mark.rule("EV-3", "EV-7")
@@ -199,6 +226,27 @@ def test_detach_without_a_detached_callback_is_a_type_error(poller: str, addr: s
         wait_for(lambda: rec.of("closed"))
     (err,) = _closed_errors(rec)
     assert isinstance(err, TypeError) and "detached" in str(err)
+
+
+@pytest.mark.rule("EV-8", "EV-10")
+@pytest.mark.parametrize("hook", ["prewrite", "postwrite"])
+def test_detach_from_a_write_hook_without_detached_drops_the_output(
+    poller: str, addr: str, hook: str
+) -> None:
+    # A TypeError "raised" by the hook: the connection closes at once and its
+    # pending output is dropped, as when the hook raises (EV-10).
+    rec = Recorder()
+    big = 16 * MiB  # more than any socket buffer takes: most of it stays pending
+    hooks: dict[str, Any] = {hook: (lambda *args: Action.DETACH)}
+    ev = echo_events(rec, data=lambda cid, d: b"x" * big, **hooks)
+    with running(ev, addr, poller=poller) as r:
+        c = r.connect()
+        c.sendall(b"go")
+        wait_for(lambda: rec.of("closed"), what="closed")
+        got = recv_all(c)
+    (err,) = _closed_errors(rec)
+    assert isinstance(err, TypeError) and "detached" in str(err)
+    assert len(got) < big
 
 
 @pytest.mark.rule("EV-9", "EV-13")
