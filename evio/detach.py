@@ -101,9 +101,9 @@ class DetachedConn:
         return len(memoryview(data))
 
     def shutdown(self, how: int) -> None:
-        """Shut down one or both directions, after sending what is pending."""
-        if how != socket.SHUT_RD:
-            self.flush()
+        """Shut down one or both directions, after sending what is pending
+        (whichever direction: DETACH-2 makes no exception)."""
+        self.flush()
         self.socket.shutdown(how)
 
     def close(self) -> None:

@@ -317,6 +317,45 @@ def test_a_peer_that_never_reads_cannot_block_the_loop(poller: str, addr: str) -
         assert conn.fileno() == -1
 
 
+@pytest.mark.rule("DETACH-2")
+@pytest.mark.parametrize("how", ["SHUT_RD", "SHUT_WR", "SHUT_RDWR"])
+def test_a_shutdown_of_either_direction_sends_what_is_pending_first(
+    poller: str, addr: str, how: str
+) -> None:
+    owner = Owner()
+    ev = owner.events(data=lambda cid, d: (BIG, Action.DETACH) if d == b"go" else d)
+    with running(ev, addr, poller=poller) as r:
+        c = r.connect()
+        c.sendall(b"go")
+        conn = owner.conn(1)
+        assert conn.pending > 0  # 16 MiB: more than the socket took
+        got = bytearray()
+        reader = threading.Thread(target=lambda: got.extend(recv_all(c)), daemon=True)
+        reader.start()
+        conn.settimeout(DEADLINE)
+        conn.shutdown(getattr(socket, how))
+        assert conn.pending == 0
+        conn.close()
+        reader.join(DEADLINE)
+    assert bytes(got) == BIG
+
+
+@pytest.mark.rule("DETACH-2")
+def test_output_returned_with_detach_is_sent_or_pending_never_lost(
+    poller: str, addr: str
+) -> None:
+    owner = Owner()
+    ev = owner.events(data=lambda cid, d: (b"hello", Action.DETACH))
+    with running(ev, addr, poller=poller) as r:
+        c = r.connect()
+        c.sendall(b"x")
+        conn = owner.conn(1)
+        assert conn.pending in (0, 5)  # the socket took it at once, or it travels with conn
+        conn.settimeout(DEADLINE)
+        conn.close()
+        assert recv_all(c) == b"hello"
+
+
 @pytest.mark.rule("DETACH-4")
 @pytest.mark.parametrize("size", [0, 3, 16 * MiB])
 def test_close_sends_what_is_pending_then_ends_the_stream(
