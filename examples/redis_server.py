@@ -32,6 +32,11 @@ answer, then goes on with the commands that queued up behind it. The same
 mailbox-and-wake shape as ``proxy.py``, with no thread anywhere: a dial is
 already asynchronous. A timeout is watched by ``tick``.
 
+A client that ends its stream after its last command (``shutdown(SHUT_WR)``)
+still gets every reply: ``eof`` keeps the connection open for writing
+while commands wait behind a WGET or unread replies, and ``_run`` closes it
+once none is left (REDIS-20).
+
 Why one loop: the echo and HTTP examples take ``--loops N`` and run N
 loops in N processes, but this server does not. Its keyspace is a dict in
 one process's memory; a loop in another process could neither see a SET
@@ -113,6 +118,7 @@ class _Client:
     resp3: bool = False  # the client said HELLO 3
     null: bytes = resp.NIL  # "no value" in the client's protocol
     held: bool = False  # too many replies pending: commands wait for drained()
+    ended: bool = False  # it ended its stream: answer what it sent, then close
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +160,8 @@ class RedisClone:
 
     def events(self) -> evio.Events:
         return evio.Events(serving=self.serving, opened=self.opened, data=self.data,
-                           closed=self.closed, tick=self.tick, drained=self.drained)
+                           closed=self.closed, tick=self.tick, drained=self.drained,
+                           eof=self.eof)
 
     # ------------------------------------------------------------ callbacks
 
@@ -211,6 +218,20 @@ class RedisClone:
         else:
             self._answer(f, resp.bulk(b"".join(f.chunks)))
 
+    def eof(self, id: int) -> _Reply:
+        # The peer ended its stream (a client's shutdown(SHUT_WR), or a WGET's
+        # web server done sending). A client still gets a reply to every
+        # command it sent: the connection stays open for writing while the
+        # commands behind a WGET or a full pipeline wait, and `_run` closes it
+        # once none is left.
+        c = self.clients.get(id)
+        if c is None:
+            return evio.Action.CLOSE  # a WGET's response is complete: closed() answers
+        c.ended = True
+        if c.fetch is not None or c.held:
+            return None  # the wake or drained() goes on
+        return self._run(c)
+
     def drained(self, id: int) -> _Reply:
         # The client read its replies down to the low-water mark: go on
         # with the commands that waited.
@@ -255,6 +276,7 @@ class RedisClone:
         is at most the same mark.)
         """
         out = []
+        more = False  # commands left for the next turn
         if c.answer:
             out.append(c.answer)
             c.answer = b""
@@ -287,6 +309,7 @@ class RedisClone:
                     size += len(reply)
                     if size > HIGH_WATER:
                         self._wake(c.id)  # the rest next turn, once these are written
+                        more = True
                         break
             except resp.ProtocolError as e:
                 # Like Redis: answer the commands before it, then the error, then close.
@@ -294,6 +317,8 @@ class RedisClone:
                 return b"".join(out), evio.Action.CLOSE
         if c.action is not _NONE:
             return b"".join(out), c.action
+        if c.ended and not more and c.fetch is None:
+            return b"".join(out) or None, evio.Action.CLOSE  # every command answered
         if len(out) == 1:
             return out[0] or None
         return b"".join(out) or None

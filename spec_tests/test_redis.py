@@ -858,6 +858,34 @@ def test_wget_returns_the_whole_response() -> None:
         assert reply.startswith(b"$%d\r\nHTTP/1.0 200 OK" % len(got))
 
 
+@pytest.mark.rule("REDIS-20", "REDIS-2")
+@pytest.mark.parametrize(("count", "size"), [(10, 100), (1000, 1000), (200, 100_000)])
+def test_a_client_that_ends_its_stream_gets_every_reply(count: int, size: int) -> None:
+    # Enough replies, unread, to stop the pipeline at the high-water mark:
+    # the commands behind it must still run after the client's end of stream.
+    value = os.urandom(size)
+    one = b"$%d\r\n%s\r\n" % (size, value)
+    with redis_server() as server:
+        s = server.connect()
+        exchange(s, resp.encode_command("SET", "k", value), b"+OK\r\n")
+        s.sendall(b"GET k\r\n" * count + b"PING\r\n*2\r\n$3\r\nGET")  # the last unfinished
+        s.shutdown(socket.SHUT_WR)
+        assert expect_end(s) == one * count + b"+PONG\r\n"
+        server.assert_alive()
+
+
+@pytest.mark.rule("REDIS-20", "REDIS-18")
+def test_a_client_that_ends_its_stream_during_a_wget_gets_its_replies() -> None:
+    with _Web(b"hi") as web, redis_server() as server:
+        s = server.connect()
+        s.sendall(f"WGET 127.0.0.1:{web.port} 5\r\nPING\r\n".encode())
+        s.shutdown(socket.SHUT_WR)
+        got = expect_end(s)
+        assert got.startswith(b"$") and b"HTTP/1.0 200 OK" in got
+        assert got.endswith(b"hi\r\n+PONG\r\n")
+        server.assert_alive()
+
+
 @pytest.mark.rule("REDIS-17")
 def test_wget_errors() -> None:
     with socket.socket() as reserved, socket.socket(socket.AF_INET6) as reserved6, \
