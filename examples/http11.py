@@ -265,7 +265,7 @@ class RequestParser:
             HTTPError: the parser already failed (the same error again).
         """
         if self._error is not None:
-            raise self._error
+            raise HTTPError(self._error.status, self._error.detail)  # fresh: see below
         self._buf += data
 
     def next_request(self) -> Request | None:
@@ -280,7 +280,7 @@ class RequestParser:
                 The parser is finished: every later call raises it again.
         """
         if self._error is not None:
-            raise self._error
+            raise HTTPError(self._error.status, self._error.detail)  # fresh: see below
         try:
             if self._head is None:
                 buf = self._buf
@@ -304,7 +304,10 @@ class RequestParser:
                 self._head = head
             return self._read_body(self._head)
         except HTTPError as e:
-            self._error = e
+            # Keep a twin, never raised: the raised one carries its traceback,
+            # whose frames hold the caller's locals (a 1 MiB body, its
+            # response) for as long as this parser lives (REL-20).
+            self._error = HTTPError(e.status, e.detail)
             self._buf = bytearray()  # nothing more will be parsed: let it go
             self._continue = False
             raise
@@ -441,11 +444,14 @@ class RequestParser:
     # ---------------------------------------------------------------- body
 
     def _read_body(self, head: _Head) -> Request | None:
-        buf = self._buf
-        if len(buf) < head.length:
+        buf, n = self._buf, head.length
+        if len(buf) < n:
             return None
-        body = bytes(buf[: head.length])
-        del buf[: head.length]
+        # One copy of the body, and a fresh buffer for what follows it, so
+        # that the buffer the body grew in is freed, not kept (REL-20).
+        with memoryview(buf) as view:
+            body = bytes(view[:n])
+            self._buf = bytearray(view[n:])
         self._head = None
         self._continue = False  # the body came without it: too late to send
         return _request(head, body)

@@ -204,7 +204,7 @@ class Parser:
             ProtocolError: the parser has already failed.
         """
         if self._error is not None:
-            raise self._error
+            raise ProtocolError(*self._error.args)  # a fresh one: see _fail
         self._parts.append(bytes(data))  # no copy if it is bytes already
         self._size += len(data)
 
@@ -239,7 +239,7 @@ class Parser:
                 bad input have been yielded.
         """
         if self._error is not None:
-            raise self._error
+            raise ProtocolError(*self._error.args)  # a fresh one: see _fail
         if data is not None and not self._buf and not self._missing and not self._size:
             # The common case: nothing held from before. Parse the read itself.
             buf = bytes(data)  # no copy if it is bytes already
@@ -370,7 +370,10 @@ class Parser:
     # ------------------------------------------------------------ internals
 
     def _fail(self, e: ProtocolError) -> NoReturn:
-        self._error = e
+        # Keep a twin, never raised: the raised one carries its traceback,
+        # whose frames hold the caller's locals (a batch of replies, say)
+        # for as long as this parser lives (REL-20).
+        self._error = ProtocolError(*e.args)
         self._buf = b""  # nothing after an error is read: let it go
         self._pos = 0
         self._parts = []

@@ -319,6 +319,67 @@ def _closed_after(port: int, trickle: bytes = b"") -> float:
 _HELLO_START = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(64))
 
 
+def _pipeline_without_reading(socks: list[socket.socket], request: bytes, pid: int,
+                              seconds: float) -> tuple[int, int]:
+    """Send ``request`` over and over on every socket, whole requests in
+    order (a partial send goes on where it stopped), never reading, for
+    ``seconds``; return the bytes sent and the server's highest ``VmRSS``."""
+    view = memoryview(request)
+    at = [0] * len(socks)
+    sent, peak, end = 0, 0, time.monotonic() + seconds
+    for s in socks:
+        s.setblocking(False)
+    while time.monotonic() < end and socks:
+        moved = False
+        for i, s in enumerate(socks):
+            try:
+                n = s.send(view[at[i]:])
+            except BlockingIOError:
+                continue
+            except (ConnectionResetError, BrokenPipeError):
+                return sent, max(peak, memory(pid)["VmRSS"])  # closed: the test fails on it
+            at[i] = (at[i] + n) % len(request)
+            sent += n
+            moved = True
+        if not moved:
+            peak = max(peak, memory(pid)["VmRSS"])
+            time.sleep(0.02)
+    return sent, max(peak, memory(pid)["VmRSS"])
+
+
+@pytest.mark.rule("REL-20")
+@pytest.mark.parametrize("kind", ["echo-bodies", "refused"])
+def test_http_example_holds_clients_that_pipeline_megabytes_and_never_read(
+        poller: str, kind: str) -> None:
+    # "echo-bodies": 1 MiB POST /echo requests, whole; "refused": the same
+    # request with a bad header after the first, so each connection ends
+    # with a 400 while its 1 MiB response is still unread.
+    conns, per_conn = 16, 3 * MiB  # the bound the example states
+    body = bytes(MiB)
+    good = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (MiB, body)
+    request = good if kind == "echo-bodies" else good + b"GET / HTTP/1.1\r\nHost : x\r\n\r\n"
+    with example("http_server.py", "--poller", poller, "--no-tls") as (proc, port):
+        with connect_to(("127.0.0.1", port), TIMEOUT) as warm:  # each path once
+            warm.sendall(good)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += warm.recv(65536)
+        before = memory(proc.pid)["VmRSS"]
+        socks = [_non_reader(port) for _ in range(conns)]
+        try:
+            sent, peak = _pipeline_without_reading(socks, request, proc.pid, 4.0)
+        finally:
+            for s in socks:
+                s.close()
+        grown = peak - before
+        print(f"http ({poller}, {kind}): {sent / MiB:.0f} MiB sent on {conns} connections; "
+              f"RSS grew {grown / MiB:.1f} MiB at most ({grown / conns / MiB:.2f} per connection, "
+              f"bound {per_conn // MiB} MiB each + slack)")
+        assert sent > conns * MiB
+        assert grown < conns * per_conn + SLACK
+        stop(proc)
+
+
 @pytest.mark.rule("REL-19", "REL-4", "TR-7")
 def test_http_example_idle_and_handshake_timeouts_and_400_on_the_https_port(
         poller: str) -> None:
