@@ -265,7 +265,7 @@ class RequestParser:
             HTTPError: the parser already failed (the same error again).
         """
         if self._error is not None:
-            raise HTTPError(self._error.status, self._error.detail)  # fresh: see below
+            raise self._error
         self._buf += data
 
     def next_request(self) -> Request | None:
@@ -280,7 +280,7 @@ class RequestParser:
                 The parser is finished: every later call raises it again.
         """
         if self._error is not None:
-            raise HTTPError(self._error.status, self._error.detail)  # fresh: see below
+            raise self._error
         try:
             if self._head is None:
                 buf = self._buf
@@ -304,10 +304,7 @@ class RequestParser:
                 self._head = head
             return self._read_body(self._head)
         except HTTPError as e:
-            # Keep a twin, never raised: the raised one carries its traceback,
-            # whose frames hold the caller's locals (a 1 MiB body, its
-            # response) for as long as this parser lives (REL-20).
-            self._error = HTTPError(e.status, e.detail)
+            self._error = e
             self._buf = bytearray()  # nothing more will be parsed: let it go
             self._continue = False
             raise

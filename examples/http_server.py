@@ -125,7 +125,13 @@ def respond(req: Request, date: str) -> bytes:
 
 
 def refuse(err: HTTPError, date: str) -> bytes:
-    """The response to a request the parser refused; the connection closes."""
+    """The response to a request the parser refused; the connection closes.
+
+    The parser keeps ``err`` to raise again; its traceback would keep the
+    frames it came through, and their locals (a 1 MiB body and its
+    response), for as long as the connection flushes: let it go (REL-20).
+    """
+    err.__traceback__ = None
     body = f"{err}\r\n".encode("latin-1")
     headers = [("Server", "evio"), ("Date", date),
                ("Content-Type", "text/plain; charset=utf-8")]

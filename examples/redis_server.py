@@ -34,8 +34,9 @@ already asynchronous. A timeout is watched by ``tick``.
 
 A client that ends its stream after its last command (``shutdown(SHUT_WR)``)
 still gets every reply: ``eof`` keeps the connection open for writing
-while commands wait behind a WGET or unread replies, and ``_run`` closes it
-once none is left (REDIS-20).
+while commands wait behind unread replies, and ``_run`` closes it once
+none is left (REDIS-20). An end of stream during a WGET is the client
+leaving, as in Redis: its WGET is closed (REDIS-18).
 
 Why one loop: the echo and HTTP examples take ``--loops N`` and run N
 loops in N processes, but this server does not. Its keyspace is a dict in
@@ -49,6 +50,9 @@ Memory
 ------
 Per client: at most ``--max-buffer`` bytes (64 MiB) of an unfinished or
 waiting request (a longer one is an error, then the client is closed);
+the one request being run, once complete, exists up to three times for
+that moment (the reads, the joined request, its arguments), so the server
+as a whole holds at most two more ``--max-buffer`` beside its clients';
 replies pending stop its pipeline at `HIGH_WATER` (64 KiB) plus one batch
 (**REL-16**), and more than ``--max-output`` (256 MiB) pending closes it
 (**REL-17**); a WGET keeps at most `MAX_RESPONSE` (16 MiB). A client idle
@@ -221,15 +225,16 @@ class RedisClone:
     def eof(self, id: int) -> _Reply:
         # The peer ended its stream (a client's shutdown(SHUT_WR), or a WGET's
         # web server done sending). A client still gets a reply to every
-        # command it sent: the connection stays open for writing while the
-        # commands behind a WGET or a full pipeline wait, and `_run` closes it
-        # once none is left.
+        # command it sent: the connection stays open for writing while its
+        # commands wait behind unread replies, and `_run` closes it once none
+        # is left. During a WGET an end of stream is leaving (REDIS-18): the
+        # connection finishes, and closed() closes the WGET's.
         c = self.clients.get(id)
-        if c is None:
-            return evio.Action.CLOSE  # a WGET's response is complete: closed() answers
+        if c is None or c.fetch is not None:
+            return evio.Action.CLOSE  # for a WGET's connection: closed() answers
         c.ended = True
-        if c.fetch is not None or c.held:
-            return None  # the wake or drained() goes on
+        if c.held:
+            return None  # drained() goes on
         return self._run(c)
 
     def drained(self, id: int) -> _Reply:
@@ -294,7 +299,8 @@ class RedisClone:
                         continue
                     command = _BY_NAME.get(argv[0])  # PING, ping: no lower() needed
                     if command is None:
-                        command = COMMANDS.get(argv[0].lower())
+                        name = argv[0]  # no case-folded copy of a name no command has
+                        command = COMMANDS.get(name.lower()) if len(name) <= 16 else None
                         if command is None:
                             out.append(_unknown_command(argv))
                             continue
@@ -313,6 +319,9 @@ class RedisClone:
                         break
             except resp.ProtocolError as e:
                 # Like Redis: answer the commands before it, then the error, then close.
+                # The parser keeps ``e``; its traceback would keep this frame's
+                # replies while the connection flushes (REL-20).
+                e.__traceback__ = None
                 out.append(resp.error(f"ERR {e}"))
                 return b"".join(out), evio.Action.CLOSE
         if c.action is not _NONE:

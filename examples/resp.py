@@ -204,7 +204,7 @@ class Parser:
             ProtocolError: the parser has already failed.
         """
         if self._error is not None:
-            raise ProtocolError(*self._error.args)  # a fresh one: see _fail
+            raise self._error
         self._parts.append(bytes(data))  # no copy if it is bytes already
         self._size += len(data)
 
@@ -239,7 +239,7 @@ class Parser:
                 bad input have been yielded.
         """
         if self._error is not None:
-            raise ProtocolError(*self._error.args)  # a fresh one: see _fail
+            raise self._error
         if data is not None and not self._buf and not self._missing and not self._size:
             # The common case: nothing held from before. Parse the read itself.
             buf = bytes(data)  # no copy if it is bytes already
@@ -280,10 +280,14 @@ class Parser:
                     self._fail(_too_large(self.max_buffer))
                 return
             if self._parts:
+                # One join, of the unread rest and the new reads together, and
+                # the reads let go before anything else is copied: a 64 MiB
+                # argument exists at most twice here, not four times (REL-20).
                 parts = self._parts
-                joined = parts[0] if len(parts) == 1 else b"".join(parts)
-                rest = self._buf
-                self._buf = rest[self._pos:] + joined if self._pos < len(rest) else joined
+                if self._pos < len(self._buf):
+                    parts.insert(0, self._buf[self._pos:])
+                self._buf = b""
+                self._buf = parts[0] if len(parts) == 1 else b"".join(parts)
                 self._pos = 0
                 parts.clear()
                 self._size = 0
@@ -370,10 +374,7 @@ class Parser:
     # ------------------------------------------------------------ internals
 
     def _fail(self, e: ProtocolError) -> NoReturn:
-        # Keep a twin, never raised: the raised one carries its traceback,
-        # whose frames hold the caller's locals (a batch of replies, say)
-        # for as long as this parser lives (REL-20).
-        self._error = ProtocolError(*e.args)
+        self._error = e
         self._buf = b""  # nothing after an error is read: let it go
         self._pos = 0
         self._parts = []

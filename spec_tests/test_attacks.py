@@ -166,6 +166,36 @@ def test_redis_pipelined_big_gets_from_a_client_that_never_reads(poller: str) ->
         stop(proc)
 
 
+@pytest.mark.rule("REL-20")
+@pytest.mark.parametrize("command", [b"SET", b"UNKNOWN"])
+def test_redis_one_large_command_costs_at_most_three_times_its_size(
+        poller: str, command: bytes) -> None:
+    # The documented bound for the one request being run: its reads, the
+    # joined request and its arguments, each at most once.
+    size = 24 * MiB
+    value = bytes(size)
+    request = _command(command, b"k", value) if command == b"SET" else _command(value)
+    with example("redis_server.py", "--poller", poller) as (proc, port):
+        with connect_to(("127.0.0.1", port), TIMEOUT) as warm:  # the parser's paths, once
+            warm.sendall(_command(b"SET", b"w", bytes(MiB)) + b"PING\r\n")
+            assert recv_exactly(warm, 12) == b"+OK\r\n+PONG\r\n"
+        before = memory(proc.pid)["VmHWM"]
+        with connect_to(("127.0.0.1", port), TIMEOUT) as s:
+            s.sendall(request)
+            reply = s.recv(64)
+            if command == b"SET":
+                assert reply == b"+OK\r\n"
+                s.sendall(b"EXISTS k\r\n")
+                assert recv_exactly(s, 4) == b":1\r\n"
+            else:
+                assert reply.startswith(b"-ERR unknown command")
+        grown = memory(proc.pid)["VmHWM"] - before
+        print(f"redis ({poller}): a {size // MiB} MiB {command.decode()} raised the peak by "
+              f"{grown / MiB:.0f} MiB")
+        assert grown < 3 * size + SLACK
+        stop(proc)
+
+
 @pytest.mark.rule("REL-17", "REL-4", "REL-10")
 def test_redis_timeout_and_max_output(poller: str) -> None:
     with example("redis_server.py", "--poller", poller, "--timeout", "0.5",

@@ -874,18 +874,6 @@ def test_a_client_that_ends_its_stream_gets_every_reply(count: int, size: int) -
         server.assert_alive()
 
 
-@pytest.mark.rule("REDIS-20", "REDIS-18")
-def test_a_client_that_ends_its_stream_during_a_wget_gets_its_replies() -> None:
-    with _Web(b"hi") as web, redis_server() as server:
-        s = server.connect()
-        s.sendall(f"WGET 127.0.0.1:{web.port} 5\r\nPING\r\n".encode())
-        s.shutdown(socket.SHUT_WR)
-        got = expect_end(s)
-        assert got.startswith(b"$") and b"HTTP/1.0 200 OK" in got
-        assert got.endswith(b"hi\r\n+PONG\r\n")
-        server.assert_alive()
-
-
 @pytest.mark.rule("REDIS-17")
 def test_wget_errors() -> None:
     with socket.socket() as reserved, socket.socket(socket.AF_INET6) as reserved6, \
