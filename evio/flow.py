@@ -219,7 +219,10 @@ class Flow:
         if c.translator is None and c.state is _OPEN and self.ev.eof is not None:
             self.peer_ended(c)  # half-close: go on writing
             return
-        err = self.pump.eof(c) if c.translator is not None and self.pump else None
+        err = None
+        if c.translator is not None and self.pump:
+            err = self.pump.eof(c)
+            c.peer_said_goodbye = True  # gone: a goodbye it cannot take is no new error
         self.finish(c, On.PEER_EOF, err)
 
     def peer_ended(self, c: Conn) -> None:

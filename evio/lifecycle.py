@@ -251,8 +251,9 @@ class Conn:
         reuse_input: ``data`` gets a view into the loop's read buffer.
         err: The error ``closed`` will report.
         translator: Its `evio.translators.Translator`, if translated.
-        peer_said_goodbye: The peer ended the translated protocol stream
-            (a TLS ``close_notify``): a reset after that is orderly.
+        peer_said_goodbye: The peer ended a translated connection (a TLS
+            ``close_notify``, or its end of stream): a write that fails
+            because it has gone reports ``err``, not a new error.
         reading_paused: More than ``high_water`` bytes were pending and no
             more than ``low_water`` have been since: reading is paused, and
             ``drained`` is due when output falls to the low-water mark.

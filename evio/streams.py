@@ -378,6 +378,7 @@ class Streams(Flow):
         """Stop reading; close once pending output has been sent."""
         if c.state not in TALKING:
             return
+        c.err = err  # before the goodbye: the error to report if writing it fails
         if c.translator is not None:
             assert self.pump is not None
             goodbye = self.pump.goodbye(c)
@@ -386,7 +387,6 @@ class Streams(Flow):
                 if c.state is not _OPEN:
                     return  # the write failed and closed it
         move(c, on)
-        c.err = err
         if c.pending:
             self.sync(c)
         else:
@@ -397,7 +397,7 @@ class Streams(Flow):
         if c.state not in LIVE:
             return
         if c.peer_said_goodbye and isinstance(err, BrokenPipeError | ConnectionResetError):
-            err = None  # the peer said goodbye in its protocol and left: orderly
+            err = c.err  # the peer ended and left: its leaving is not the error
         move(c, on)
         try:
             self.poller.unregister(c.fd)

@@ -134,13 +134,23 @@ class Pump:
             self.failed(c, tr, e)
             return
         s = self.streams
+        if tr.ended:
+            # The peer ended the protocol stream and may be gone already. Its
+            # reply is queued, not sent, so that a failed send cannot close
+            # the connection before ``data`` has the plaintext; the output of
+            # ``data`` queues behind it, in order (TLS records must not be
+            # reordered). Then a failed write is orderly (TR-6).
+            c.peer_said_goodbye = True
+            if reply and c.state in LIVE:
+                c.pending += reply
+            if plain and c.state is State.OPEN:
+                s.policy.data(s, c, plain)
+            s.finish(c, On.PEER_EOF, None)
+            return
         if reply:
             s.write(c, reply)
         if plain and c.state is State.OPEN:
             s.policy.data(s, c, plain)
-        if tr.ended and c.state is State.OPEN:
-            c.peer_said_goodbye = True
-            s.finish(c, On.PEER_EOF, None)  # the peer ended the protocol stream
 
     def encode(self, c: Conn, plain: Any) -> bytes:
         """Outbound plaintext to wire bytes (empty: held back, or it failed)."""

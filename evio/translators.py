@@ -94,8 +94,10 @@ class ZlibTranslator(Translator):
         self._max = max_plain
 
     def receive(self, wire: bytes) -> tuple[bytes, bytes]:
-        plain = self._d.decompress(wire, self._max)
-        if self._d.unconsumed_tail:
+        # Ask for one byte more than allowed: getting it is the only sure
+        # sign (zlib may hold output back with no input left unconsumed).
+        plain = self._d.decompress(wire, self._max + 1)
+        if len(plain) > self._max:
             raise ValueError(f"compressed input expands beyond {self._max} bytes in one read")
         if self._d.eof:
             self.ended = True

@@ -635,6 +635,60 @@ def test_ended_with_the_peer_already_gone_is_still_a_clean_end(
         assert rec.of("closed") == [(cid, None)]
 
 
+@pytest.mark.rule("TR-6", "TR-4")
+@pytest.mark.parametrize("fam", ["tcp4", "unix"])
+def test_the_last_read_of_a_peer_already_gone_still_reaches_data(
+    poller: str, fam: str, tmp_path: Path
+) -> None:
+    # The read that ends the stream carries plaintext and asks for a reply
+    # the peer is no longer there to take: data still gets the plaintext,
+    # and the end is clean (a TLS 1.3 client that sends its Finished, its
+    # data and close_notify at once, then closes, makes the loop do this).
+    rec = Recorder()
+    held, gate = threading.Event(), threading.Event()
+
+    def data(cid: int, d: bytes) -> bytes | None:
+        rec.add("data", cid, d)
+        if d == b"hold":
+            held.set()
+            gate.wait(DEADLINE)
+            return None
+        return d
+
+    with running(bracketed(rec, data=data), listen_address(fam, tmp_path), poller=poller) as r:
+        holder, c = r.connect(), r.connect()
+        assert recv_exactly(holder, 5) == b"HELLO" and recv_exactly(c, 5) == b"HELLO"
+        try:
+            holder.sendall(b"hold")
+            assert held.wait(DEADLINE)
+            c.sendall(b"last words" + PING + END)
+            c.close()
+        finally:
+            gate.set()
+        wait_for(lambda: len(rec.of("closed")) == 1, what="closed")
+        _, cid = rec.ids()
+        assert (cid, b"last words") in rec.of("data")
+        assert rec.of("closed") == [(cid, None)]
+
+
+@pytest.mark.rule("TR-6", "TR-5", "TLS-4")
+@pytest.mark.parametrize("fam", ["tcp4", "tcp6", "unix"])
+def test_a_peer_that_closes_without_a_goodbye_is_an_orderly_end(
+    poller: str, fam: str, tmp_path: Path
+) -> None:
+    # Its end of stream finishes the connection; the loop's own goodbye then
+    # meets a closed socket (at once on unix): that is not an error either.
+    rec = Recorder()
+    with running(bracketed(rec), listen_address(fam, tmp_path), poller=poller) as r:
+        c = r.connect()
+        assert recv_exactly(c, 5) == b"HELLO"
+        c.sendall(b"hi")
+        assert recv_exactly(c, 4) == b"<hi>"
+        c.close()
+        wait_for(lambda: rec.of("closed"), what="closed")
+    assert rec.of("closed") == [(1, None)]
+
+
 # ------------------------------------------------------------------ TR-7
 
 
@@ -949,6 +1003,22 @@ def test_zlib_bomb_is_refused(poller: str) -> None:
     ((_, err),) = rec.of("closed")
     assert isinstance(err, ValueError)
     assert all(n <= 16 * MiB for n in sizes)
+
+
+@pytest.mark.rule("ZLIB-2")
+def test_zlib_output_held_back_past_max_plain_is_refused() -> None:
+    # All input consumed, one byte more than allowed still inside zlib: the
+    # stream is cut just before its sync marker, so nothing is left unread.
+    limit = 65536
+    c = zlib.compressobj(9)
+    wire = (c.compress(b"a" * (limit + 1)) + c.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    assert len(zlib.decompressobj().decompress(wire)) == limit + 1
+    tr = evio.ZlibTranslator(max_plain=limit)
+    with pytest.raises(ValueError, match=str(limit)):
+        tr.receive(wire)
+    ok = evio.ZlibTranslator(max_plain=limit + 1)
+    plain, _ = ok.receive(wire)
+    assert len(plain) <= limit + 1
 
 
 @pytest.mark.rule("ZLIB-2", "ZLIB-1")
