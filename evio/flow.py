@@ -73,6 +73,8 @@ def next_read_size(n: int, size: int) -> int:
 
 
 _OPEN = State.OPEN
+UNWATCHED = -1
+"""``Conn.interest`` of a connection taken off the poller after a hang-up."""
 _WRITE_ONLY = State.WRITE_ONLY
 _WRITING = (State.OPEN, State.WRITE_ONLY)
 
@@ -124,8 +126,12 @@ class Flow:
         want = (READ if state in READABLE and not (c.reading_paused or c.held) else 0) | (
             WRITE if pending else 0)
         if want != c.interest:
-            self.poller.modify(c.fd, want)
-            c.interest = want
+            if c.interest != UNWATCHED:
+                self.poller.modify(c.fd, want)
+                c.interest = want
+            elif want:  # off the poller since a hang-up (`hung_up`): back on
+                self.poller.register(c.fd, want)
+                c.interest = want
         c.fast = want == READ and c.plain and state is _OPEN
 
     # -------------------------------------------------------------- options
@@ -188,25 +194,31 @@ class Flow:
             self.sync(c)
         return True
 
-    def hung_up(self, c: Conn) -> None:
-        """A report for a connection with no interest: a hang-up, an error,
-        or a report from before this turn paused it."""
+    def hung_up(self, c: Conn, mask: int) -> None:
+        """A report for a connection with no interest: a hang-up, an error
+        (``READ | WRITE``, POLL-2), or a report from before this turn paused it."""
         err = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             c.pending.clear()
             self.close(c, On.IO_ERROR, OSError(err, os.strerror(err)))
             return
-        if c.state not in READABLE:
-            return
-        try:
-            peek = c.sock.recv(1, socket.MSG_PEEK)
-        except (BlockingIOError, InterruptedError):
-            return  # nothing there: a stale report
-        except OSError as e:
-            self.close(c, On.IO_ERROR, e)
-            return
-        if not peek:
-            self.read(c)  # the peer's end of stream, though paused: finish
+        if c.state in READABLE:
+            try:
+                peek = c.sock.recv(1, socket.MSG_PEEK)
+            except (BlockingIOError, InterruptedError):
+                return  # nothing there: a stale report
+            except OSError as e:
+                self.close(c, On.IO_ERROR, e)
+                return
+            if not peek:
+                self.read(c)  # the peer's end of stream, though paused: finish
+                return
+        if mask == READ | WRITE:
+            # A hang-up we cannot act on yet (reading paused with bytes still
+            # to read, or not reading at all): epoll and poll would report it
+            # on every poll, a busy loop. Off the poller until `sync` wants it.
+            self.poller.unregister(c.fd)
+            c.interest = UNWATCHED
 
     # ---------------------------------------------------------- half-close
 

@@ -236,7 +236,7 @@ class Streams(Flow):
             if mask & READ and c.interest & READ and c.state in READABLE:
                 self.read(c)
             elif mask and not c.interest and c.state in LIVE:
-                self.hung_up(c)  # epoll and poll report a hang-up even so
+                self.hung_up(c, mask)  # epoll and poll report a hang-up even so
         # Open, reading, nothing pending: no change of interest; skip the call.
         if (c.pending or c.reading_paused or c.interest != READ or c.state is not _OPEN) and (
             c.state in LIVE

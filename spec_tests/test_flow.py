@@ -263,6 +263,43 @@ def test_a_paused_connection_that_is_reset_does_not_spin_the_loop(poller: str) -
     assert isinstance(err, OSError)
 
 
+@pytest.mark.rule("REL-9", "REL-7")
+@pytest.mark.parametrize("how", ["paused", "reading-only-paused"])
+def test_a_paused_connection_whose_peer_hangs_up_costs_no_wake_ups(
+    poller: str, addr: str, how: str
+) -> None:
+    # The peer sends bytes and goes: a hang-up with no socket error, which
+    # epoll and poll report on every poll whatever the connection asked for.
+    from harness import CountingPoller
+
+    rec = Recorder()
+    srv: list[evio.Server] = []
+    counting = CountingPoller(poller)
+    with running(_commands(rec, srv), addr, poller=counting) as r:
+        a, ctl = r.connect(), r.connect()
+        wait_for(lambda: len(rec.ids()) == 2)
+        aid = rec.ids()[0]
+        if how == "reading-only-paused":
+            ctl.sendall(b"fin %d" % aid)
+            assert ctl.recv(16) == b"True"
+            assert a.recv(16) == b""  # our end of stream arrived
+        ctl.sendall(b"pause %d" % aid)
+        assert ctl.recv(16) == b"True"
+        a.sendall(b"last words")
+        r.clients.remove(a)
+        a.close()
+        time.sleep(0.3)
+        polls = counting.polls
+        time.sleep(0.5)
+        assert counting.polls - polls < 20, "the loop spins on a paused, hung-up connection"
+        ctl.sendall(b"resume %d" % aid)
+        assert ctl.recv(16) == b"True"
+        wait_for(lambda: aid in [i for i, _ in rec.of("closed")], what="closed")
+    assert (aid, b"last words") in rec.of("data")  # nothing the peer sent is lost
+    [(_, err)] = [(i, e) for i, e in rec.of("closed") if i == aid]
+    assert err is None or isinstance(err, ConnectionResetError | BrokenPipeError)
+
+
 @pytest.mark.rule("REL-8")
 def test_drained_once_back_at_the_low_water_mark(poller: str) -> None:
     rec = Recorder()
