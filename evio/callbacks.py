@@ -157,7 +157,11 @@ class Policy:
             self.failed(side, c, "opened", e)
             return
         if options is not None:
-            side.configure(c, options)
+            try:
+                side.configure(c, options)
+            except Exception as e:  # the kernel refused an option: this connection only
+                self.failed(side, c, "opened", e)
+                return
         if out:
             side.send(c, out)
         if action is not _NONE:

@@ -315,7 +315,7 @@ def split_tick(r: object) -> tuple[float | None, Action]:
         )
     if not 0 <= delay < float("inf"):
         raise ValueError(f"tick returned a delay of {delay!r}; it must be >= 0 and finite")
-    return float(delay), action
+    return float(min(delay, 1e18)), action  # 10**400 is a valid int, not a float
 
 
 def _describe(r: object) -> str:

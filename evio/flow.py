@@ -74,6 +74,10 @@ def next_read_size(n: int, size: int) -> int:
 
 _OPEN = State.OPEN
 UNWATCHED = -1
+FOREVER = 1e18
+"""Seconds that stand for "never": longer timeouts are cut to it (a float)."""
+KEEPALIVE_MAX = 32767
+"""The most seconds Linux takes for ``TCP_KEEPIDLE`` and ``TCP_KEEPINTVL``."""
 """``Conn.interest`` of a connection taken off the poller after a hang-up."""
 _WRITE_ONLY = State.WRITE_ONLY
 _WRITING = (State.OPEN, State.WRITE_ONLY)
@@ -142,14 +146,14 @@ class Flow:
         c.high_water, c.low_water = options.high_water, options.low_water
         c.max_pending = options.max_pending
         if options.idle_timeout is not None:
-            c.idle_timeout = options.idle_timeout
+            c.idle_timeout = float(min(options.idle_timeout, FOREVER))  # 10**400 is an int
             c.last_active = time.monotonic()
             self.timers.cancel(c.idle_timer)
             c.idle_timer = self.timers.at(c.last_active + c.idle_timeout, partial(self._idle, c))
         ka = options.tcp_keepalive
         if ka is not None and c.sock.family != socket.AF_UNIX:
             s = c.sock
-            secs = max(1, round(ka))
+            secs = min(max(1, round(ka)), KEEPALIVE_MAX)  # the kernel refuses more
             s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             if hasattr(socket, "TCP_KEEPIDLE"):
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, secs)

@@ -218,6 +218,53 @@ def _has_server_side(c: socket.socket) -> bool:
     return True
 
 
+@pytest.mark.rule("LOOP-6", "EV-13")
+@pytest.mark.parametrize("options", [
+    {"tcp_keepalive": 40000}, {"tcp_keepalive": 1e10}, {"tcp_keepalive": 10**400},
+    {"idle_timeout": 10**400}, {"idle_timeout": 1e300},
+], ids=repr)
+def test_huge_option_values_are_accepted_and_the_server_serves(
+    poller: str, options: dict[str, Any]
+) -> None:
+    # Valid by the Options docstring (positive, finite): the kernel's own
+    # limits must not turn them into an error, let alone stop the server.
+    rec = Recorder()
+    ev = echo_events(rec, opened=lambda cid, info: evio.Options(**options))
+    with running(ev, "tcp4://127.0.0.1:0", poller=poller) as r:
+        c = r.connect()
+        c.sendall(b"ping")
+        assert recv_exactly(c, 4) == b"ping"
+        if "tcp_keepalive" in options:
+            assert c and 1 <= _peer_keepidle(r) <= 32767
+    assert r.error is None
+
+
+def _peer_keepidle(r: Any) -> int:
+    """The server side's TCP_KEEPIDLE, read through /proc/self/fd."""
+    import os
+
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                continue
+            fd = os.dup(int(name))
+        except OSError:
+            continue  # closed meanwhile
+        try:
+            s = socket.socket(fileno=fd)
+        except OSError:
+            os.close(fd)
+            continue
+        with s:
+            try:
+                if s.type == socket.SOCK_STREAM and s.getsockopt(
+                        socket.SOL_SOCKET, socket.SO_KEEPALIVE):
+                    return s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
+            except OSError:
+                continue
+    raise AssertionError("no socket with SO_KEEPALIVE")
+
+
 @pytest.mark.rule("LOOP-6")
 @pytest.mark.parametrize("family", ["unix"])
 def test_keepalive_ignored_on_unix(poller: str, addr: str) -> None:

@@ -128,6 +128,27 @@ def test_overdue_tick_runs_at_once_and_is_not_made_up(poller: str) -> None:
         assert gap >= period * 0.9, f"missed ticks were made up: tick {k + 1} came after {gap}s"
 
 
+@pytest.mark.rule("TICK-2", "TICK-4")
+@pytest.mark.parametrize("delay", [10**400, 1e300, 86400 * 365], ids=["10**400", "1e300", "year"])
+def test_a_huge_delay_is_a_valid_delay(poller: str, delay: Any) -> None:
+    # An int of zero or more, however large, is a delay (far in the future),
+    # not an error: the server goes on serving until it is stopped.
+    rec = Recorder()
+    calls: list[float] = []
+
+    def tick() -> Any:
+        calls.append(time.monotonic())
+        return delay
+
+    with running(echo_events(rec, tick=tick), LOOPBACK, poller=poller) as r:
+        c = r.connect()
+        c.sendall(b"still here")
+        assert recv_exactly(c, 10) == b"still here"
+        time.sleep(0.2)
+        assert len(calls) == 1
+    assert r.error is None
+
+
 @pytest.mark.rule("TICK-2")
 @pytest.mark.parametrize(
     "delay", [0, 0.0, 0.005, 1e-9, (0, Action.NONE), (0.005, Action.NONE)], ids=repr
