@@ -98,21 +98,29 @@ def serve(events: Events, *addrs: str, poller: str | Poller | None = None,
             connection has been closed and every descriptor released (with
             ``loops`` > 1: raised in a loop's process, rebuilt in this one).
     """
-    if not isinstance(events, Events):
-        raise TypeError(f"serve() needs an evio.Events, not {type(events).__name__}")
-    if not addrs:
-        raise ValueError("serve() needs at least one address")
-    check_settings(events)
-    n = loop_count(loops)
-    parsed = [parse_address(a) for a in addrs]
-    if any(a.portable for a in parsed):
-        name = poller.name if isinstance(poller, Poller) else poller
-        if name is not None and name != PORTABLE_FALLBACK:
-            raise ValueError(
-                f"a -net address asks for the {PORTABLE_FALLBACK!r} poller, "
-                f"but poller={poller!r} was given"
-            )
-        poller = poller if isinstance(poller, Poller) else PORTABLE_FALLBACK
+    try:
+        if not isinstance(events, Events):
+            raise TypeError(f"serve() needs an evio.Events, not {type(events).__name__}")
+        if not addrs:
+            raise ValueError("serve() needs at least one address")
+        check_settings(events)
+        n = loop_count(loops)
+        parsed = [parse_address(a) for a in addrs]
+        if any(a.portable for a in parsed):
+            name = poller.name if isinstance(poller, Poller) else poller
+            if name is not None and name != PORTABLE_FALLBACK:
+                raise ValueError(
+                    f"a -net address asks for the {PORTABLE_FALLBACK!r} poller, "
+                    f"but poller={poller!r} was given"
+                )
+            poller = poller if isinstance(poller, Poller) else PORTABLE_FALLBACK
+        if n > 1 and isinstance(poller, Poller):
+            raise ValueError("loops > 1 needs a poller name, not a Poller instance: "
+                             "each loop's process makes its own")
+    except BaseException:
+        if isinstance(poller, Poller):  # ours to close however serve() ends (POLL-6)
+            poller.close()
+        raise
     if n > 1:
         supervise(events, parsed, n, poller, _run_child)
         return

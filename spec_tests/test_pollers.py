@@ -407,6 +407,21 @@ class ObservingPoller(CountingPoller):
         super().close()
 
 
+@pytest.mark.rule("POLL-6", "LOOP-19")
+@pytest.mark.parametrize(("addrs", "loops"), [
+    (("bogus://x",), 1),  # a bad address
+    (("tcp-net://127.0.0.1:0",), 1),  # a -net address with a poller not select
+    (("tcp4://127.0.0.1:0",), 2),  # several loops cannot share one instance
+], ids=["bad-address", "net-mismatch", "loops"])
+def test_a_poller_instance_is_closed_when_serve_refuses_to_start(
+    poller: str, addrs: tuple[str, ...], loops: int
+) -> None:
+    observer = ObservingPoller(poller)  # named "observing-...": never what -net asks for
+    with pytest.raises(ValueError):
+        evio.serve(evio.Events(), *addrs, poller=observer, loops=loops)
+    assert observer.closes == 1
+
+
 @pytest.mark.rule("POLL-6")
 def test_serve_takes_a_poller_instance(poller: str, addr: str) -> None:
     observer = ObservingPoller(poller)
