@@ -16,8 +16,8 @@ thread, and that call returns whatever the queue holds. Lines that arrive
 meanwhile are answered as usual.
 
 Memory: a client holds at most `MAX_LINE` (64 KiB) of a partial line --
-a longer one is answered ``error: line longer than 65536 bytes`` and the
-connection closes -- plus the loop's high-water mark (64 KiB) and one read
+any longer line, whole or in pieces, is answered ``error: line longer than
+65536 bytes`` and the connection closes -- plus the loop's high-water mark (64 KiB) and one read
 (64 KiB) of echoes pending, because the loop stops reading a client that
 does not read above the mark, plus at most `MAX_JOBS` (16) job threads and
 their answers: an ``exec`` beyond that is answered ``exec busy`` at once.
@@ -41,8 +41,9 @@ from dataclasses import dataclass, field
 import evio
 
 MAX_LINE = 64 * 1024
-"""A partial line longer than this is refused and the connection closed:
-the kept bytes of an ``InputStream`` are memory the client controls."""
+"""A line longer than this (its newline aside) is refused and the connection
+closed, whether it arrives whole or in pieces: the kept bytes of an
+``InputStream`` are memory the client controls."""
 MAX_JOBS = 16
 """``exec`` jobs one client may have running; past it, ``exec busy``."""
 
@@ -114,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         buf = conn.stream.begin(data)
         start = 0
         while (end := buf.find(b"\n", start)) >= 0:
+            if end - start > MAX_LINE:  # however the line was split into reads
+                out += b"error: line longer than %d bytes\n" % MAX_LINE
+                conn.stream.end(b"")
+                return bytes(out), evio.Action.CLOSE
             line, start = buf[start : end + 1], end + 1
             eol = b"\r\n" if line.endswith(b"\r\n") else b"\n"
             body = line[: -len(eol)]

@@ -536,6 +536,20 @@ def test_wake_example_holds_a_client_that_never_reads_and_refuses_endless_lines(
         with connect_to(("127.0.0.1", port), TIMEOUT) as c:
             c.sendall(b"y" * (64 * KiB + 1))
             assert read_until_eof(c) == _LINE_ERROR
+        # A whole line one byte too long, in one piece or two: the same answer.
+        for pieces in ([b"z" * (64 * KiB + 1) + b"\n"], [b"z" * (64 * KiB + 1), b"\n"]):
+            with connect_to(("127.0.0.1", port), TIMEOUT) as c:
+                c.sendall(b"ok\n")
+                assert recv_exactly(c, 3) == b"ok\n"
+                for piece in pieces:
+                    c.sendall(piece)
+                    time.sleep(0.1)
+                assert read_until_eof(c) == _LINE_ERROR
+        # The longest line allowed is echoed.
+        with connect_to(("127.0.0.1", port), TIMEOUT) as c:
+            longest = b"w" * (64 * KiB) + b"\n"
+            c.sendall(longest)
+            assert recv_exactly(c, len(longest)) == longest
         stop(proc)
 
 
