@@ -591,4 +591,23 @@ def test_tls_echo_example_holds_a_client_that_never_reads(poller: str) -> None:
                   f"RSS grew {grown / KiB:.0f} KiB at most (bound {bound // KiB} KiB + slack)")
             assert sent > 2 * MiB
             assert grown < bound + SLACK
+        # Many at once: the stated bound per client, OpenSSL's buffers included.
+        per_client, n = 512 * KiB, 20
+        before = memory(ex.proc.pid)["VmRSS"]
+        clients = [ctx.wrap_socket(_non_reader(ex.tls_port), server_hostname="localhost")
+                   for _ in range(n)]
+        try:
+            peak = 0
+            for c in clients:
+                _, p = _flood_watching(c, ex.proc.pid, bytes(16 * KiB), 0.3)
+                peak = max(peak, p)
+            time.sleep(0.3)
+            peak = max(peak, memory(ex.proc.pid)["VmRSS"])
+        finally:
+            for c in clients:
+                c.close()
+        grown = peak - before
+        print(f"tls echo ({poller}): {n} clients that never read; RSS grew "
+              f"{grown / n / KiB:.0f} KiB per client (bound {per_client // KiB} KiB)")
+        assert grown < n * per_client + SLACK
         stop_tls(ex)
