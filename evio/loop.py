@@ -339,13 +339,19 @@ class _Loop:
             self.waker.close()  # from here on wake() is False and dial() raises
             self.dialer.close()
             streams, udp, dialer = self.streams, self.udp, self.dialer
+            first: BaseException | None = None  # a KeyboardInterrupt inside a closed()
             for cid in sorted(set(streams.by_id) | set(udp.peers) | set(dialer.dials)):
-                if cid in streams.by_id:
-                    streams.shut(cid)
-                elif cid in udp.peers:
-                    udp.forget(cid, None)
-                elif cid in dialer.dials:
-                    dialer.shut(cid)
+                try:
+                    if cid in streams.by_id:
+                        streams.shut(cid)
+                    elif cid in udp.peers:
+                        udp.forget(cid, None)
+                    elif cid in dialer.dials:
+                        dialer.shut(cid)
+                except BaseException as e:  # the others are closed all the same (LOOP-19)
+                    first = first or e
+            if first is not None:
+                raise first
         finally:
             for lst in self.listeners:
                 self.poller.unregister(lst.sock.fileno())

@@ -677,6 +677,45 @@ def test_keyboard_interrupt_inside_a_close_still_closes_it_once(poller: str) -> 
         gc.collect()
 
 
+@pytest.mark.rule("LOOP-19", "LOOP-24")
+def test_keyboard_interrupt_in_one_closed_during_shutdown_still_closes_the_rest(
+    poller: str
+) -> None:
+    """A KeyboardInterrupt (a user's own SIGINT handler, say) raised while the
+    shutdown calls ``closed`` for one connection: the others are still
+    closed, each once, and nothing is left open; then it propagates."""
+    rec = Recorder()
+
+    def closed(cid: int, err: BaseException | None) -> None:
+        rec.add("closed", cid, err)
+        if cid == 1:
+            raise KeyboardInterrupt
+
+    def data(cid: int, d: bytes) -> Any:
+        return Action.SHUTDOWN if d == b"stop" else d
+
+    before = open_descriptors()
+    r: Running | None = None
+    try:
+        with running(echo_events(rec, data=data, closed=closed), "tcp4://127.0.0.1:0",
+                     poller=poller, stoppable=False, check_fds=False,
+                     expect_error=True) as r:
+            clients = [r.connect() for _ in range(3)]
+            wait_for(lambda: rec.ids() == [1, 2, 3], what="opened")
+            clients[2].sendall(b"stop")
+            r.join()
+        assert isinstance(r.error, KeyboardInterrupt)
+        assert sorted(cid for cid, _ in rec.of("closed")) == [1, 2, 3]
+        for c in clients:
+            c.close()
+        leaked = open_descriptors() - before
+        assert not leaked, f"descriptors left open after serve() raised: {leaked}"
+    finally:
+        if r is not None:
+            r.error = None
+        gc.collect()
+
+
 # ------------------------------------------------- stateful, tiny buffers
 
 
