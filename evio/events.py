@@ -41,6 +41,9 @@ __all__ = [
 ]
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
+FOREVER = 1e18
+"""Seconds that stand for "never": a longer timeout or delay is cut to it,
+as a float (``10**400`` is a valid int that no float can hold)."""
 
 
 class Action(enum.Enum):
@@ -315,7 +318,7 @@ def split_tick(r: object) -> tuple[float | None, Action]:
         )
     if not 0 <= delay < float("inf"):
         raise ValueError(f"tick returned a delay of {delay!r}; it must be >= 0 and finite")
-    return float(min(delay, 1e18)), action  # 10**400 is a valid int, not a float
+    return float(min(delay, FOREVER)), action
 
 
 def _describe(r: object) -> str:

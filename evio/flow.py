@@ -56,7 +56,7 @@ from functools import partial
 from typing import Any
 
 from .callbacks import Policy
-from .events import Events, Options, OutputLimitError
+from .events import FOREVER, Events, Options, OutputLimitError
 from .lifecycle import LIVE, READ_SIZE, READABLE, SMALL_READ, Conn, On, State, move
 from .pollers import READ, WRITE, Poller
 from .timers import Timers
@@ -73,14 +73,12 @@ def next_read_size(n: int, size: int) -> int:
 
 
 _OPEN = State.OPEN
-UNWATCHED = -1
-FOREVER = 1e18
-"""Seconds that stand for "never": longer timeouts are cut to it (a float)."""
-KEEPALIVE_MAX = 32767
-"""The most seconds Linux takes for ``TCP_KEEPIDLE`` and ``TCP_KEEPINTVL``."""
-"""``Conn.interest`` of a connection taken off the poller after a hang-up."""
 _WRITE_ONLY = State.WRITE_ONLY
 _WRITING = (State.OPEN, State.WRITE_ONLY)
+UNWATCHED = -1
+"""``Conn.interest`` of a connection taken off the poller after a hang-up."""
+KEEPALIVE_MAX = 32767
+"""The most seconds Linux takes for ``TCP_KEEPIDLE`` and ``TCP_KEEPINTVL``."""
 
 
 class Flow:
@@ -129,13 +127,12 @@ class Flow:
                 state = c.state
         want = (READ if state in READABLE and not (c.reading_paused or c.held) else 0) | (
             WRITE if pending else 0)
-        if want != c.interest:
-            if c.interest != UNWATCHED:
-                self.poller.modify(c.fd, want)
-                c.interest = want
-            elif want:  # off the poller since a hang-up (`hung_up`): back on
+        if want != c.interest and (want or c.interest != UNWATCHED):
+            if c.interest == UNWATCHED:  # off the poller since a hang-up (`hung_up`)
                 self.poller.register(c.fd, want)
-                c.interest = want
+            else:
+                self.poller.modify(c.fd, want)
+            c.interest = want
         c.fast = want == READ and c.plain and state is _OPEN
 
     # -------------------------------------------------------------- options
@@ -146,7 +143,7 @@ class Flow:
         c.high_water, c.low_water = options.high_water, options.low_water
         c.max_pending = options.max_pending
         if options.idle_timeout is not None:
-            c.idle_timeout = float(min(options.idle_timeout, FOREVER))  # 10**400 is an int
+            c.idle_timeout = float(min(options.idle_timeout, FOREVER))
             c.last_active = time.monotonic()
             self.timers.cancel(c.idle_timer)
             c.idle_timer = self.timers.at(c.last_active + c.idle_timeout, partial(self._idle, c))

@@ -114,16 +114,13 @@ def serve(events: Events, *addrs: str, poller: str | Poller | None = None,
                     f"but poller={poller!r} was given"
                 )
             poller = poller if isinstance(poller, Poller) else PORTABLE_FALLBACK
-        if n > 1 and isinstance(poller, Poller):
-            raise ValueError("loops > 1 needs a poller name, not a Poller instance: "
-                             "each loop's process makes its own")
+        if n > 1:  # refuses a Poller instance before anything else
+            supervise(events, parsed, n, poller, _run_child)
+            return
     except BaseException:
         if isinstance(poller, Poller):  # ours to close however serve() ends (POLL-6)
             poller.close()
         raise
-    if n > 1:
-        supervise(events, parsed, n, poller, _run_child)
-        return
     backend = poller if isinstance(poller, Poller) else make_poller(poller)
     listeners: list[Listener] = []
     try:

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .callbacks import Policy, Side
 from .events import Events, Info
-from .lifecycle import LIVE, Conn, On, State
+from .lifecycle import LIVE, WRITABLE, Conn, On, State
 from .translators import Passthrough, Translator, ZlibTranslator
 
 if TYPE_CHECKING:
@@ -141,7 +141,7 @@ class Pump:
             # ``data`` queues behind it, in order (TLS records must not be
             # reordered). Then a failed write is orderly (TR-6).
             c.peer_said_goodbye = True
-            if reply and c.state in LIVE:
+            if reply and c.state in WRITABLE:  # as `write` would, without sending
                 c.pending += reply
             if plain and c.state is State.OPEN:
                 s.policy.data(s, c, plain)

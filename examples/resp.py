@@ -280,9 +280,10 @@ class Parser:
                     self._fail(_too_large(self.max_buffer))
                 return
             if self._parts:
-                # One join, of the unread rest and the new reads together, and
-                # the reads let go before anything else is copied: a 64 MiB
-                # argument exists at most twice here, not four times (REL-20).
+                # One join, of the unread rest and the new reads together, with
+                # the old buffer let go before it and the reads right after:
+                # a 64 MiB argument exists at most twice here, not four times
+                # (REL-20).
                 parts = self._parts
                 if self._pos < len(self._buf):
                     parts.insert(0, self._buf[self._pos:])

@@ -16,11 +16,12 @@ thread, and that call returns whatever the queue holds. Lines that arrive
 meanwhile are answered as usual.
 
 Memory: a client holds at most `MAX_LINE` (64 KiB) of a partial line --
-any longer line, whole or in pieces, is answered ``error: line longer than
-65536 bytes`` and the connection closes -- plus the loop's high-water mark (64 KiB) and one read
-(64 KiB) of echoes pending, because the loop stops reading a client that
-does not read above the mark, plus at most `MAX_JOBS` (16) job threads and
-their answers: an ``exec`` beyond that is answered ``exec busy`` at once.
+any longer line, whole or in pieces, is answered ``error: line longer
+than 65536 bytes`` and the connection closes -- plus the loop's
+high-water mark (64 KiB) and one read (64 KiB) of echoes pending,
+because the loop stops reading a client that does not read above the
+mark, plus at most `MAX_JOBS` (16) job threads and their answers: an
+``exec`` beyond that is answered ``exec busy`` at once.
 So a client costs about 256 KiB and 16 thread stacks at most, however it
 behaves; the number of clients is bounded by the process's descriptor
 limit (``ulimit -n``).
@@ -117,7 +118,6 @@ def main(argv: list[str] | None = None) -> int:
         while (end := buf.find(b"\n", start)) >= 0:
             if end - start > MAX_LINE:  # however the line was split into reads
                 out += b"error: line longer than %d bytes\n" % MAX_LINE
-                conn.stream.end(b"")
                 return bytes(out), evio.Action.CLOSE
             line, start = buf[start : end + 1], end + 1
             eol = b"\r\n" if line.endswith(b"\r\n") else b"\n"
