@@ -53,6 +53,12 @@ def machine_table(meta: dict[str, Any], *extra: tuple[str, str]) -> list[str]:
             *(f"| {what} | {value} |" for what, value in extra)]
 
 
+def rerun_and_machine(command: str, meta: dict[str, Any], *extra: tuple[str, str]
+                      ) -> list[str]:
+    """A results page's command to produce it again, then its *Machine* section."""
+    return ["```sh", command, "```", "", "## Machine", "", *machine_table(meta, *extra), ""]
+
+
 def _num(x: float | None, digits: int = 0) -> str:
     return "–" if x is None else f"{x:,.{digits}f}"
 

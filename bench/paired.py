@@ -53,7 +53,7 @@ from typing import Any
 
 import _loads
 import _procs
-from _report import machine_table
+from _report import rerun_and_machine
 from run import LOAD_CPU, ROOT, SERVER_CPU, SERVER_ORDER, SERVERS, available, machine, versions
 
 RESULTS = ROOT / "bench" / "results" / "paired.json"
@@ -136,14 +136,8 @@ def report(meta: dict[str, Any], config: dict[str, Any], samples: list[Sample]) 
         "[Performance](../performance.md#why-a-faster-server-gets-fewer-requests-from-a-saturated-client).",
         "Produce it again with:",
         "",
-        "```sh",
-        ".venv/bin/python bench/paired.py",
-        "```",
-        "",
-        "## Machine",
-        "",
-        *machine_table(meta, ("redis-benchmark", meta["versions"].get("redis-benchmark", "?"))),
-        "",
+        *rerun_and_machine(".venv/bin/python bench/paired.py", meta,
+                           ("redis-benchmark", meta["versions"].get("redis-benchmark", "?"))),
         "## Method",
         "",
         "- Every server runs at once, each in its own process pinned to CPU 0;",

@@ -63,7 +63,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from _report import machine_table
+from _report import rerun_and_machine
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "soak.json"
@@ -422,14 +422,8 @@ def report(r: dict[str, Any]) -> str:
         "A bounded mixed load against one evio echo server, watching its",
         "descriptors and memory. Produce this page again with:",
         "",
-        "```sh",
-        f".venv/bin/python bench/soak.py --seconds {c['seconds']:g}",
-        "```",
-        "",
-        "## Machine",
-        "",
-        *machine_table(m, ("poller", c["poller"])),
-        "",
+        *rerun_and_machine(f".venv/bin/python bench/soak.py --seconds {c['seconds']:g}", m,
+                           ("poller", c["poller"])),
         "## Method",
         "",
         "- The server runs alone in its own process; the load is this process's",

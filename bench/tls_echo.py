@@ -61,7 +61,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from _report import machine_table
+from _report import rerun_and_machine
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "tls_echo.json"
@@ -418,14 +418,8 @@ def report(meta: dict[str, str], config: dict[str, Any], samples: list[Sample],
         "the loop is explained in [TLS on the loop](../guides/tls-on-the-loop.md).",
         "Produce this page again with:",
         "",
-        "```sh",
-        ".venv/bin/python bench/tls_echo.py",
-        "```",
-        "",
-        "## Machine",
-        "",
-        *machine_table(meta, ("OpenSSL", meta["openssl"]), ("uvloop", meta["uvloop"])),
-        "",
+        *rerun_and_machine(".venv/bin/python bench/tls_echo.py", meta,
+                           ("OpenSSL", meta["openssl"]), ("uvloop", meta["uvloop"])),
         "## Method",
         "",
         *([f"- Each server runs alone in its own process, pinned to CPU "
