@@ -9,12 +9,13 @@ in ``test_udp.py``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -291,16 +292,27 @@ def test_pending_output_goes_first_then_the_owners(poller: str, addr: str, how: 
     assert rec.of("closed") == []
 
 
-@pytest.mark.rule("DETACH-2")
-def test_a_peer_that_never_reads_cannot_block_the_loop(poller: str, addr: str) -> None:
+@contextlib.contextmanager
+def detached_with_output_pending(
+    poller: str, addr: str
+) -> Iterator[tuple[Running, socket.socket, evio.DetachedConn]]:
+    """An echo server that detaches connection 1 when it sends ``go``,
+    returning `BIG` with the ``DETACH``: more than the socket takes, so part
+    of it travels with ``conn``. Yields the server, the peer and ``conn``."""
     owner = Owner()
     ev = owner.events(data=lambda cid, d: (BIG, Action.DETACH) if d == b"go" else d)
     with running(ev, addr, poller=poller) as r:
-        stuck = r.connect()
-        stuck.sendall(b"go")
+        peer = r.connect()
+        peer.sendall(b"go")
         conn = owner.conn(1)
+        assert conn.pending > 0
+        yield r, peer, conn
+
+
+@pytest.mark.rule("DETACH-2")
+def test_a_peer_that_never_reads_cannot_block_the_loop(poller: str, addr: str) -> None:
+    with detached_with_output_pending(poller, addr) as (r, stuck, conn):
         pending = conn.pending
-        assert pending > 0
         # Nobody flushes and the peer never reads; the loop serves everyone else.
         for i in range(10):
             c = r.connect()
@@ -322,13 +334,7 @@ def test_a_peer_that_never_reads_cannot_block_the_loop(poller: str, addr: str) -
 def test_a_shutdown_of_either_direction_sends_what_is_pending_first(
     poller: str, addr: str, how: str
 ) -> None:
-    owner = Owner()
-    ev = owner.events(data=lambda cid, d: (BIG, Action.DETACH) if d == b"go" else d)
-    with running(ev, addr, poller=poller) as r:
-        c = r.connect()
-        c.sendall(b"go")
-        conn = owner.conn(1)
-        assert conn.pending > 0  # 16 MiB: more than the socket took
+    with detached_with_output_pending(poller, addr) as (_, c, conn):
         got = bytearray()
         reader = threading.Thread(target=lambda: got.extend(recv_all(c)), daemon=True)
         reader.start()
