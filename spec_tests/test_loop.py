@@ -487,6 +487,34 @@ def test_after_small_reads_a_burst_is_read_small_once_then_in_full_pieces(
     assert max(sizes[2:]) > 448 and max(sizes) <= 65536  # then for 65,536
 
 
+@pytest.mark.rule("LOOP-11")
+@pytest.mark.parametrize("reuse", [False, True], ids=["bytes", "reuse_input_buffer"])
+def test_the_read_after_a_small_one_asks_448_unless_the_buffer_is_reused(
+    poller: str, addr: str, reuse: bool
+) -> None:
+    # The loop stands still inside the first data call while 100 KiB arrive,
+    # so the next read gets all it asks for: 448 bytes, or 65,536 from the
+    # reused buffer, which allocates nothing to save.
+    sizes: list[int] = []
+
+    def data(cid: int, d: Any) -> Any:
+        sizes.append(len(d))
+        if len(sizes) == 1:
+            time.sleep(0.3)
+        return bytes(d)
+
+    ev = evio.Events(opened=lambda cid, info: evio.Options(reuse_input_buffer=reuse), data=data)
+    payload = pattern(100 * 1024, 7)
+    with running(ev, addr, poller=poller) as r:
+        c = r.connect()
+        c.sendall(b"ping")
+        time.sleep(0.1)  # read, and inside data: the burst waits in the kernel
+        c.sendall(payload)
+        assert recv_exactly(c, 4 + len(payload)) == b"ping" + payload
+    assert sizes[0] == 4
+    assert sizes[1] == (65536 if reuse else 448)
+
+
 @pytest.mark.rule("LOOP-12")
 def test_reuse_input_buffer_hands_a_view_valid_only_during_the_call(
     poller: str, addr: str
