@@ -280,6 +280,7 @@ def test_several_clients_at_once(stage: Stage) -> None:
 
 
 @pytest.mark.rule("LOOP-3")
+@pytest.mark.stage("stage1_blocking_echo", falls_short=True)
 def test_the_blocking_stage_serves_one_client_at_a_time() -> None:
     with started(STAGE1) as p:
         first = p.connect()
@@ -348,6 +349,7 @@ def test_a_client_that_does_not_read_cannot_stall_the_others(stage: Stage) -> No
 
 
 @pytest.mark.rule("REL-2")
+@pytest.mark.stage("stage2_select_loop", falls_short=True)
 def test_the_select_stage_stalls_behind_a_client_that_does_not_read() -> None:
     with started(STAGE2) as p:
         hog = p.connect()
@@ -383,6 +385,7 @@ def test_an_idle_server_does_not_spin(stage: Stage) -> None:
 
 
 @pytest.mark.rule("LOOP-14", "EV-7")
+@pytest.mark.stage("stage4_callbacks")
 def test_the_limit_closes_after_the_echo_is_sent() -> None:
     payload = pattern(65536, seed=11)  # not above the high-water mark: all of it is read
     with started(STAGE4, "--limit", str(len(payload))) as p:
@@ -435,6 +438,7 @@ def test_shutdown_closes_every_connection(name: str) -> None:
 
 
 @pytest.mark.rule("WAKE-2", "WAKE-3")
+@pytest.mark.stage("stage5_timers_wakeups")
 def test_woken_output_is_appended_behind_pending_output() -> None:
     module = load_stage("stage5_timers_wakeups")
     big = pattern(8 * MiB, seed=13)
@@ -462,6 +466,7 @@ def test_woken_output_is_appended_behind_pending_output() -> None:
 
 
 @pytest.mark.rule("WAKE-1", "WAKE-2")
+@pytest.mark.stage("stage5_timers_wakeups")
 def test_wakes_from_many_threads_lose_nothing() -> None:
     module = load_stage("stage5_timers_wakeups")
     lock = threading.Lock()
@@ -498,6 +503,7 @@ def test_wakes_from_many_threads_lose_nothing() -> None:
 
 
 @pytest.mark.rule("TICK-1", "TICK-2")
+@pytest.mark.stage("stage5_timers_wakeups")
 def test_the_ticker_reports_while_serving() -> None:
     with started(STAGE5, "--stats", "0.05") as p:
         assert p.proc.stdout is not None
@@ -514,6 +520,7 @@ def test_the_ticker_reports_while_serving() -> None:
 
 
 @pytest.mark.rule("LOOP-18", "LOOP-19")
+@pytest.mark.stage("stage5_timers_wakeups")
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_stops_stage5_cleanly(sig: signal.Signals) -> None:
     with started(STAGE5, expect_exit=True) as p:

@@ -21,9 +21,14 @@ when it is built, from the same parse the traceability check uses:
    becomes a link to the rule's anchor, and a spaced ``--`` becomes an em
    dash. Text inside ``code``, ``pre`` (so mermaid source too), links,
    headings, ``script`` and ``style`` is left alone.
-4. ``on_config`` puts the package version from ``pyproject.toml`` into the
-   footer (``{version}`` in ``copyright``), so the site and the package
-   cannot disagree about it.
+4. ``on_config`` takes ``site_url``, ``repo_url`` and ``repo_name`` from
+   ``[project.urls]`` in ``pyproject.toml`` and puts what the pages
+   document in the footer (``{release}`` in ``copyright``: the main
+   branch, unreleased, while the changelog says so), so the site and the
+   package cannot disagree about either.
+5. ``on_page_markdown`` also fills in ``{{ evio.NAME }}`` placeholders with
+   facts read from the code and the test markers (``tools/docs_facts.py``):
+   counts and lists that describe the code are never written by hand.
 
 The trap is that Markdown is not regular: we only ever rewrite the
 defining bullets (a line shape ``ruletrace`` already recognises, outside
@@ -54,6 +59,7 @@ from mkdocs.utils import get_relative_url
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
+import docs_facts  # noqa: E402
 import ruletrace  # noqa: E402
 
 TRACE_PAGE = "spec/traceability.md"
@@ -95,8 +101,12 @@ def package_version() -> str:
 
 
 def on_config(config: MkDocsConfig) -> MkDocsConfig:
+    urls = docs_facts.project_urls()
+    config.site_url = urls["Documentation"]
+    config.repo_url = urls["Repository"]
+    config.repo_name = "/".join(urls["Repository"].rstrip("/").split("/")[-2:])
     if config.copyright:
-        config.copyright = config.copyright.replace("{version}", package_version())
+        config.copyright = config.copyright.replace("{release}", docs_facts.release_label())
     return config
 
 
@@ -260,6 +270,7 @@ def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Fil
         # A page that defines rules ranks first when a rule id is searched
         # for (the home page and the guides mention a few as examples).
         page.meta.setdefault("search", {}).setdefault("boost", 2)
+    markdown = docs_facts.fill(markdown, page.file.src_uri)
     return anchor_rules(markdown, page.file.src_uri)
 
 
