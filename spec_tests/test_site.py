@@ -164,15 +164,10 @@ PROBE = r"""
 
 
 def _config() -> dict[str, str]:
-    """site_url, repo_url and edit_uri from mkdocs.yml (the plain keys only)."""
-    out: dict[str, str] = {}
-    for line in (ROOT / "mkdocs.yml").read_text(encoding="utf-8").splitlines():
-        m = re.match(
-            r'^(site_url|repo_url|edit_uri):\s*(?:!ENV\s*\[\s*\w+\s*,\s*)?"?([^"\]]*)', line
-        )
-        if m:
-            out[m.group(1)] = m.group(2).strip()
-    return out
+    """site_url and repo_url as the site uses them: from [project.urls] in pyproject.toml."""
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        urls = tomllib.load(f)["project"]["urls"]
+    return {"site_url": urls["Documentation"], "repo_url": urls["Repository"]}
 
 
 @dataclass
@@ -604,37 +599,120 @@ def test_the_reference_shows_constructor_defaults(site: Site, visits: dict[str, 
             assert re.search(shown, flat), f"{cls.__name__}: {f.name}={default} is not shown"
 
 
+SEARCH_ALL = r"""
+(async (queries) => {
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  const input = document.querySelector(".md-search__input");
+  const list = document.querySelector(".md-search-result__list");
+  const out = {};
+  input.focus();
+  for (const query of queries) {
+    list.innerHTML = "";
+    input.value = query;
+    input.dispatchEvent(new Event("input", { bubbles: true }));
+    input.dispatchEvent(new KeyboardEvent("keyup", { bubbles: true, key: "0" }));
+    // Results for this query: the first names the id, or the list has
+    // stopped changing for half a second (what an earlier query left is
+    // cleared first, but its answer may still arrive).
+    const t0 = Date.now();
+    const id = query.toUpperCase();
+    let last = "", since = Date.now();
+    while (Date.now() - t0 < 5000) {
+      const first = list.querySelector(".md-search-result__item a");
+      if (first && first.href.endsWith("#" + id)) break;
+      if (list.innerHTML !== last) { last = list.innerHTML; since = Date.now(); }
+      else if (last && Date.now() - since > 500) break;
+      await sleep(20);
+    }
+    await sleep(20);  // the rest of the first batch
+    const items = [...list.querySelectorAll(".md-search-result__item")];
+    out[query] = {
+      hrefs: items.map((li) => li.querySelector("a").href),
+      links: items.flatMap((li) => [...li.querySelectorAll("a")].map((a) => a.href)),
+      marks: [...list.querySelectorAll("mark")].map((m) => m.textContent),
+    };
+  }
+  return out;
+})
+"""
+
+
 @pytest.mark.rule("DOCS-6")
-def test_search_finds_rule_ids_and_identifiers(site: Site, browser: cdp.Browser) -> None:
-    trace = ruletrace.collect(ROOT)
-    defined = trace.defined()
-    queries = ["LOOP-3", "EV-9", "idle_timeout"]
+def test_search_lands_on_every_rule(site: Site, browser: cdp.Browser) -> None:
+    """Every rule id, typed into the search box: the rule first, whole, nothing else."""
+    defined = ruletrace.collect(ROOT).defined()
+    queries = sorted(defined) + [defined_id.lower() for defined_id in ("LOOP-2", "EV-9")]
+    browser.navigate(site.base)
+    browser.until("!!document.querySelector('.md-search__input')")
+    found: dict[str, Any] = {}
+    for i in range(0, len(queries), 20):  # each call must answer within cdp's timeout
+        found |= browser.evaluate(f"({SEARCH_ALL})({json.dumps(queries[i:i + 20])})")
+    pages: dict[str, str] = {}
+
+    def text_of(page: str) -> str:
+        if page not in pages:
+            path = site.dir / page.removeprefix(site.base) / "index.html"
+            pages[page] = path.read_text(encoding="utf-8") if path.exists() else ""
+        return pages[page]
+
+    bad: dict[str, list[str]] = {}
+    first_ok = 0
     for query in queries:
-        browser.navigate(site.base)  # a fresh page: no results left from the last query
-        browser.until("!!document.querySelector('.md-search__input')")
-        hrefs = browser.evaluate(f"""(async () => {{
-            const input = document.querySelector(".md-search__input");
-            input.focus();
-            input.value = {json.dumps(query)};
-            input.dispatchEvent(new Event("input", {{bubbles: true}}));
-            input.dispatchEvent(new KeyboardEvent("keyup", {{bubbles: true, key: "3"}}));
-            const t0 = Date.now();
-            let items = [];
-            while (Date.now() - t0 < 10000) {{
-              items = [...document.querySelectorAll(".md-search-result__item > a")];
-              if (items.length) break;
-              await new Promise((r) => setTimeout(r, 50));
-            }}
-            return items.map((a) => a.href);
-        }})()""")
-        assert hrefs, f"searching {query!r} found nothing"
-        pages = list(dict.fromkeys(h.split("#")[0].split("?")[0] for h in hrefs))
-        for page in pages:
-            html = urllib.request.urlopen(page, timeout=10).read().decode()
-            assert query.lower() in html.lower(), f"{query!r}: {page} does not contain it"
-        if query in defined:
-            home = site.base + defined[query].page.removeprefix("docs/").removesuffix(".md") + "/"
-            assert pages[0] == home, f"{query!r}: first result {pages[0]}, not {home}"
+        rid = query.upper()
+        res = found[query]
+        problems = bad.setdefault(query, [])
+        home = site.base + defined[rid].page.removeprefix("docs/").removesuffix(".md") + "/"
+        if not res["hrefs"]:
+            problems.append("no result")
+            continue
+        top = urllib.parse.urlsplit(res["hrefs"][0])
+        top_page = f"{top.scheme}://{top.netloc}{top.path}"
+        if top_page != home or top.fragment != rid:
+            problems.append(f"first result {res['hrefs'][0]}, not {home}#{rid}")
+        else:
+            first_ok += 1
+        whole = re.compile(rf"(?<![\w/#.-]){re.escape(rid)}(?![\w-]|\.\d)")
+        for href in dict.fromkeys(res["links"]):
+            parts = urllib.parse.urlsplit(href)
+            page = f"{parts.scheme}://{parts.netloc}{parts.path}"
+            if not whole.search(text_of(page)):
+                problems.append(f"{page} is offered but does not contain {rid} whole")
+        wrong_marks = [m for m in res["marks"] if m.upper() != rid]
+        if wrong_marks:
+            problems.append(f"highlighted fragments {sorted(set(wrong_marks))[:5]}")
+        if not res["marks"]:
+            problems.append("the id is not highlighted in the results")
+    failed = {q: ps for q, ps in bad.items() if ps}
+    assert not failed, (
+        f"{len(failed)} of {len(queries)} rule-id searches went wrong "
+        f"({first_ok} put the rule first):\n"
+        + "\n".join(f"{q}: {'; '.join(ps)}" for q, ps in sorted(failed.items()))
+    )
+
+
+@pytest.mark.rule("DOCS-6")
+def test_opening_a_rule_from_search_marks_the_id_whole(site: Site, browser: cdp.Browser) -> None:
+    browser.navigate(site.base + "spec/loop/?rule=LOOP-2#LOOP-2")
+    marks = browser.evaluate(
+        "[...document.querySelectorAll('article mark')].map((m) => m.textContent)"
+    )
+    assert marks and set(marks) == {"LOOP-2"}, marks
+    scrolled = browser.evaluate(
+        "document.getElementById('LOOP-2').getBoundingClientRect().top"
+    )
+    assert 0 <= scrolled < 400, f"the rule is at {scrolled} px, not at the top of the window"
+
+
+@pytest.mark.rule("DOCS-6")
+def test_search_keeps_identifiers_whole(site: Site, browser: cdp.Browser) -> None:
+    browser.navigate(site.base)
+    browser.until("!!document.querySelector('.md-search__input')")
+    found = browser.evaluate(f"({SEARCH_ALL})({json.dumps(['idle_timeout'])})")
+    hrefs = found["idle_timeout"]["hrefs"]
+    assert hrefs, "searching idle_timeout found nothing"
+    for page in dict.fromkeys(h.split("#")[0].split("?")[0] for h in hrefs):
+        html_ = (site.dir / page.removeprefix(site.base) / "index.html").read_text()
+        assert "idle_timeout" in html_, f"idle_timeout: {page} does not contain it"
 
 
 @pytest.mark.rule("DOCS-7")

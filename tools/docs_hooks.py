@@ -42,6 +42,7 @@ reader sees it, in headless Chromium.
 from __future__ import annotations
 
 import html
+import json
 import posixpath
 import re
 import sys
@@ -332,18 +333,140 @@ def on_page_content(html_: str, page: Page, config: MkDocsConfig, files: Files) 
 
 
 # --------------------------------------------------------------------------
-# Search: keep LOOP-3 whole in queries too
+# Search: an exact rule id lands on the rule
 #
 # Material splits indexed text with the `separator` set in mkdocs.yml, which
-# keeps rule ids whole, but lunr's query lexer keeps the separator it was
-# loaded with (whitespace and "-"), so the query "LOOP-3" became "LOOP" and
-# "3". Material's worker script has a hashed name; each page is pointed at a
-# small worker of ours that loads it and makes the lexer split queries at
-# whitespace only (Material then splits each term with our separator).
+# keeps rule ids whole, but three things still went wrong for a reader who
+# typed "LOOP-2": lunr's query lexer split the query at "-" (so it searched
+# "LOOP" and "2"); Material appends a wildcard to every term (so LOOP-2
+# matched LOOP-22 to LOOP-24, and pages that only mention those); and its
+# results open a page or a section, never the rule. Its highlighter also
+# splits the query at "-" and marked every "loop" and every "2" on the page.
+#
+# So the index gets one entry per rule (location `spec/loop/#LOOP-2`, the
+# rule's own text), and each page is pointed at a small worker of ours
+# (Material's worker script has a hashed name) that loads Material's, makes
+# the lexer split queries at whitespace only, and answers a query that is
+# exactly a rule id itself: first the rule (its page, scrolled to it), then
+# only the sections that contain the id whole, each highlighted at the id,
+# with links that carry `?rule=ID` instead of Material's `h`, which
+# `docs/assets/javascripts/rule-mark.js` uses to mark the id, whole, on the
+# page it opens.
 
 _WORKER_RE = re.compile(r'("search":\s*"[^"]*/workers/)(search\.[0-9a-f]+\.min\.js)(")')
 _WORKER = "evio-search.js"
 _worker_name: list[str] = []
+_RULE_ITEM_RE = re.compile(
+    r"<li>\s*(?:<p>)?([A-Z][A-Z0-9]*-\d+) (?:\d+ tests?|no test) (.*?)</li>", re.DOTALL
+)
+
+WORKER_JS = r"""// Material's search worker, with rule ids searched whole (tools/docs_hooks.py
+// says why). Loaded in place of Material's worker by every page.
+const SETUP = 0, QUERY = 2, RESULT = 3;
+const ID = /^\s*([A-Za-z][A-Za-z0-9]*-\d+)\s*$/;
+let rules = new Map();   // "LOOP-2" -> its entry in the index
+let docs = new Map();    // location -> entry, as indexed (unhighlighted)
+const queries = [];      // the queries Material's handler has yet to answer
+
+const whole = (id) => new RegExp(
+  "(?<![\\w/#.-])(" + id.replace("-", "\\-") + ")(?![\\w-]|\\.\\d)", "gi");
+const strip = (html) => html.replace(/<[^>]*>/g, " ");
+const mark = (html, id) => html.split(/(<[^>]*>)/).map(
+  (part) => part.startsWith("<") ? part : part.replace(whole(id), "<mark>$1</mark>")).join("");
+const withRule = (location, id) => {
+  const [path, anchor] = location.split("#");
+  return path + "?rule=" + id + (anchor ? "#" + anchor : "");
+};
+
+function answer(query, result) {
+  const m = ID.exec(query || "");
+  const rule = m && rules.get(m[1].toUpperCase());
+  if (!rule) return result;
+  const id = rule.rule;
+  const page = rule.location.split("#")[0];
+  const item = (doc, score) => ({
+    ...doc, location: withRule(doc.location, id), score: score, terms: {},
+    title: mark(doc.title, id), text: mark(doc.text, id),
+  });
+  const contains = (doc) => whole(id).test(strip(doc.title + " " + doc.text));
+  // The rule first: a section showing its text, under its page's title,
+  // both opening the page scrolled to the rule.
+  const first = [
+    item(rule, 1e6),
+    { ...item(rule, 0), title: rule.page_title, text: "" },
+  ];
+  const groups = [first];
+  for (const group of result.items || []) {
+    const kept = group
+      .map((found) => docs.get(found.location))
+      .filter((doc) => doc && !doc.rule && contains(doc));
+    if (!kept.length) continue;
+    const path = kept[0].location.split("#")[0];
+    if (path === page) {
+      // Other mentions on the rule's own page follow the rule.
+      // (Its opening text is not one: the page is already there, at the rule.)
+      first.splice(1, 0, ...kept.filter((doc) => doc.location !== page).map((doc) => item(doc, 1)));
+      continue;
+    }
+    const article = docs.get(path);
+    const items = kept.map((doc) => item(doc, doc.location === path ? 2 : 1));
+    if (!kept.some((doc) => doc.location === path) && article)
+      items.push({ ...item(article, 0), text: "" });
+    groups.push(items);
+  }
+  return { items: groups };
+}
+
+// Ours first: a listener's microtasks run before the next listener is
+// called, so Material's answer is posted before a later listener would see
+// the query.
+addEventListener("message", (ev) => {
+  const msg = ev.data;
+  if (msg.type === SETUP) {
+    rules = new Map();
+    docs = new Map();
+    for (const doc of msg.data.docs) {
+      docs.set(doc.location, doc);
+      if (doc.rule) rules.set(doc.rule, doc);
+    }
+  } else if (msg.type === QUERY) {
+    queries.push(msg.data);
+  }
+});
+
+importScripts("__MATERIAL__");
+self.lunr.QueryLexer.termSeparator = /\s+/;
+
+const post = self.postMessage.bind(self);
+self.postMessage = (msg) => post(
+  msg && msg.type === RESULT ? { ...msg, data: answer(queries.shift(), msg.data) } : msg);
+"""
+
+
+def rule_entries(index: dict[str, Any]) -> list[dict[str, Any]]:
+    """One search entry per rule, from the sections of the index that define them.
+
+    Each has the rule's page location with its anchor, the id as title, the
+    rule's text, and ``rule`` / ``page_title`` for the worker.
+    """
+    titles = {d["location"]: d["title"] for d in index["docs"] if "#" not in d["location"]}
+    out = []
+    for doc in index["docs"]:
+        path = doc["location"].split("#")[0]
+        for m in _RULE_ITEM_RE.finditer(doc["text"]):
+            rid, text = m.group(1), m.group(2).strip()
+            if _state.rule_url.get(rid) != path:
+                continue  # a definition quoted elsewhere, not the rule's own page
+            out.append(
+                {
+                    "location": f"{path}#{rid}",
+                    "title": rid,
+                    "text": f"<p>{text}</p>",
+                    "rule": rid,
+                    "page_title": titles.get(path, path),
+                }
+            )
+    return out
 
 
 _MERMAID_TAG_RE = re.compile(r'\s*<script src="[^"]*assets/javascripts/mermaid\.min\.js"></script>')
@@ -363,15 +486,21 @@ def on_post_page(output: str, page: Page, config: MkDocsConfig) -> str:
 
 
 def on_post_build(config: MkDocsConfig) -> None:
+    site = Path(config.site_dir)
+    index_path = site / "search" / "search_index.json"
+    if index_path.exists():
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+        entries = rule_entries(index)
+        missing = sorted(set(_state.rule_url) - {e["rule"] for e in entries})
+        if missing:
+            raise ValueError(f"no search entry could be made for rules {missing}")
+        index["docs"] += entries
+        index_path.write_text(json.dumps(index, ensure_ascii=False), encoding="utf-8")
     if not _worker_name:
         return
-    workers = Path(config.site_dir) / "assets" / "javascripts" / "workers"
+    workers = site / "assets" / "javascripts" / "workers"
     (workers / _WORKER).write_text(
-        "// Material's search worker, with queries split at whitespace only\n"
-        "// (tools/docs_hooks.py explains why).\n"
-        f'importScripts("{_worker_name[0]}");\n'
-        "self.lunr.QueryLexer.termSeparator = /\\s+/;\n",
-        encoding="utf-8",
+        WORKER_JS.replace("__MATERIAL__", _worker_name[0]), encoding="utf-8"
     )
 
 
