@@ -28,7 +28,10 @@ when it is built, from the same parse the traceability check uses:
    package cannot disagree about either.
 5. ``on_page_markdown`` also fills in ``{{ evio.NAME }}`` placeholders with
    facts read from the code and the test markers (``tools/docs_facts.py``):
-   counts and lists that describe the code are never written by hand.
+   counts and lists that describe the code are never written by hand; and
+   it expands ``{{ fragment ... }}``, ``{{ diff ... }}`` and ``{{ trace
+   ... }}`` lines into code cut from the tested files
+   (``tools/docs_code.py``): code on a page is never copied by hand.
 
 The trap is that Markdown is not regular: we only ever rewrite the
 defining bullets (a line shape ``ruletrace`` already recognises, outside
@@ -60,6 +63,7 @@ from mkdocs.utils import get_relative_url
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
+import docs_code  # noqa: E402
 import docs_facts  # noqa: E402
 import ruletrace  # noqa: E402
 
@@ -271,6 +275,7 @@ def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Fil
         # A page that defines rules ranks first when a rule id is searched
         # for (the home page and the guides mention a few as examples).
         page.meta.setdefault("search", {}).setdefault("boost", 2)
+    markdown = docs_code.expand(markdown, page.file.src_uri)
     markdown = docs_facts.fill(markdown, page.file.src_uri)
     return anchor_rules(markdown, page.file.src_uri)
 

@@ -28,6 +28,22 @@ from dataclasses import dataclass, field
 
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 HIGH_WATER = 64 * 1024
+TRACE = False
+"""Set by ``--trace``: print what each turn of the loop does."""
+WATCHING = {READ: "read", WRITE: "write", READ | WRITE: "read+write"}
+
+
+def trace(line: str) -> None:
+    """Print one line of the trace, when ``--trace`` asked for it."""
+    if TRACE:
+        print(line, flush=True)
+
+
+def said(reply: object) -> str:
+    """What a callback returned, in a few words, for the trace."""
+    out, action = reply if isinstance(reply, tuple) else (reply, None)
+    words = f"{len(out)} bytes" if out else "nothing"
+    return words + (f" and {action.name}" if action is not None else "")
 
 
 class Action(enum.Enum):
@@ -74,8 +90,14 @@ class Loop:
         if self.events.serving:
             self.events.serving(self.listener.getsockname())
         try:
-            while not self.stopping:
-                for key, events in self.sel.select():
+            for turn in itertools.count(1):
+                if self.stopping:
+                    break
+                ready = self.sel.select()
+                trace(f"turn {turn}: select() says ready: " + ", ".join(
+                    f"{'listener' if k.fileobj is self.listener else f'conn {k.data.id}'}"
+                    f" ({WATCHING[e]})" for k, e in ready))
+                for key, events in ready:
                     if key.fileobj is self.listener:
                         self.accept()
                     else:
@@ -97,8 +119,11 @@ class Loop:
         c = Conn(next(self.ids), sock)
         self.conns[c.id] = c
         self.sel.register(sock, READ, c)
+        trace(f"  listener: accept() -> conn {c.id}, watching read")
         if self.events.opened:
-            self.reply(c, self.events.opened(c.id))
+            reply = self.events.opened(c.id)
+            trace(f"  conn {c.id}: opened({c.id}) returned {said(reply)}")
+            self.reply(c, reply)
         self.sync(c)
 
     def handle(self, c: Conn, events: int) -> None:
@@ -112,10 +137,14 @@ class Loop:
             except OSError:
                 self.fail(c)
                 data = None
+            if data is not None:
+                trace(f"  conn {c.id}: recv() -> {len(data)} bytes")
             if data == b"":
                 c.reading = False  # the peer ended its stream
             elif data and self.events.data:
-                self.reply(c, self.events.data(c.id, data))
+                reply = self.events.data(c.id, data)
+                trace(f"  conn {c.id}: data({c.id}, {len(data)} bytes) returned {said(reply)}")
+                self.reply(c, reply)
         self.sync(c)
 
     def reply(self, c: Conn, reply: Reply) -> None:
@@ -132,7 +161,9 @@ class Loop:
         """Send as much pending output as the socket takes now."""
         if c.out:
             try:
-                del c.out[:c.sock.send(c.out)]
+                sent = c.sock.send(c.out)
+                del c.out[:sent]
+                trace(f"  conn {c.id}: send() took {sent} bytes, {len(c.out)} pending")
             except BlockingIOError:
                 pass
             except OSError:
@@ -153,11 +184,13 @@ class Loop:
         elif want != c.mask:
             self.sel.modify(c.sock, want, c)
             c.mask = want
+            trace(f"  conn {c.id}: now watching {WATCHING[want]}")
 
     def close(self, c: Conn) -> None:
         del self.conns[c.id]
         self.sel.unregister(c.sock)
         c.sock.close()
+        trace(f"  conn {c.id}: nothing left to watch: closed")
         if self.events.closed:
             self.events.closed(c.id)
 
@@ -175,9 +208,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Stage 4: an echo server made of callbacks.")
     parser.add_argument("--port", type=int, default=5000,
                         help="TCP port on 127.0.0.1 (default 5000; 0 picks a free one)")
+    parser.add_argument("--trace", action="store_true",
+                        help="print what each turn of the loop does")
     parser.add_argument("--limit", type=int, default=0,
                         help="close a connection once it has echoed this many bytes (0: never)")
     args = parser.parse_args(argv)
+    global TRACE
+    TRACE = args.trace
     echoed: dict[int, int] = {}
 
     def serving(addr: tuple[str, int]) -> None:

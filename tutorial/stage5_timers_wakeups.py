@@ -41,6 +41,22 @@ from types import FrameType
 
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 HIGH_WATER = 64 * 1024
+TRACE = False
+"""Set by ``--trace``: print what each turn of the loop does."""
+WATCHING = {READ: "read", WRITE: "write", READ | WRITE: "read+write"}
+
+
+def trace(line: str) -> None:
+    """Print one line of the trace, when ``--trace`` asked for it."""
+    if TRACE:
+        print(line, flush=True)
+
+
+def said(reply: object) -> str:
+    """What a callback returned, in a few words, for the trace."""
+    out, action = reply if isinstance(reply, tuple) else (reply, None)
+    words = f"{len(out)} bytes" if out else "nothing"
+    return words + (f" and {action.name}" if action is not None else "")
 
 
 class Action(enum.Enum):
@@ -119,11 +135,16 @@ class Loop:
             self.events.serving(Server(self))
         next_tick = time.monotonic() if self.events.tick else None  # first tick at once
         try:
-            while not self.stopping:
+            for turn in itertools.count(1):
+                if self.stopping:
+                    break
                 # timeout: until the next tick is due; with no ticker, no limit
                 timeout = None if next_tick is None else max(0.0, next_tick - time.monotonic())
+                trace(f"turn {turn}: timeout {'none' if timeout is None else f'{timeout:.2f} s'}")
                 # poll
                 ready = self.sel.select(timeout)
+                trace("  poll: " + (", ".join(
+                    f"{self.name(k)} ({WATCHING[e]})" for k, e in ready) or "nothing ready"))
                 # dispatch
                 rung = False
                 for key, events in ready:
@@ -143,6 +164,7 @@ class Loop:
                 if next_tick is not None and not self.stopping and time.monotonic() >= next_tick:
                     assert self.events.tick is not None
                     delay = self.events.tick()
+                    trace(f"  timers: tick() returned {delay}")
                     # Due a fixed delay after this one was due; missed ticks are not made up.
                     next_tick = None if delay is None else max(next_tick + delay, time.monotonic())
         finally:
@@ -153,6 +175,12 @@ class Loop:
             self.bell_r.close()
             self.bell_w.close()
 
+    def name(self, key: selectors.SelectorKey) -> str:
+        """How the trace calls what a key watches."""
+        if key.fileobj is self.listener:
+            return "listener"
+        return "doorbell" if key.fileobj is self.bell_r else f"conn {key.data.id}"
+
     def drain(self) -> None:
         """Read the doorbell empty, so that ``select`` stops reporting it."""
         with contextlib.suppress(BlockingIOError):
@@ -162,11 +190,14 @@ class Loop:
     def wakes(self) -> None:
         with self.lock:
             ids, self.woken = self.woken, set()
+        trace(f"  wakes: {', '.join(f'conn {id}' for id in sorted(ids)) or 'none'}")
         for id in sorted(ids):
             c = self.conns.get(id)
             # A connection that stopped reading (closing) gets no more data calls.
             if c is not None and c.reading and self.events.data:
-                self.reply(c, self.events.data(id, None))
+                reply = self.events.data(id, None)
+                trace(f"  conn {id}: data({id}, None) returned {said(reply)}")
+                self.reply(c, reply)
                 self.sync(c)
             if self.stopping:
                 return
@@ -180,8 +211,11 @@ class Loop:
         c = Conn(next(self.ids), sock)
         self.conns[c.id] = c
         self.sel.register(sock, READ, c)
+        trace(f"  listener: accept() -> conn {c.id}, watching read")
         if self.events.opened:
-            self.reply(c, self.events.opened(c.id))
+            reply = self.events.opened(c.id)
+            trace(f"  conn {c.id}: opened({c.id}) returned {said(reply)}")
+            self.reply(c, reply)
         self.sync(c)
 
     def handle(self, c: Conn, events: int) -> None:
@@ -195,10 +229,14 @@ class Loop:
             except OSError:
                 self.fail(c)
                 data = None
+            if data is not None:
+                trace(f"  conn {c.id}: recv() -> {len(data)} bytes")
             if data == b"":
                 c.reading = False
             elif data and self.events.data:
-                self.reply(c, self.events.data(c.id, data))
+                reply = self.events.data(c.id, data)
+                trace(f"  conn {c.id}: data({c.id}, {len(data)} bytes) returned {said(reply)}")
+                self.reply(c, reply)
         self.sync(c)
 
     def reply(self, c: Conn, reply: Reply) -> None:
@@ -213,7 +251,9 @@ class Loop:
     def flush(self, c: Conn) -> None:
         if c.out:
             try:
-                del c.out[:c.sock.send(c.out)]
+                sent = c.sock.send(c.out)
+                del c.out[:sent]
+                trace(f"  conn {c.id}: send() took {sent} bytes, {len(c.out)} pending")
             except BlockingIOError:
                 pass
             except OSError:
@@ -232,12 +272,14 @@ class Loop:
         elif want != c.mask:
             self.sel.modify(c.sock, want, c)
             c.mask = want
+            trace(f"  conn {c.id}: now watching {WATCHING[want]}")
 
     def close(self, c: Conn) -> None:
         with self.lock:  # ``wake`` reads ``conns`` from other threads
             del self.conns[c.id]
         self.sel.unregister(c.sock)
         c.sock.close()
+        trace(f"  conn {c.id}: nothing left to watch: closed")
         if self.events.closed:
             self.events.closed(c.id)
 
@@ -256,11 +298,15 @@ def main(argv: list[str] | None = None) -> None:
         description="Stage 5: an echo server with a ticker and wake-ups from a worker thread.")
     parser.add_argument("--port", type=int, default=5000,
                         help="TCP port on 127.0.0.1 (default 5000; 0 picks a free one)")
+    parser.add_argument("--trace", action="store_true",
+                        help="print what each turn of the loop does")
     parser.add_argument("--stats", type=float, default=0.0, metavar="SECONDS",
                         help="print a statistics line this often (default: never)")
     parser.add_argument("--worker", action="store_true",
                         help="echo from a worker thread, through server.wake")
     args = parser.parse_args(argv)
+    global TRACE
+    TRACE = args.trace
     every: float = args.stats
     use_worker: bool = args.worker
 
