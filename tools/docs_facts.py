@@ -46,7 +46,8 @@ __all__ = [
     "tutorial_rules",
 ]
 
-_WORDS = "zero one two three four five six seven eight nine ten eleven twelve".split()
+_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+          "ten", "eleven", "twelve")
 
 
 def number(n: int) -> str:
@@ -233,7 +234,9 @@ def tutorial_rules() -> list[StageRules]:
             into = short if falls_short else met
             into.setdefault(key, {}).update(dict.fromkeys(rules))
     order = ["1", "2", "3", "4", "5", "5 --worker", "evio"]
-    keys_seen = sorted(set(met) | set(short), key=lambda k: (order.index(k) if k in order else 99, k))
+    keys_seen = sorted(
+        set(met) | set(short), key=lambda k: (order.index(k) if k in order else 99, k)
+    )
     return [
         StageRules(
             k,
