@@ -151,6 +151,23 @@ def _nav_order(nav: Any) -> list[str]:
     return []
 
 
+def rule_text(rule: ruletrace.RuleDef, link: str = "") -> str:
+    """The first paragraph of a rule's bullet, on one line, without its id.
+
+    For a table cell: nested blocks (a table inside the rule) are left on
+    the spec page, and ``|`` is escaped; a link to an anchor of its own
+    page is pointed at ``link`` (that page, from where the text is shown).
+    """
+    lines = (ROOT / rule.page).read_text(encoding="utf-8").splitlines()[rule.line - 1 :]
+    first = re.sub(r"^\s*[-*]\s+\*\*[A-Z][A-Z0-9]*-\d+\*\*\s*", "", lines[0])
+    words = [first.strip()]
+    for line in lines[1:]:
+        if not line.strip() or not line.startswith("  ") or line.lstrip().startswith(("- ", "|")):
+            break
+        words.append(line.strip())
+    return " ".join(words).replace("|", "\\|").replace("](#", f"]({link}#")
+
+
 def trace_page(
     trace: ruletrace.Trace,
     repo_url: str | None,
@@ -200,7 +217,7 @@ def trace_page(
     for page in pages:
         link = posixpath.relpath(_src_uri(page), here)
         out += [f"## {_title(page)}", "", f"Rules defined on [{_title(page)}]({link}).", ""]
-        out += ["| rule | tests, and the pollers each runs on |", "| --- | --- |"]
+        out += ["| rule, and what it says | tests, and the pollers each runs on |", "| --- | --- |"]
         for rid, rule in defined.items():
             if rule.page != page:
                 continue
@@ -216,7 +233,8 @@ def trace_page(
                     shown = f"[{shown}]({url})"
                 tests.append(f"{shown} ({_pollers_text(test.pollers)})")
             cell = "<br>".join(tests) if tests else "**no test**"
-            out.append(f"| [{rid}]({link}#{rid}){{#{rid}}} | {cell} |")
+            said = rule_text(rule, link)
+            out.append(f"| [{rid}]({link}#{rid}){{#{rid}}}<br>{said} | {cell} |")
         out.append("")
     return "\n".join(out)
 
@@ -333,8 +351,34 @@ def link_rules(content: str, page_url: str) -> str:
     return "".join(out)
 
 
+_CELL_RE = re.compile(r"<td\b[^>]*>.*?</td>", re.DOTALL)
+_CELL_CODE_RE = re.compile(r"<code>([^<]+)</code>")
+
+
+def break_points(content: str) -> str:
+    """In table cells, let code break only between tokens: after ``/`` and ``::``.
+
+    A test's name (after ``::``) may also break between its words, after an
+    ``_``: the rules-and-tests page lists names of up to 70 characters.
+
+    The stylesheet forbids breaks inside a word in a cell
+    (``docs/assets/stylesheets/extra.css``), so a path or a test name wraps
+    at these points or not at all.
+    """
+
+    def code(m: re.Match[str]) -> str:
+        text = m.group(1)
+        if "::" in text:
+            head, _, name = text.partition("::")
+            text = head + "::<wbr>" + name.replace("_", "_<wbr>")
+        text = re.sub(r"/(?=[^/])", "/<wbr>", text)
+        return f"<code>{text}</code>"
+
+    return _CELL_RE.sub(lambda cell: _CELL_CODE_RE.sub(code, cell.group(0)), content)
+
+
 def on_page_content(html_: str, page: Page, config: MkDocsConfig, files: Files) -> str:
-    return link_rules(html_, page.url)
+    return break_points(link_rules(html_, page.url))
 
 
 # --------------------------------------------------------------------------

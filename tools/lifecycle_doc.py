@@ -38,9 +38,15 @@ def _wrap(text: str, width: int = 18) -> str:
     return "<br/>".join(lines)
 
 
-HALF_CLOSE = frozenset({State.WRITE_ONLY, State.READ_ONLY})
-"""States drawn in a second diagram: one diagram of every state was too
-wide to read."""
+HALF_CLOSE = (State.WRITE_ONLY, State.READ_ONLY)
+"""States drawn in diagrams of their own, one each: one diagram of every
+state was too wide to read, and one of both half-close states crossed its
+arrows, leaving labels between two of them."""
+
+INIT = '%%{init: {"state": {"useMaxWidth": false}}}%%'
+"""Each diagram keeps its natural size (text at full size) and scrolls
+sideways on a narrow screen, rather than shrinking its text below reading
+size."""
 
 
 def _diagram(rows: list[Transition], starts: list[str]) -> list[str]:
@@ -53,7 +59,7 @@ def _diagram(rows: list[Transition], starts: list[str]) -> list[str]:
         edges.setdefault((_id(t.source.value), _id(t.target.value)), []).append(
             _wrap(t.event.value))
     names = [s for s in State if any(s in (t.source, t.target) for t in rows)]
-    out = ["```mermaid", "stateDiagram-v2", *(f"    [*] --> {s}" for s in starts)]
+    out = ["```mermaid", INIT, "stateDiagram-v2", *(f"    [*] --> {s}" for s in starts)]
     # A state id cannot hold a space: "writing only" is drawn from writing_only.
     out += [f'    state "{s.value}" as {_id(s.value)}' for s in names if " " in s.value]
     for (source, target), events in edges.items():
@@ -70,8 +76,7 @@ def render() -> str:
     # state (a looping arrow's label lands on its neighbours) and SHUTDOWN,
     # which takes every live state to closed.
     drawn = [t for t in LIFECYCLE if t.source != t.target and t.event is not On.SHUTDOWN]
-    main = [t for t in drawn if not {t.source, t.target} & HALF_CLOSE]
-    half = [t for t in drawn if {t.source, t.target} & HALF_CLOSE]
+    main = [t for t in drawn if not {t.source, t.target} & set(HALF_CLOSE)]
     stays: dict[str, list[str]] = {}
     for t in LIFECYCLE:
         if t.source == t.target:
@@ -81,9 +86,11 @@ def render() -> str:
     below = [f"Not drawn: the rows that stay in their state -- {stay} -- and SHUTDOWN, "
              f"which takes {', '.join(shut)} to closed."]
     blocks = [*rows, "", *_diagram(main, ["opening", "dialing"])]
-    if half:
-        blocks += ["", "Half-close (**REL-11**, **REL-12**), from *open*:", "",
-                   *_diagram(half, ["open"])]
+    for state in HALF_CLOSE:
+        half = [t for t in drawn if state in (t.source, t.target)]
+        if half:
+            blocks += ["", f"Half-close (**REL-11**, **REL-12**): *{state.value}*, from *open*:",
+                       "", *_diagram(half, ["open"])]
     return "\n".join([BEGIN, *blocks, "", *below, END])
 
 
