@@ -9,8 +9,9 @@ that ``tools/docs_hooks.py`` expands in a page's Markdown, each alone on a
 line:
 
 ``{{ fragment FILE NAME }}``
-    The source of one definition in ``FILE``: a function, a class, or a
-    method (``Loop.run``), found with :mod:`ast`, so it follows the code
+    The source of one definition in ``FILE``: a function, a class, a
+    method (``Loop.run``) or a function nested in one (``main.data``),
+    found with :mod:`ast`, so it follows the code
     when lines move. It becomes a fenced block titled with the file name
     and the line numbers, numbered as in the file. In a tutorial stage,
     the lines that are new since the stage before are highlighted.
@@ -114,7 +115,7 @@ def span(path: str, name: str) -> tuple[int, int]:
         )
         if node is None:
             raise CodeError(f"{path} defines no {name}")
-        body = node.body if isinstance(node, ast.ClassDef) else []
+        body = node.body  # a method, or a function nested in one (main.data)
     assert node is not None and node.end_lineno is not None
     first = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
     lines = _source(path)
