@@ -298,3 +298,24 @@ def fill(markdown: str, where: str) -> str:
         return FACTS[name]()
 
     return PLACEHOLDER_RE.sub(one, markdown)
+
+
+def check(repository: str, site: str) -> list[str]:
+    """What is wrong with ``[project.urls]`` for a site published from ``repository`` at ``site``."""
+    urls = project_urls()
+    wrong = []
+    if urls.get("Repository", "").rstrip("/") != repository.rstrip("/"):
+        wrong.append(f"Repository is {urls.get('Repository')!r}, but this is {repository!r}")
+    if urls.get("Documentation", "").rstrip("/") != site.rstrip("/"):
+        wrong.append(f"Documentation is {urls.get('Documentation')!r}, but Pages serves {site!r}")
+    return wrong
+
+
+if __name__ == "__main__":
+    # python3 tools/docs_facts.py --check REPOSITORY_URL SITE_URL (the deploy workflow)
+    if len(sys.argv) != 4 or sys.argv[1] != "--check":
+        sys.exit("usage: docs_facts.py --check REPOSITORY_URL SITE_URL")
+    problems = check(sys.argv[2], sys.argv[3])
+    for p in problems:
+        print(f"pyproject.toml [project.urls]: {p}", file=sys.stderr)
+    sys.exit(1 if problems else 0)
