@@ -301,7 +301,11 @@ def fill(markdown: str, where: str) -> str:
 
 
 def check(repository: str, site: str) -> list[str]:
-    """What is wrong with ``[project.urls]`` for a site published from ``repository`` at ``site``."""
+    """What is wrong with ``[project.urls]`` for a site published from ``repository`` to ``site``.
+
+    Returns:
+        One sentence per URL that names something else; empty when both agree.
+    """
     urls = project_urls()
     wrong = []
     if urls.get("Repository", "").rstrip("/") != repository.rstrip("/"):
