@@ -95,7 +95,9 @@ PROBE = r"""
       rendered: true,
       kind: svg.getAttribute("aria-roledescription") || "",
       width: box.width, scale: scale, min_font_px: minFont === Infinity ? null : minFont,
-      edge_labels: edgeLabels, text: svg.textContent.slice(0, 2000),
+      edge_labels: edgeLabels,
+      text: [...svg.querySelectorAll("text, foreignObject")].map((e) => e.textContent)
+        .join(" ").slice(0, 2000),
     };
   });
   // A mermaid syntax error is drawn as an SVG that says so, wherever it lands.
@@ -138,6 +140,7 @@ PROBE = r"""
     const li = a.closest("li");
     return { id: a.id, item: li ? li.textContent.trim().slice(0, 40) : "" };
   });
+  out.page_width = document.documentElement.scrollWidth;
   out.edit_link = !!document.querySelector("a.md-content__button[href*='edit']");
   out.footer = (document.querySelector(".md-copyright") || {}).textContent || "";
   out.prev_next = [...document.querySelectorAll("a.md-footer__link")].map((a) => a.href);
@@ -150,6 +153,39 @@ PROBE = r"""
       head: [...t.querySelectorAll("thead tr")].map((r) => r.textContent.trim()),
     };
   });
+  // Each code block: its title, its lines, its highlighted lines, and
+  // whether any of it is cut off at the right edge.
+  out.code = [...article.querySelectorAll("div.highlight")].map((d) => {
+    const code = d.querySelector("pre > code");
+    const nums = [...d.querySelectorAll(".linenos")].map((n) => n.getAttribute("data-linenos"));
+    return {
+      classes: d.className,
+      title: (d.querySelector(".filename") || {}).textContent || "",
+      text: code ? code.textContent : "",
+      first_line: nums.length ? parseInt(nums[0], 10) : null,
+      highlighted: d.querySelectorAll(".hll").length,
+      width: code ? code.scrollWidth : 0, room: code ? code.clientWidth : 0,
+    };
+  });
+  out.folded = [...article.querySelectorAll("details")].map(
+    (d) => (d.querySelector("summary") || {}).textContent || "");
+  out.h2 = [...article.querySelectorAll("h2")].map((h) => h.textContent.replace("¶", "").trim());
+  // Ids and code in table cells: a token drawn on two lines is broken.
+  const broken = [];
+  for (const el of article.querySelectorAll("td a.rule-ref, td a.rule-id, td code")) {
+    const texts = document.createTreeWalker(el, NodeFilter.SHOW_TEXT);
+    for (let node = texts.nextNode(); node; node = texts.nextNode()) {
+      // Each word of it (a break at a space is a break between tokens).
+      for (const m of node.textContent.matchAll(/\S+/g)) {
+        const range = document.createRange();
+        range.setStart(node, m.index);
+        range.setEnd(node, m.index + m[0].length);
+        const lines = new Set([...range.getClientRects()].map((r) => Math.round(r.top)));
+        if (lines.size > 1) broken.push(m[0].slice(0, 60));
+      }
+    }
+  }
+  out.broken_tokens = broken;
   // The sidebar's entries: a title that names two different pages misleads.
   // (Pages only: a page's own table of contents nests there too, as links to anchors.)
   out.nav = [...document.querySelectorAll("nav.md-nav--primary a.md-nav__link[href]")]
@@ -345,7 +381,8 @@ def _diagram_sources(site: Site, url: str) -> list[str]:
     path = site.dir / url.removeprefix(site.base) / "index.html"
     text = path.read_text(encoding="utf-8")
     found = re.findall(r'<pre class="mermaid"><code>(.*?)</code></pre>', text, re.DOTALL)
-    return [html.unescape(src) for src in found]
+    # A leading %%{init: ...}%% line configures the drawing, not the diagram.
+    return [re.sub(r"^\s*%%\{.*?\}%%\s*", "", html.unescape(src)) for src in found]
 
 
 def _overlap(a: dict[str, float], b: dict[str, float]) -> bool:
@@ -725,12 +762,25 @@ def test_the_site_is_publishable(site: Site, visits: dict[str, Visit]) -> None:
     sitemap = (site.dir / "sitemap.xml").read_text()
     for url in visits:
         assert url.replace(site.base, cfg["site_url"]) in sitemap, f"{url} not in sitemap.xml"
+    changelog = (ROOT / "docs" / "changelog.md").read_text(encoding="utf-8")
+    unreleased = "not been tagged or published" in changelog
     for url, v in visits.items():
-        assert project["version"] in v.probe["footer"], f"{url}: no version in the footer"
+        footer = v.probe["footer"]
+        assert project["version"] in footer, f"{url}: no version in the footer"
+        if unreleased:
+            assert "unreleased" in footer, f"{url}: the footer does not say unreleased"
         if not url.endswith("spec/traceability/"):
             assert v.probe["edit_link"], f"{url}: no edit link"
+            edit = [link["href"] for link in v.probe["links"] if "/edit/" in link["href"]]
+            assert edit and edit[0].startswith(cfg["repo_url"]), (url, edit)
     home = visits[site.base].probe["text"]
-    assert f"pip install {project['name']}" in home, "no install instructions on the home page"
+    install = f'pip install "{project["name"]} @ git+{cfg["repo_url"]}"'
+    assert install in home, f"the home page does not say: {install}"
+    assert f"git clone {cfg['repo_url']}" in home, "the home page does not say how to clone"
+    if unreleased:  # nothing is on PyPI: no page may say it is
+        bare = re.compile(rf"pip install {re.escape(project['name'])}(?![\w@ -])")
+        said = [url for url, v in visits.items() if bare.search(v.probe["text"])]
+        assert not said, f"pages that install from PyPI, where nothing is published: {said}"
     middle = [v for v in visits.values() if len(v.probe["prev_next"]) == 2]
     assert middle, "no page has previous/next links"
 
@@ -751,3 +801,213 @@ def test_sysdeps_names_the_command_when_it_cannot_install(tmp_path: Path) -> Non
     assert done.returncode != 0, done.stdout + done.stderr
     message = done.stdout + done.stderr
     assert "apt-get install" in message and "chromium" in message and "wrk" in message, message
+
+
+# ------------------------------------------------- generated facts, tutorial
+
+
+_NUMBER = {w: i for i, w in enumerate((
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+    "eleven", "twelve"))}
+
+
+def _callbacks() -> list[str]:
+    """The callbacks of evio.Events, read here independently of the docs' hook."""
+    return [f.name for f in dataclasses.fields(evio.Events)  # type: ignore[arg-type]
+            if str(f.type).startswith("Callable[")]
+
+
+@pytest.mark.rule("DOCS-10")
+def test_no_page_contradicts_the_code(site: Site, visits: dict[str, Visit]) -> None:
+    callbacks = _callbacks()
+    methods = [n for n, m in vars(evio.Translator).items()
+               if callable(m) and not n.startswith("_")]
+    bad: dict[str, list[str]] = {}
+    for url, v in visits.items():
+        text = v.probe["text"]
+        found = bad.setdefault(url, [])
+        for m in re.finditer(r"\b(\w+) optional callbacks", text):
+            if m.group(1) in _NUMBER and _NUMBER[m.group(1)] != len(callbacks):
+                found.append(f"{m.group(0)!r}: Events has {len(callbacks)} callbacks")
+        for m in re.finditer(r"object with (\w+) methods", text):
+            if m.group(1) in _NUMBER and _NUMBER[m.group(1)] != len(methods):
+                found.append(f"{m.group(0)!r}: Translator has {len(methods)}: {methods}")
+        if re.search(r"one server per core", text):
+            found.append("'one server per core': serve(..., loops=N) runs N loops")
+        if re.search(r"evio behaves the same", text):
+            found.append("'evio behaves the same' about a finished peer: eof changes that")
+    home = visits[site.base].probe["text"]
+    bad[site.base] += [f"the home page does not name `{c}`" for c in callbacks if c not in home]
+    assert not any(bad.values()), "statements the code contradicts:\n" + _problems(bad)
+
+
+_TIMER_KINDS = {
+    "_resume": r"LOOP-5", "_timed_out": r"DIAL-4|dial", "_idle": r"REL-4|idle too long",
+    "_fin_due": r"REL-12", "_next_tick": r"tick", "_sweep": r"UDP-10",
+}
+"""What each callback the loop puts in its deadline queue is, as the spec names it."""
+
+
+@pytest.mark.rule("DOCS-10")
+def test_what_bounds_the_poll_is_what_fires(site: Site) -> None:
+    """LOOP-2 (what bounds the poll) and LOOP-16 (what fires) name every timer the code sets."""
+    set_in_code = set()
+    for path in (ROOT / "evio").glob("*.py"):
+        for m in re.finditer(r"timers\.at\([^,]+,\s*(?:partial\(\s*)?self\.(\w+)",
+                             path.read_text(encoding="utf-8")):
+            set_in_code.add(m.group(1))
+    assert set_in_code == set(_TIMER_KINDS), (
+        f"the loop's timers are now {sorted(set_in_code)}: say what each is in _TIMER_KINDS, "
+        "and name it in LOOP-2 and LOOP-16"
+    )
+    loop = ruletrace.collect(ROOT).defined()
+    text = (ROOT / "docs" / "spec" / "loop.md").read_text(encoding="utf-8")
+
+    def rule(rid: str) -> str:
+        start = text.index(f"- **{rid}**")
+        return text[start:text.index("\n\n", start)]
+
+    assert "LOOP-2" in loop and "LOOP-16" in loop
+    for rid in ("LOOP-2", "LOOP-16"):
+        missing = [k for k in _TIMER_KINDS.values() if not re.search(k, rule(rid))]
+        assert not missing, f"{rid} does not name {missing}"
+
+
+@pytest.mark.rule("DOCS-10")
+def test_the_tutorial_rule_map_is_what_the_tests_name(site: Site, visits: dict[str, Visit]) -> None:
+    trace = ruletrace.collect(ROOT)
+    named = {rid for t in trace.tests if t.file.endswith("test_tutorial.py") for rid in t.rules}
+    page = visits[site.base + "tutorial/6-evio/"].probe["text"]
+    start = page.index("rules its tests check")
+    table = page[start:page.index("\n\n", start) if "\n\n" in page[start:] else None]
+    shown = set(re.findall(r"\b[A-Z][A-Z0-9]*-\d+\b", table))
+    assert shown, "no rule map on the last tutorial page"
+    assert shown <= named, f"the rule map names rules no tutorial test names: {shown - named}"
+    assert named <= shown, f"rules the tutorial tests name that the map leaves out: {named - shown}"
+    stage2 = next(line for line in table.splitlines() if line.startswith("2"))
+    assert "POLL-7" not in stage2, "stage 2 dies on a descriptor >= 1024: it does not meet POLL-7"
+
+
+def _file_lines(title: str) -> tuple[str, list[str]] | None:
+    m = re.match(r"(\S+\.py) · (\S+) · lines (\d+)–(\d+)$", title.strip())
+    if not m:
+        return None
+    lines = (ROOT / m.group(1)).read_text(encoding="utf-8").splitlines()
+    body = lines[int(m.group(3)) - 1 : int(m.group(4))]
+    indent = min(len(x) - len(x.lstrip()) for x in body if x.strip())
+    return m.group(1), [x[indent:] for x in body]
+
+
+def _same_code(shown: str, lines: list[str]) -> bool:
+    return [x.rstrip() for x in shown.rstrip("\n").split("\n")] == [x.rstrip() for x in lines]
+
+
+@pytest.mark.rule("DOCS-9")
+def test_the_tutorial_is_taught_in_steps(site: Site, visits: dict[str, Visit]) -> None:
+    stages = sorted(u for u in visits if re.search(r"tutorial/\d-[a-z-]+/$", u))
+    stage_pages = [u for u in stages if not u.endswith("6-evio/")]
+    assert len(stage_pages) == 5, stages
+    bad: dict[str, list[str]] = {}
+    for n, url in enumerate(stage_pages, start=1):
+        p = visits[url].probe
+        found = bad.setdefault(url, [])
+        fragments = [
+            c for c in p["code"] if "tutorial-code" in c["classes"] and ".py ·" in c["title"]
+        ]
+        if len(fragments) < 2:
+            found.append(f"{len(fragments)} code fragments: the code is not woven into the prose")
+        for c in p["code"]:
+            if c["width"] > c["room"] + 1:
+                found.append(f"code cut off at the right edge: {c['title'] or c['text'][:40]!r}")
+        for c in fragments:
+            got = _file_lines(c["title"])
+            if got is None:
+                found.append(f"a fragment whose title names no file and lines: {c['title']!r}")
+                continue
+            path, lines = got
+            if not _same_code(c["text"], lines):
+                found.append(f"{c['title']!r} is not what {path} has at those lines")
+            first = int(c["title"].rsplit("lines ", 1)[1].split("–")[0])
+            if c["first_line"] != first:
+                found.append(f"{c['title']!r} is numbered from {c['first_line']}")
+            if not path.startswith(f"tutorial/stage{n}_"):
+                found.append(f"{c['title']!r} is not from stage {n}'s file")
+        if n > 1:
+            if not any(c["highlighted"] for c in fragments):
+                found.append("no line highlighted as new since the stage before")
+            if not any(f.startswith("What changed since stage") for f in p["folded"]):
+                found.append("no diff from the stage before")
+            traces = [c for c in p["code"] if "--trace" in c["title"]]
+            if not traces or not re.search(
+                rf"^stage {n} echo server listening on 127\.0\.0\.1:\d+\nturn 1",
+                traces[0]["text"]):
+                found.append("no trace of the stage's turns")
+        if not p["h2"] or p["h2"][-1] != "Things to try":
+            found.append(f"does not end with things to try (last heading {p['h2'][-1:]})")
+    turn = [d for url in stage_pages for d in visits[url].probe["diagrams"] if d["rendered"]
+            and all(w in d["text"] for w in ("timeout", "poll", "dispatch", "wakes", "timers"))]
+    assert turn, "no diagram of one turn (timeout, poll, dispatch, wakes, timers)"
+    assert not any(bad.values()), "tutorial pages that do not teach in steps:\n" + _problems(bad)
+
+
+@pytest.mark.rule("DOCS-12")
+def test_guides_quote_the_example_files(site: Site, visits: dict[str, Visit]) -> None:
+    guides = [u for u in visits if "/guides/" in u]
+    assert guides, "no guides"
+    for url in guides:
+        code = [c for c in visits[url].probe["code"] if ".py ·" in c["title"]]
+        assert code, f"{url}: no example code"
+        for c in code:
+            got = _file_lines(c["title"])
+            assert got is not None, f"{url}: code not taken from a file: {c['text'][:60]!r}"
+            assert _same_code(c["text"], got[1]), f"{url}: {c['title']!r} differs from the file"
+            assert c["width"] <= c["room"] + 1, f"{url}: {c['title']!r} is cut off"
+
+
+@pytest.mark.rule("DOCS-11")
+def test_ids_and_paths_in_tables_never_break_mid_token(visits: dict[str, Visit]) -> None:
+    bad = {url: v.probe["broken_tokens"] for url, v in visits.items()}
+    assert not any(bad.values()), "tokens broken across lines in table cells:\n" + _problems(bad)
+
+
+@pytest.mark.rule("DOCS-11")
+def test_the_rules_page_shows_each_rule_beside_its_tests(
+    site: Site, visits: dict[str, Visit]
+) -> None:
+    text = re.sub(r"\s+", " ", visits[site.base + "spec/traceability/"].probe["text"])
+    for rid, rule in ruletrace.collect(ROOT).defined().items():
+        line = (ROOT / rule.page).read_text(encoding="utf-8").splitlines()[rule.line - 1]
+        words = re.sub(r"^\s*[-*]\s+\*\*[^*]+\*\*\s*", "", line)
+        words = re.sub(r"[`*]|\[([^]]*)\]\([^)]*\)", r"\1", words).replace(" -- ", " — ")
+        words = words.split()[:4]
+        assert f"{rid} " + " ".join(words) in text, f"{rid}: its text is not shown: {words}"
+
+
+@pytest.mark.rule("DOCS-11")
+def test_diagrams_are_legible_on_a_phone(site: Site, browser: cdp.Browser,
+                                         visits: dict[str, Visit]) -> None:
+    with_diagrams = [u for u, v in visits.items() if v.probe["diagrams"]]
+    assert with_diagrams, "no page with a diagram"
+    bad: dict[str, list[str]] = {}
+    browser.call("Emulation.setDeviceMetricsOverride",
+                 {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True})
+    try:
+        for url in with_diagrams:
+            v = _visit(browser, site, url)
+            bad[url] = [
+                f"{d['kind']} at 390 px: smallest text {d['min_font_px']:.1f} px (11 px wanted)"
+                for d in v.probe["diagrams"]
+                if not d["rendered"] or (d["min_font_px"] or 0) < 11
+            ]
+            bad[url] += [
+                f"labels drawn over each other: {a['lines']!r} and {b['lines']!r}"
+                for d in v.probe["diagrams"] if d["rendered"]
+                for i, a in enumerate(d["edge_labels"]) for b in d["edge_labels"][i + 1 :]
+                if _overlap(a, b)
+            ]
+            if v.probe["page_width"] > 391:
+                bad[url].append(f"the page is {v.probe['page_width']} px wide: it scrolls sideways")
+    finally:
+        browser.call("Emulation.setDeviceMetricsOverride",
+                     {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False})
+    assert not any(bad.values()), "diagrams too small to read on a phone:\n" + _problems(bad)

@@ -533,3 +533,37 @@ def test_a_signal_stops_stage5_cleanly(sig: signal.Signals) -> None:
         out, err = p.proc.communicate(timeout=DEADLINE)
     assert p.proc.returncode == 0, err
     assert "stage 5 echo server stopped" in out
+
+
+# ------------------------------------------------------------------- traces
+
+
+@pytest.mark.rule("DOCS-9")
+@stages(lambda s: s.path.startswith("tutorial/stage") and "stage1" not in s.path)
+def test_trace_shows_each_turn_and_changes_nothing(stage: Stage) -> None:
+    """With ``--trace`` a stage prints its turns, and serves exactly as without it."""
+    with started(stage, "--trace", expect_exit=True) as p:
+        c = p.connect()
+        exchange(c, b"hello\n")
+        exchange(c, pattern(300_000, seed=21))  # several turns, partial writes
+        c.shutdown(socket.SHUT_WR)
+        assert read_until_eof(c) == b""
+        c.close()
+        p.proc.send_signal(signal.SIGINT)
+        out, _ = p.proc.communicate(timeout=DEADLINE)
+    # (Stage 5 prints its first turn with the banner, which `started` read.)
+    turns = [int(t) for t in re.findall(r"^turn (\d+)", out, re.MULTILINE)]
+    assert turns and turns[0] <= 2, out[:500]
+    assert turns == list(range(turns[0], turns[0] + len(turns))), out[:500]
+    assert re.search(r"recv\(\) -> 6 bytes", out), out[:500]
+    assert re.search(r"(sendall\(\) wrote|send\(\) took) 6 bytes", out), out[:500]
+    assert re.search(r"recv\(\) -> 0 bytes", out), out[-500:]
+
+
+@pytest.mark.rule("DOCS-9")
+def test_no_trace_without_the_flag() -> None:
+    with started(STAGE4, expect_exit=True) as p:
+        exchange(p.connect(), b"quiet")
+        p.proc.send_signal(signal.SIGINT)
+        out, _ = p.proc.communicate(timeout=DEADLINE)
+    assert "turn" not in out, out

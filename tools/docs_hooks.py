@@ -361,18 +361,29 @@ def break_points(content: str) -> str:
     A test's name (after ``::``) may also break between its words, after an
     ``_``: the rules-and-tests page lists names of up to 70 characters.
 
-    The stylesheet forbids breaks inside a word in a cell
-    (``docs/assets/stylesheets/extra.css``), so a path or a test name wraps
-    at these points or not at all.
+    Each piece between those points (and spaces) is a ``span.tok`` that the
+    stylesheet keeps on one line (``docs/assets/stylesheets/extra.css``), so
+    a path or a test name wraps at these points or not at all.
     """
 
+    def pieces(word: str) -> list[str]:
+        head, sep, name = word.partition("::")
+        parts = re.split(r"(?<=/)(?=[^/])", head)
+        if sep:
+            parts[-1] += sep
+            parts += re.split(r"(?<=_)", name)
+        return [p for p in parts if p]
+
     def code(m: re.Match[str]) -> str:
-        text = m.group(1)
-        if "::" in text:
-            head, _, name = text.partition("::")
-            text = head + "::<wbr>" + name.replace("_", "_<wbr>")
-        text = re.sub(r"/(?=[^/])", "/<wbr>", text)
-        return f"<code>{text}</code>"
+        out = []
+        # A "|" in a table cell's code had to be written "\|" in Markdown,
+        # and the tables extension leaves the backslash in code.
+        for word in re.split(r"(\s+)", m.group(1).replace("\\|", "|")):
+            if not word or word.isspace():
+                out.append(word)
+                continue
+            out.append("<wbr>".join(f'<span class="tok">{p}</span>' for p in pieces(word)))
+        return f"<code>{''.join(out)}</code>"
 
     return _CELL_RE.sub(lambda cell: _CELL_CODE_RE.sub(code, cell.group(0)), content)
 
