@@ -778,7 +778,7 @@ def test_the_site_is_publishable(site: Site, visits: dict[str, Visit]) -> None:
     assert install in home, f"the home page does not say: {install}"
     assert f"git clone {cfg['repo_url']}" in home, "the home page does not say how to clone"
     if unreleased:  # nothing is on PyPI: no page may say it is
-        bare = re.compile(rf"pip install {re.escape(project['name'])}(?![\w@ -])")
+        bare = re.compile(rf"pip install {re.escape(project['name'])}(?![\w-])(?!\s*@)")
         said = [url for url, v in visits.items() if bare.search(v.probe["text"])]
         assert not said, f"pages that install from PyPI, where nothing is published: {said}"
     middle = [v for v in visits.values() if len(v.probe["prev_next"]) == 2]

@@ -561,6 +561,7 @@ def test_trace_shows_each_turn_and_changes_nothing(stage: Stage) -> None:
 
 
 @pytest.mark.rule("DOCS-9")
+@pytest.mark.stage("stage4_callbacks")
 def test_no_trace_without_the_flag() -> None:
     with started(STAGE4, expect_exit=True) as p:
         exchange(p.connect(), b"quiet")
