@@ -1011,3 +1011,27 @@ def test_diagrams_are_legible_on_a_phone(site: Site, browser: cdp.Browser,
         browser.call("Emulation.setDeviceMetricsOverride",
                      {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False})
     assert not any(bad.values()), "diagrams too small to read on a phone:\n" + _problems(bad)
+
+
+@pytest.mark.rule("DOCS-13")
+def test_every_reader_is_led_to_a_start(site: Site, visits: dict[str, Visit]) -> None:
+    def targets(url: str) -> set[str]:
+        return {link["href"].split("#")[0].removeprefix(site.base)
+                for link in visits[url].probe["links"]}
+
+    home = targets(site.base)
+    for page in ("getting-started/", "examples/echo/", "guides/back-pressure/",
+                 "tutorial/", "design/", "spec/", "spec/traceability/", "changelog/",
+                 "contributing/"):
+        assert page in home, f"the home page does not lead to {page}"
+    start = visits[site.base + "getting-started/"].probe["text"]
+    assert "evio.serve(" in start and "git+" in start, "Getting started has no install and server"
+    assert "make test" not in start, "Getting started is the user's path: make test is contributing"
+    assert "tutorial/" in targets(site.base + "getting-started/")
+    assert "make test" in visits[site.base + "contributing/"].probe["text"]
+    design = visits[site.base + "design/"]
+    cited = set(re.findall(r"(?:issue|PR) #(\d+)", design.probe["text"]))
+    linked = {m.group(1) for link in design.probe["links"]
+              if (m := re.search(r"github\.com/tidwall/evio/(?:issues|pull)/(\d+)", link["href"]))}
+    assert cited and cited <= linked, f"Go issues cited but not linked: {cited - linked}"
+    assert "goroutine" in design.probe["text"] and "share nothing" in design.probe["text"]
