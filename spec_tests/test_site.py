@@ -954,14 +954,17 @@ def test_the_tutorial_is_taught_in_steps(site: Site, visits: dict[str, Visit]) -
 def test_guides_quote_the_example_files(site: Site, visits: dict[str, Visit]) -> None:
     guides = [u for u in visits if "/guides/" in u]
     assert guides, "no guides"
+    quoted = 0
     for url in guides:
-        code = [c for c in visits[url].probe["code"] if ".py ·" in c["title"]]
-        assert code, f"{url}: no example code"
+        code = [c for c in visits[url].probe["code"]
+                if ".py ·" in c["title"] or "language-python" in c["classes"]]
+        quoted += len(code)
         for c in code:
             got = _file_lines(c["title"])
             assert got is not None, f"{url}: code not taken from a file: {c['text'][:60]!r}"
             assert _same_code(c["text"], got[1]), f"{url}: {c['title']!r} differs from the file"
             assert c["width"] <= c["room"] + 1, f"{url}: {c['title']!r} is cut off"
+    assert quoted >= 4, f"only {quoted} pieces of example code in the guides"
 
 
 @pytest.mark.rule("DOCS-11")
