@@ -76,12 +76,21 @@ def previous_stage(path: str) -> str | None:
     return before[0].relative_to(ROOT).as_posix() if before else None
 
 
-@cache
+def _stamp(path: str) -> int:
+    """When ``path`` last changed: part of every cache key, for ``mkdocs serve``."""
+    return (ROOT / path).stat().st_mtime_ns
+
+
 def new_lines(path: str) -> frozenset[int]:
     """The 1-based lines of ``path`` that the stage before does not have."""
     before = previous_stage(path)
     if before is None:
         return frozenset()
+    return _new_lines(path, before, _stamp(path), _stamp(before))
+
+
+@cache
+def _new_lines(path: str, before: str, *stamps: int) -> frozenset[int]:
     old = [line.rstrip() for line in _source(before)]
     new = [line.rstrip() for line in _source(path)]
     out: set[int] = set()
@@ -173,13 +182,18 @@ def _client(port: int) -> None:
     time.sleep(0.3)  # the stage's last turn: closing the connection
 
 
-@cache
 def trace(path: str, *args: str) -> str:
     """What ``path --trace ARGS`` prints while one client says hello and world, then leaves.
 
     Raises:
         CodeError: The stage did not start, print its address, or stop.
     """
+    _source(path)  # a file that is not there is a CodeError, not a crash
+    return _trace(path, _stamp(path), *args)
+
+
+@cache
+def _trace(path: str, stamp: int, *args: str) -> str:
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / path), "--port", "0", "--trace", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0, cwd=ROOT,
