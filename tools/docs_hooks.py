@@ -32,6 +32,9 @@ when it is built, from the same parse the traceability check uses:
    it expands ``{{ fragment ... }}``, ``{{ diff ... }}`` and ``{{ trace
    ... }}`` lines into code cut from the tested files
    (``tools/docs_code.py``): code on a page is never copied by hand.
+6. ``on_post_build`` adds one search entry per rule and a search worker
+   that answers an exact rule id with the rule itself (see "Search" below);
+   ``on_page_content`` also marks where code in a table cell may break.
 
 The trap is that Markdown is not regular: we only ever rewrite the
 defining bullets (a line shape ``ruletrace`` already recognises, outside
