@@ -41,6 +41,7 @@ sysdeps:
 test: sysdeps venv
 	$(BIN)/ruff check evio examples spec_tests tools tutorial bench
 	$(BIN)/mypy
+	$(BIN)/mypy bench
 	$(BIN)/python -m pytest
 	$(BIN)/mkdocs build --strict --site-dir site
 

@@ -51,6 +51,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 START_TIMEOUT = 30.0  # seconds for a server to say where it listens
@@ -193,17 +194,26 @@ def _connectable(port: int) -> bool:
         return False
 
 
-def stop(server: ServerProcess) -> int | None:
-    """SIGTERM, wait, SIGKILL if it will not go. Returns its exit status."""
-    proc = server.proc
+def terminate(proc: subprocess.Popen[Any], timeout: float = STOP_TIMEOUT) -> int:
+    """SIGTERM, wait up to ``timeout`` seconds, SIGKILL if it will not go.
+
+    Every benchmark stops its processes this way. Returns the exit status.
+    """
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(STOP_TIMEOUT)
+            proc.wait(timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    return proc.returncode
+
+
+def stop(server: ServerProcess) -> int | None:
+    """`terminate` a server started by `start`. Returns its exit status."""
+    proc = server.proc
+    terminate(proc)
     if proc in _live:
         _live.remove(proc)
     return proc.returncode

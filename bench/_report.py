@@ -22,12 +22,17 @@ lowest and highest round.
 
 from __future__ import annotations
 
+import datetime
+import os
+import platform
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from _summary import Sample, Spread, Verdict, medians, ratio
 
+KiB, MiB = 1 << 10, 1 << 20  # bytes
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 COLOURS = {"evio": "#1f77b4", "evio-min": "#9ecae1", "asyncio": "#ff7f0e",
            "uvloop": "#2ca02c", "redis-server": "#7f7f7f"}
@@ -36,6 +41,35 @@ LOAD_ORDER = ("echo", "http", "redis-p1", "redis-p1c", "redis-p8", "redis-p16", 
 SHORT = {"echo": "echo (16 B ping-pong)", "http": "HTTP Hello World", "redis-p1": "Redis PING, P1",
          "redis-p1c": "Redis PING, P1 (echo_load)",
          "redis-p8": "Redis PING, P8", "redis-p16": "Redis PING, P16", "idle": "idle"}
+
+
+def cpu_model() -> str:
+    """The CPU's name from /proc/cpuinfo, or the platform's guess."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine(**extra: Any) -> dict[str, Any]:
+    """What a run was made on: ``date``, ``uname``, ``cpu``, ``cpus``, ``python``, then ``extra``.
+
+    Every results file records it and `machine_table` renders it; a
+    benchmark adds what it alone depends on (tool versions, OpenSSL, uvloop).
+    """
+    uname = subprocess.run(["uname", "-srm"], capture_output=True, text=True,
+                           check=False).stdout.strip()
+    return {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "uname": uname, "cpu": cpu_model(), "cpus": os.cpu_count(),
+            "python": platform.python_version(), **extra}
+
+
+def mib(kib: float) -> float:
+    """KiB, as /proc reports memory, in MiB."""
+    return kib / 1024
 
 
 def machine_table(meta: dict[str, Any], *extra: tuple[str, str]) -> list[str]:

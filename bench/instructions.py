@@ -74,6 +74,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import _procs
+from _report import cpu_model
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "bench" / "instructions.md"
@@ -200,17 +201,6 @@ def gaps(results: dict[str, dict[int, float]], pipeline: int) -> str:
     return (f"At pipeline {pipeline}, evio's features cost {features:,.0f} instructions "
             f"per request (evio-min − floor) and a loop in C saves {c_buys:,.0f} "
             f"(floor − uvloop).")
-
-
-def cpu_model() -> str:
-    """The CPU's name from /proc/cpuinfo, or the platform's guess."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def valgrind_version() -> str:

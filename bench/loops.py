@@ -42,7 +42,6 @@ import argparse
 import json
 import os
 import re
-import signal
 import socket
 import statistics
 import subprocess
@@ -53,6 +52,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import _loads
+from _procs import terminate
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "bench" / "build"
@@ -108,13 +108,7 @@ def start(workload: str, loops: int, cpus: Sequence[int], log: Path) -> tuple[
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    terminate(proc, 15)
 
 
 def echo_rps(binary: Path, port: int, conns: int, seconds: float,

@@ -53,8 +53,8 @@ from typing import Any
 
 import _loads
 import _procs
-from _report import rerun_and_machine
-from run import LOAD_CPU, ROOT, SERVER_CPU, SERVER_ORDER, SERVERS, available, machine, versions
+from _report import machine, rerun_and_machine
+from run import LOAD_CPU, ROOT, SERVER_CPU, SERVER_ORDER, SERVERS, available, versions
 
 RESULTS = ROOT / "bench" / "results" / "paired.json"
 REPORT = ROOT / "docs" / "bench" / "paired.md"
@@ -213,10 +213,10 @@ def main(argv: list[str] | None = None) -> int:
             _procs.idle_polling() as polling:
         try:
             procs = []
-            for s in chosen:
-                port = _procs.free_port() if "{port}" in s.argv else None
-                argv = [a.replace("{port}", str(port)) for a in s.argv]
-                procs.append(_procs.start(s.name, argv, server_cpu, Path(tmp) / f"{s.name}.log",
+            for srv in chosen:
+                port = _procs.free_port() if "{port}" in srv.argv else None
+                argv = [a.replace("{port}", str(port)) for a in srv.argv]
+                procs.append(_procs.start(srv.name, argv, server_cpu, Path(tmp) / f"{srv.name}.log",
                                           port=port, cwd=ROOT))
             for proc in procs:  # a warm-up each, unmeasured
                 _loads._redis_benchmark(proc, args.requests // 4, args.pipeline, load_cpu,
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             _procs.stop_all()
     config = {"rounds": args.rounds, "requests": args.requests, "pipeline": args.pipeline,
               "servers": names, "pinned": pinned, "idle_polling": polling}
-    meta = machine(versions())
+    meta = machine(versions=versions())
     text = report(meta, config, samples)
     print()
     print(text)

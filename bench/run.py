@@ -54,15 +54,12 @@ Modules: ``_procs`` (server processes, /proc), ``_loads`` (the load tools),
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib.metadata
 import importlib.util
 import json
 import os
-import platform
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -83,7 +80,6 @@ PAGE = ROOT / "docs" / "bench" / "index.md"
 BUILD = ROOT / "bench" / "build"
 SERVER_CPU, LOAD_CPU = 0, 1
 PY = sys.executable
-MiB = 1024
 MAX_ATTEMPTS = 3  # a load disturbed by other processes is run at most this many times
 RETRY_PAUSE = 1.0  # seconds to let a burst of someone else's work pass before trying again
 
@@ -229,8 +225,9 @@ class Bench:
         args = self.args
         if load == "idle":
             i = _idle.idle_rss(server, args.idle_conns)
-            return {"conns": i.conns, "rss_before_mib": i.rss_before_kib / MiB,
-                    "rss_after_mib": i.rss_after_kib / MiB, "bytes_per_conn": i.bytes_per_conn}
+            return {"conns": i.conns, "rss_before_mib": _report.mib(i.rss_before_kib),
+                    "rss_after_mib": _report.mib(i.rss_after_kib),
+                    "bytes_per_conn": i.bytes_per_conn}
         m: _loads.Measurement
         if load == "echo":
             assert self.echo_binary is not None
@@ -251,7 +248,7 @@ class Bench:
             "user_us_per_req": m.user_s * 1e6 / n, "system_us_per_req": m.system_s * 1e6 / n,
             "cpu_us_per_req": (m.user_s + m.system_s) * 1e6 / n,
             "server_cpu": (m.user_s + m.system_s) / m.seconds,
-            "peak_rss_mib": m.peak_rss_kib / MiB, "load_cpu": m.load_cpu,
+            "peak_rss_mib": _report.mib(m.peak_rss_kib), "load_cpu": m.load_cpu,
             "foreign_cpu": m.foreign_cpu,
         }
 
@@ -284,21 +281,6 @@ def progress(rnd: int, server: str, load: str, m: dict[str, float], t0: float) -
 
 
 # ================================================================== driver
-
-
-def machine(versions: dict[str, str]) -> dict[str, Any]:
-    cpu = "unknown"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    uname = subprocess.run(["uname", "-srm"], capture_output=True, text=True).stdout.strip()
-    return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "uname": uname, "cpu": cpu, "cpus": os.cpu_count(),
-        "python": platform.python_version(), "versions": versions,
-    }
 
 
 def versions() -> dict[str, str]:
@@ -435,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         "elapsed_s": time.monotonic() - t0,
     }
     write = not (args.no_write or args.servers or args.loads)
-    publish(machine(versions()), config, samples, loads_run, servers_run, write)
+    publish(_report.machine(versions=versions()), config, samples, loads_run, servers_run, write)
     if not write:
         print("\n(results not written: --no-write, --servers or --loads was given)")
     return 0

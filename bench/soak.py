@@ -44,10 +44,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
 import os
-import platform
 import random
 import selectors
 import signal
@@ -63,12 +61,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from _report import rerun_and_machine
+import _report
+from _report import KiB, MiB, machine, rerun_and_machine
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "soak.json"
 REPORT = ROOT / "docs" / "bench" / "soak.md"
-KiB, MiB = 1 << 10, 1 << 20
 
 SHORT_THREADS, STREAM_THREADS = 4, 2
 SHORT_MAX, SHORT_PAUSE = 16 * KiB, 0.01
@@ -298,23 +296,6 @@ def sample(pid: int) -> dict[str, float]:
             "cpu_s": round(cpu, 2)}
 
 
-def machine() -> dict[str, str]:
-    cpu = "unknown"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    uname = subprocess.run(["uname", "-srm"], capture_output=True, text=True).stdout.strip()
-    return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "uname": uname,
-        "cpu": cpu,
-        "cpus": str(os.cpu_count()),
-        "python": platform.python_version(),
-    }
-
-
 # --------------------------------------------------------------------- run
 
 
@@ -410,7 +391,7 @@ def report(r: dict[str, Any]) -> str:
     srv = r["server"]
 
     def mib(kib: float) -> str:
-        return f"{kib / 1024:.1f} MiB"
+        return f"{_report.mib(kib):.1f} MiB"
 
     closed_by = ", ".join(f"{k} {v:,}" for k, v in sorted(srv["closed_by"].items()))
     kinds = ", ".join(f"{k} {v:,}" for k, v in sorted(r["connections"].items()))

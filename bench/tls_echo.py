@@ -42,11 +42,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import importlib.util
 import json
 import os
-import platform
 import selectors
 import signal
 import socket
@@ -61,13 +59,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from _report import rerun_and_machine
+from _procs import terminate
+from _report import KiB, MiB, machine, rerun_and_machine
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "tls_echo.json"
 REPORT = ROOT / "docs" / "bench" / "tls.md"
 SERVER_CPU, CLIENT_CPU = 0, 1
-KiB, MiB = 1 << 10, 1 << 20
 
 BULK_CONNS, BULK_SIZE = 8, 64 * KiB
 RR_CONNS, RR_SIZE = 50, 100
@@ -340,39 +338,16 @@ def start_server(kind: str, cert: Path, cpu: int,
     return proc, int(line.split()[1])
 
 
-def stop_server(proc: subprocess.Popen[str]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(IO_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def median_of(samples: list[Sample], kind: str, attr: str) -> float:
     return float(statistics.median(getattr(s, attr) for s in samples if s.kind == kind))
 
 
-def machine() -> dict[str, str]:
-    cpu = "unknown"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    uname = subprocess.run(["uname", "-srm"], capture_output=True, text=True).stdout.strip()
+def tls_machine() -> dict[str, Any]:
+    """The machine, with what TLS results also depend on: OpenSSL and uvloop."""
     uv = "not installed"
     if HAVE_UVLOOP:
         uv = str(importlib.import_module("uvloop").__version__)
-    return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "uname": uname,
-        "cpu": cpu,
-        "cpus": str(os.cpu_count()),
-        "python": platform.python_version(),
-        "openssl": ssl.OPENSSL_VERSION,
-        "uvloop": uv,
-    }
+    return machine(openssl=ssl.OPENSSL_VERSION, uvloop=uv)
 
 
 def report(meta: dict[str, str], config: dict[str, Any], samples: list[Sample],
@@ -567,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(log.read_text(), file=sys.stderr)
                     raise
                 finally:
-                    stop_server(proc)
+                    terminate(proc, IO_TIMEOUT)
                 s = Sample.of(rnd, kind, bulk, rr)
                 samples.append(s)
                 print(f"round {rnd}  {kind:<14} bulk {s.bulk_mib_s:7.1f} MiB/s (CPU server "
@@ -582,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         k: {base: {a: medians[k][a] / medians[base][a] for a in RATIOS} for base in BASELINES}
         for k in KINDS
     }
-    meta = machine()
+    meta = tls_machine()
     text = report(meta, config, samples, medians, ratios)
     print()
     print(text)
