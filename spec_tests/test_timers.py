@@ -256,7 +256,7 @@ def test_abort_from_every_state_that_holds_a_socket(poller: str) -> None:
     with watching_transitions() as seen, running(ev, "tcp4://127.0.0.1:0", poller=poller) as r:
         srv = r.server
         assert srv is not None
-        clients = {}
+        clients: dict[str, socket.socket] = {}
         for i, how in enumerate(("open", "flush", "halfclosed", "fin"), start=1):
             c = small_socket(r.addrs[0])
             r.clients.append(c)
