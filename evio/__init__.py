@@ -17,6 +17,7 @@ evio.serve(evio.Events(data=data), "tcp://127.0.0.1:5000")
 from .addresses import Address, BindError, parse_address
 from .detach import DetachedConn
 from .events import Action, Events, Info, InputStream, Options, OutputLimitError
+from .inherit import listen_fds
 from .loop import serve
 from .pollers import Poller, available_pollers
 from .server import Server
@@ -41,6 +42,7 @@ __all__ = [
     "Translator",
     "ZlibTranslator",
     "available_pollers",
+    "listen_fds",
     "parse_address",
     "serve",
     "translate",

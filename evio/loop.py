@@ -44,11 +44,12 @@ import functools
 import itertools
 import logging
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterable
 
 from .accept import Acceptor
-from .addresses import Listener, bind_all, parse_address
+from .addresses import Listener, bind_all, inherited, parse_address
 from .callbacks import Policy
 from .dial import Dialer
 from .events import FOREVER, Events, split_action
@@ -66,7 +67,7 @@ __all__ = ["serve"]
 log = logging.getLogger("evio")
 
 
-def serve(events: Events, *addrs: str, poller: str | Poller | None = None,
+def serve(events: Events, *addrs: str | socket.socket, poller: str | Poller | None = None,
           loops: int | str = 1,
           stop_signals: Iterable[int] = DEFAULT_STOP_SIGNALS,
           stop_timeout: float = 2.0) -> None:
@@ -82,7 +83,12 @@ def serve(events: Events, *addrs: str, poller: str | Poller | None = None,
     Args:
         events: The callbacks.
         *addrs: One or more addresses, e.g. ``"tcp://127.0.0.1:5000"``,
-            ``"tcp6://[::1]:0"``, ``"unix:///tmp/evio.sock"``.
+            ``"tcp6://[::1]:0"``, ``"unix:///tmp/evio.sock"``; or sockets
+            bound elsewhere (rule ADDR-12): ``"fd://N"`` for an inherited
+            descriptor (see `evio.listen_fds` for systemd), or a bound
+            ``socket.socket``, which ``serve`` takes over (the object is
+            detached: its ``fileno()`` becomes -1). Either is put into
+            listening if it is not, and closed when ``serve`` returns.
         poller: A backend name (``"epoll"``, ``"kqueue"``, ``"poll"``,
             ``"select"``), a `evio.Poller` instance, or ``None`` for the best
             available (``"select"`` if any address uses a ``-net`` scheme).
@@ -134,7 +140,11 @@ def serve(events: Events, *addrs: str, poller: str | Poller | None = None,
             raise ValueError(f"stop_timeout must be a finite number of seconds >= 0, "
                              f"not {stop_timeout!r}")
         n = loop_count(loops)
-        parsed = [parse_address(a) for a in addrs]
+        parsed = [inherited(a) if isinstance(a, socket.socket) else parse_address(a)
+                  for a in addrs]
+        for a in addrs:  # all valid: the socket objects are ours now (ADDR-12)
+            if isinstance(a, socket.socket):
+                a.detach()
         if any(a.portable for a in parsed):
             name = poller.name if isinstance(poller, Poller) else poller
             if name is not None and name != PORTABLE_FALLBACK:
@@ -166,8 +176,14 @@ def serve(events: Events, *addrs: str, poller: str | Poller | None = None,
 
 def _run_child(events: Events, listeners: list[Listener], poller: str | None,
                index: int, loops: int, parent_fd: int) -> None:
-    """One of ``loops`` loops, in its own process (`evio.loops`)."""
-    _Loop(events, listeners, make_poller(poller), index, loops, parent_fd).run()
+    """One of ``loops`` loops, in its own process (`evio.loops`).
+
+    Only SIGINT is taken over here, as before LOOP-26: stopping the loops
+    on SIGTERM and SIGHUP is the supervisor's (a SIGTERM sent to one loop's
+    process alone kills it, and the supervisor replaces it: LOOPS-6).
+    """
+    _Loop(events, listeners, make_poller(poller), index, loops, parent_fd,
+          stop_signals=(signal.SIGINT,)).run()
 
 
 class _Loop:
@@ -255,14 +271,8 @@ class _Loop:
                 raise ValueError(f"call_later: {id!r} is not an open stream connection")
         t = self.timers.at(time.monotonic() + min(delay, FOREVER),
                            functools.partial(self._user_timer, fn))
-        if c is not None:
-            tied = c.user_timers
-            if tied is None:
-                c.user_timers = [t]
-            else:
-                if len(tied) >= 8:  # fired and cancelled ones go: the list stays short
-                    tied[:] = [x for x in tied if x.fire is not None]
-                tied.append(t)
+        if c is not None:  # fired and cancelled ones go: the list stays short
+            c.user_timers = [x for x in c.user_timers or () if x.fire is not None] + [t]
         return t
 
     def _user_timer(self, fn: Callable[[], object]) -> None:
