@@ -176,12 +176,8 @@ def serve(events: Events, *addrs: str | socket.socket, poller: str | Poller | No
 
 def _run_child(events: Events, listeners: list[Listener], poller: str | None,
                index: int, loops: int, parent_fd: int) -> None:
-    """One of ``loops`` loops, in its own process (`evio.loops`).
-
-    Only SIGINT is taken over here, as before LOOP-26: stopping the loops
-    on SIGTERM and SIGHUP is the supervisor's (a SIGTERM sent to one loop's
-    process alone kills it, and the supervisor replaces it: LOOPS-6).
-    """
+    """One of ``loops`` loops, in its own process (`evio.loops`). Only SIGINT
+    is taken over: SIGTERM and SIGHUP are the supervisor's to act on (LOOPS-6)."""
     _Loop(events, listeners, make_poller(poller), index, loops, parent_fd,
           stop_signals=(signal.SIGINT,)).run()
 
