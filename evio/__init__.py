@@ -16,9 +16,19 @@ evio.serve(evio.Events(data=data), "tcp://127.0.0.1:5000")
 
 from .addresses import Address, BindError, parse_address
 from .detach import DetachedConn
-from .events import Action, Events, Info, InputStream, Options, OutputLimitError
+from .events import (
+    Action,
+    Events,
+    Info,
+    InputStream,
+    OpenedReply,
+    Options,
+    OutputLimitError,
+    Reply,
+    TickReply,
+)
 from .inherit import listen_fds
-from .loop import serve
+from .loop import PollerName, serve
 from .pollers import Poller, available_pollers
 from .server import Server
 from .timers import Timer
@@ -33,11 +43,15 @@ __all__ = [
     "Events",
     "Info",
     "InputStream",
+    "OpenedReply",
     "Options",
     "OutputLimitError",
     "Passthrough",
     "Poller",
+    "PollerName",
+    "Reply",
     "Server",
+    "TickReply",
     "Timer",
     "Translator",
     "ZlibTranslator",

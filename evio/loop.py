@@ -47,28 +47,34 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Iterable
+from typing import Literal, TypeAlias, cast
 
 from .accept import Acceptor
 from .addresses import Listener, bind_all, inherited, parse_address
 from .callbacks import Policy
 from .dial import Dialer
 from .events import FOREVER, Events, split_action
+from .forking import quiet_forks, warn_if_threads
 from .loops import loop_count, supervise
 from .pollers import PORTABLE_FALLBACK, READ, Poller, make_poller
 from .server import Server
-from .signals import DEFAULT_STOP_SIGNALS, SignalWatch, check_stop_signals
+from .signals import DEFAULT_STOP_SIGNALS, SignalWatch, check_stop
 from .streams import Handlers, Streams
 from .timers import MAX_POLL_WAIT, Timer, Timers
 from .udp import UdpSide, check_settings, is_udp
 from .wake import Waker
 
-__all__ = ["serve"]
+__all__ = ["PollerName", "serve"]
+
+PollerName: TypeAlias = Literal["epoll", "kqueue", "poll", "select"]
+"""The poller names `serve` takes (those of this machine: `evio.available_pollers`)."""
 
 log = logging.getLogger("evio")
 
 
-def serve(events: Events, *addrs: str | socket.socket, poller: str | Poller | None = None,
-          loops: int | str = 1,
+def serve(events: Events, *addrs: str | socket.socket,
+          poller: PollerName | Poller | None = None,
+          loops: int | Literal["auto"] = 1,
           stop_signals: Iterable[int] = DEFAULT_STOP_SIGNALS,
           stop_timeout: float = 2.0) -> None:
     """Bind every address and run the loop until it is asked to stop.
@@ -99,14 +105,12 @@ def serve(events: Events, *addrs: str | socket.socket, poller: str | Poller | No
             addresses, with this process as their supervisor (see the
             spec page *Loops*); ``"auto"`` means one per CPU this process
             may use.
-        stop_signals: The signals that stop the server cleanly (rule
-            LOOP-26): SIGINT, SIGTERM and SIGHUP unless told otherwise;
-            ``()`` installs no handler at all. Only a signal that still has
-            its default handler when ``serve`` starts is taken (a handler
-            of your own is left alone), only on the main thread, and the
-            previous handlers are put back before ``serve`` returns. After
-            the shutdown, SIGINT raises ``KeyboardInterrupt``; the others
-            make ``serve`` return ``None``.
+        stop_signals: The signals that stop the server cleanly (LOOP-26):
+            SIGINT, SIGTERM, SIGHUP unless told otherwise; ``()`` installs no
+            handler. Only a signal with its default handler is taken (yours
+            are left alone), only on the main thread; the previous handlers
+            are put back. Then SIGINT raises ``KeyboardInterrupt``; the
+            others make ``serve`` return ``None``.
         stop_timeout: Seconds the shutdown may spend sending pending output
             to peers that read it (rule LOOP-18); what is still pending
             then is dropped. ``0`` makes one non-blocking attempt only.
@@ -134,11 +138,7 @@ def serve(events: Events, *addrs: str | socket.socket, poller: str | Poller | No
         if not addrs:
             raise ValueError("serve() needs at least one address")
         check_settings(events)
-        sigs = check_stop_signals(stop_signals)
-        if isinstance(stop_timeout, bool) or not isinstance(stop_timeout, int | float) or not (
-                0 <= stop_timeout < float("inf")):
-            raise ValueError(f"stop_timeout must be a finite number of seconds >= 0, "
-                             f"not {stop_timeout!r}")
+        sigs, stop_timeout = check_stop(stop_signals, stop_timeout)
         n = loop_count(loops)
         parsed = [inherited(a) if isinstance(a, socket.socket) else parse_address(a)
                   for a in addrs]
@@ -152,9 +152,11 @@ def serve(events: Events, *addrs: str | socket.socket, poller: str | Poller | No
                     f"a -net address asks for the {PORTABLE_FALLBACK!r} poller, "
                     f"but poller={poller!r} was given"
                 )
-            poller = poller if isinstance(poller, Poller) else PORTABLE_FALLBACK
+            poller = poller if isinstance(poller, Poller) else cast(PollerName, PORTABLE_FALLBACK)
         if n > 1:  # refuses a Poller instance before anything else
-            supervise(events, parsed, n, poller, _run_child)
+            warn_if_threads(n)  # EV-24: in evio's words, at the user's call
+            with quiet_forks():
+                supervise(events, parsed, n, poller, _run_child)
             return
     except BaseException:
         if isinstance(poller, Poller):  # ours to close however serve() ends (POLL-6)
@@ -164,8 +166,7 @@ def serve(events: Events, *addrs: str | socket.socket, poller: str | Poller | No
     listeners: list[Listener] = []
     try:
         listeners = bind_all(parsed)
-        loop = _Loop(events, listeners, backend, stop_signals=sigs,
-                     stop_timeout=float(stop_timeout))
+        loop = _Loop(events, listeners, backend, stop_signals=sigs, stop_timeout=stop_timeout)
     except BaseException:  # nothing stays bound, nothing stays open
         for lst in listeners:
             lst.close()

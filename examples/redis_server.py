@@ -92,7 +92,7 @@ DEFAULT_MAX_OUTPUT = 256 * 1024 * 1024
 """``--max-output``'s default: replies one client may have pending."""
 
 _NONE = evio.Action.NONE
-_Reply: TypeAlias = bytes | tuple[bytes | None, evio.Action] | evio.Action | evio.Options | None
+_Reply: TypeAlias = evio.Reply
 
 
 @dataclass(slots=True, eq=False)
@@ -173,7 +173,7 @@ class RedisClone:
         where = ", ".join(str(a) for a in server.addrs)
         print(f"redis server listening on {where} (poller: {server.poller})", flush=True)
 
-    def opened(self, id: int, info: evio.Info) -> _Reply:
+    def opened(self, id: int, info: evio.Info) -> evio.OpenedReply:
         if info.addr_index >= 0:
             self.clients[id] = _Client(id, resp.Parser(max_buffer=self.max_buffer))
             # Plain bytes, not the loop's reusable buffer: a plain connection
