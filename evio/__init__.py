@@ -28,8 +28,8 @@ from .events import (
     TickReply,
 )
 from .inherit import listen_fds
-from .loop import PollerName, serve
-from .pollers import Poller, available_pollers
+from .loop import serve
+from .pollers import Poller, PollerName, available_pollers
 from .server import Server
 from .timers import Timer
 from .translate import translate

@@ -47,16 +47,17 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Iterable
-from typing import Literal, TypeAlias, cast
+from typing import Literal, cast
 
 from .accept import Acceptor
 from .addresses import Listener, bind_all, inherited, parse_address
 from .callbacks import Policy
+from .debug import instrument, slow_threshold
 from .dial import Dialer
 from .events import FOREVER, Events, split_action
 from .forking import quiet_forks, warn_if_threads
 from .loops import loop_count, supervise
-from .pollers import PORTABLE_FALLBACK, READ, Poller, make_poller
+from .pollers import PORTABLE_FALLBACK, READ, Poller, PollerName, make_poller
 from .server import Server
 from .signals import DEFAULT_STOP_SIGNALS, SignalWatch, check_stop
 from .streams import Handlers, Streams
@@ -64,19 +65,15 @@ from .timers import MAX_POLL_WAIT, Timer, Timers
 from .udp import UdpSide, check_settings, is_udp
 from .wake import Waker
 
-__all__ = ["PollerName", "serve"]
-
-PollerName: TypeAlias = Literal["epoll", "kqueue", "poll", "select"]
-"""The poller names `serve` takes (those of this machine: `evio.available_pollers`)."""
+__all__ = ["serve"]
 
 log = logging.getLogger("evio")
 
 
-def serve(events: Events, *addrs: str | socket.socket,
-          poller: PollerName | Poller | None = None,
+def serve(events: Events, *addrs: str | socket.socket, poller: PollerName | Poller | None = None,
           loops: int | Literal["auto"] = 1,
           stop_signals: Iterable[int] = DEFAULT_STOP_SIGNALS,
-          stop_timeout: float = 2.0) -> None:
+          stop_timeout: float = 2.0, slow_callback: float | None = None) -> None:
     """Bind every address and run the loop until it is asked to stop.
 
     The loop stops when a callback returns ``Action.SHUTDOWN``, when
@@ -89,12 +86,10 @@ def serve(events: Events, *addrs: str | socket.socket,
     Args:
         events: The callbacks.
         *addrs: One or more addresses, e.g. ``"tcp://127.0.0.1:5000"``,
-            ``"tcp6://[::1]:0"``, ``"unix:///tmp/evio.sock"``; or sockets
-            bound elsewhere (rule ADDR-12): ``"fd://N"`` for an inherited
-            descriptor (see `evio.listen_fds` for systemd), or a bound
-            ``socket.socket``, which ``serve`` takes over (the object is
-            detached: its ``fileno()`` becomes -1). Either is put into
-            listening if it is not, and closed when ``serve`` returns.
+            ``"unix:///tmp/evio.sock"``; or a socket bound elsewhere
+            (ADDR-12): ``"fd://N"`` (inherited; see `evio.listen_fds`) or a
+            bound ``socket.socket``, which ``serve`` takes over (detached:
+            its ``fileno()`` becomes -1) and closes when it returns.
         poller: A backend name (``"epoll"``, ``"kqueue"``, ``"poll"``,
             ``"select"``), a `evio.Poller` instance, or ``None`` for the best
             available (``"select"`` if any address uses a ``-net`` scheme).
@@ -111,15 +106,18 @@ def serve(events: Events, *addrs: str | socket.socket,
             are left alone), only on the main thread; the previous handlers
             are put back. Then SIGINT raises ``KeyboardInterrupt``; the
             others make ``serve`` return ``None``.
-        stop_timeout: Seconds the shutdown may spend sending pending output
-            to peers that read it (rule LOOP-18); what is still pending
-            then is dropped. ``0`` makes one non-blocking attempt only.
+        stop_timeout: Seconds the shutdown may spend flushing pending output
+            (LOOP-18); the rest is dropped. ``0``: one non-blocking try.
+        slow_callback: Debug mode (EV-25): warn, naming the callback and
+            its connection, of any call longer than this many seconds.
+            ``None``: ``EVIO_DEBUG`` decides (``1``: 0.1 s); unset, off.
 
     Raises:
         TypeError: ``events`` is not an `evio.Events`, or ``stop_signals``
             is not an iterable of signal numbers.
         ValueError: an address, the poller, ``loops``, a stop signal (one
-            that cannot be caught), ``stop_timeout`` or a UDP setting of
+            that cannot be caught), ``stop_timeout``, ``slow_callback`` or
+            ``EVIO_DEBUG``, or a UDP setting of
             ``events`` is not valid, or a host name cannot be resolved;
             nothing has been bound.
         BindError: a bind or listen failed (an ``OSError`` with the
@@ -139,6 +137,9 @@ def serve(events: Events, *addrs: str | socket.socket,
             raise ValueError("serve() needs at least one address")
         check_settings(events)
         sigs, stop_timeout = check_stop(stop_signals, stop_timeout)
+        slow = slow_threshold(slow_callback)
+        if slow is not None:  # off: the record as given, no wrapper (EV-25)
+            events = instrument(events, slow)
         n = loop_count(loops)
         parsed = [inherited(a) if isinstance(a, socket.socket) else parse_address(a)
                   for a in addrs]
