@@ -1072,7 +1072,8 @@ def test_multi_exec_discard_and_execabort_on_the_wire() -> None:
                  b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n+OK\r\n$1\r\n1\r\n")
         exchange(s, b"MULTI\r\nSET b 2\r\nDISCARD\r\nGET b\r\n",
                  b"+OK\r\n+QUEUED\r\n+OK\r\n$-1\r\n")
-        exchange(s, b"MULTI\r\nSET c\r\nNOPE\r\nMULTI\r\nWGET x:1 1\r\nSET c 3\r\nEXEC\r\nGET c\r\n",
+        exchange(s, b"MULTI\r\nSET c\r\nNOPE\r\nMULTI\r\nWGET x:1 1\r\nSET c 3\r\n"
+                    b"EXEC\r\nGET c\r\n",
                  b"+OK\r\n-ERR wrong number of arguments for 'set' command\r\n"
                  b"-ERR unknown command 'NOPE', with args beginning with: \r\n"
                  b"-ERR MULTI calls can not be nested\r\n"
