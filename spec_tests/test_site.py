@@ -647,8 +647,11 @@ def test_the_site_is_publishable(site: Site, visits: dict[str, Visit]) -> None:
     sitemap = (site.dir / "sitemap.xml").read_text()
     for url in visits:
         assert url.replace(site.base, cfg["site_url"]) in sitemap, f"{url} not in sitemap.xml"
+    version = re.search(r'^__version__ = "([^"]+)"$',
+                        (ROOT / "evio" / "__init__.py").read_text(), re.M)
+    assert version is not None
     for url, v in visits.items():
-        assert project["version"] in v.probe["footer"], f"{url}: no version in the footer"
+        assert version.group(1) in v.probe["footer"], f"{url}: no version in the footer"
         if not url.endswith("spec/traceability/"):
             assert v.probe["edit_link"], f"{url}: no edit link"
     home = visits[site.base].probe["text"]
