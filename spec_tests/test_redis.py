@@ -642,9 +642,10 @@ def test_one_byte_at_a_time_and_resp3_replies() -> None:
 
 @pytest.mark.rule("REDIS-12")
 def test_the_commands_clients_send_on_their_own() -> None:
-    count = b":%d\r\n" % 13
     names = [b"ping", b"echo", b"set", b"get", b"del", b"exists", b"flushdb", b"quit",
-             b"shutdown", b"command", b"config", b"hello", b"wget"]
+             b"shutdown", b"command", b"config", b"hello", b"wget", b"multi", b"exec",
+             b"discard", b"client", b"select", b"info"]
+    count = b":%d\r\n" % len(names)
     with redis_server() as server:
         s = server.connect()
         for request, reply in [
