@@ -655,7 +655,8 @@ def test_the_site_is_publishable(site: Site, visits: dict[str, Visit]) -> None:
         if not url.endswith("spec/traceability/"):
             assert v.probe["edit_link"], f"{url}: no edit link"
     home = visits[site.base].probe["text"]
-    assert f"pip install {project['name']}" in home, "no install instructions on the home page"
+    install = f'pip install "{project["name"]} @ git+'  # not on PyPI yet: from the repository
+    assert install in home, "no install instructions on the home page"
     middle = [v for v in visits.values() if len(v.probe["prev_next"]) == 2]
     assert middle, "no page has previous/next links"
 
