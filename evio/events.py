@@ -123,7 +123,7 @@ class Options:
     idle_timeout: float | None = None
     max_pending: int | None = None
     linger_timeout: float = 2.0
-    linger_bytes: int = 1 << 20
+    linger_bytes: int = 1048576  # 1 MiB
 
     def __post_init__(self) -> None:
         lt, lb = self.linger_timeout, self.linger_bytes
