@@ -26,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+from .detach import DetachedConn
+
 if TYPE_CHECKING:
     from .server import Server
 
@@ -34,9 +36,12 @@ __all__ = [
     "Events",
     "Info",
     "InputStream",
+    "OpenedReply",
     "Options",
+    "Out",
     "OutputLimitError",
     "Reply",
+    "TickReply",
     "split_reply",
 ]
 
@@ -56,12 +61,17 @@ class Action(enum.Enum):
         CLOSE: Send what is pending, then close the connection.
         SHUTDOWN: Stop the server: close every connection and return from
             `serve()`.
+        ABORT: Close the connection at once, dropping its pending output
+            (output returned with it included); a TCP peer sees a reset
+            (like asyncio's ``transport.abort()``). For a UDP remote, as
+            ``CLOSE``.
     """
 
     NONE = 0
     DETACH = 1
     CLOSE = 2
     SHUTDOWN = 3
+    ABORT = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,11 +96,24 @@ class Options:
             many bytes are pending, the connection is closed at once, its
             pending output dropped, with ``closed(id, OutputLimitError)``.
             ``None`` (the default): no limit beyond the water marks.
+        linger_timeout: Once a TCP connection that is closing has handed
+            all its output to the kernel, it shuts its write side and
+            lingers -- reading and discarding what the peer still sends --
+            until the kernel holds none of its output unacknowledged, the
+            peer ends its stream, or this many seconds have passed (rule
+            LOOP-14); only then is the socket closed and ``closed``
+            called. Default 2; ``0`` closes at once (a peer that sent
+            bytes we did not read may then get a reset that cuts the
+            reply).
+        linger_bytes: Most bytes a lingering close discards before it
+            closes anyway. Default 1 MiB.
 
     Raises:
         ValueError: ``tcp_keepalive`` or ``idle_timeout`` is not a positive
             finite number, the water marks are not ``0 <= low_water <=
-            high_water``, or ``max_pending`` is not a non-negative integer.
+            high_water``, ``max_pending`` or ``linger_bytes`` is not a
+            non-negative integer, or ``linger_timeout`` is not a finite
+            number ``>= 0``.
     """
 
     tcp_keepalive: float | None = None
@@ -99,8 +122,15 @@ class Options:
     low_water: int = 16384
     idle_timeout: float | None = None
     max_pending: int | None = None
+    linger_timeout: float = 2.0
+    linger_bytes: int = 1048576  # 1 MiB
 
     def __post_init__(self) -> None:
+        lt, lb = self.linger_timeout, self.linger_bytes
+        if isinstance(lt, bool) or not isinstance(lt, int | float) or not 0 <= lt < float("inf"):
+            raise ValueError(f"linger_timeout must be a number of seconds >= 0, not {lt!r}")
+        if not (type(lb) is int and lb >= 0):
+            raise ValueError(f"linger_bytes must be a non-negative integer, not {lb!r}")
         for name in ("tcp_keepalive", "idle_timeout"):
             v = getattr(self, name)
             if v is not None and (
@@ -146,15 +176,27 @@ class Info:
     remote_addr: Any
 
 
-Reply: TypeAlias = Any
-"""What ``opened`` and ``data`` may return; see `split_reply()`."""
+Out: TypeAlias = bytes | bytearray | memoryview
+"""Output a callback may return: bytes-like (``str`` is refused: encode it)."""
+
+Reply: TypeAlias = Out | Action | tuple[Out | None, Action | None] | None
+"""What ``data``, ``eof`` and ``drained`` may return; see `split_reply()`.
+Precise enough that a type checker refuses ``return "text"`` (rule EV-23)."""
+
+OpenedReply: TypeAlias = Reply | Options | tuple[Out | None, Options | None, Action | None]
+"""What ``opened`` may return: a `Reply`, `Options`, or ``(out, options, action)``."""
+
+TickReply: TypeAlias = float | tuple[float, Action] | Action | None
+"""What ``tick`` may return: a delay, ``(delay, action)``, an `Action`, or ``None``."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class Events:
     """The callbacks a server is made of. Every one is optional.
 
-    All callbacks run on the loop's thread, one at a time.
+    All callbacks run on the loop's thread, one at a time. Every field is
+    given by keyword (``Events(data=data)``): ``Events(data)`` is a
+    ``TypeError``, not a server whose ``serving`` is ``data`` (rule EV-23).
 
     Attributes:
         serving: ``serving(server)`` once, when every address is bound and
@@ -191,24 +233,28 @@ class Events:
             remote is forgotten (``closed(id, None)``); ``None``: never.
         udp_max_remotes: Most UDP remotes known at once; a new remote past
             it makes the least recently heard one forgotten first.
-        translation: ``(should, factory)``, set by `evio.translate`:
-            which stream connections pass through a translator, and how to
-            make one. Leave it ``None`` and use `evio.translate`.
+        translation: ``(should, factory, handshake_timeout)``, set by
+            `evio.translate`: which stream connections pass through a
+            translator, how to make one, and how long its handshake may
+            take. Leave it ``None`` and use `evio.translate`.
     """
 
     serving: Callable[[Server], Action | None] | None = None
-    opened: Callable[[int, Info], Reply] | None = None
+    opened: Callable[[int, Info], OpenedReply] | None = None
     closed: Callable[[int, BaseException | None], Action | None] | None = None
-    detached: Callable[[int, Any], Action | None] | None = None
+    detached: Callable[[int, DetachedConn], Action | None] | None = None
+    # ``data`` gets bytes, a memoryview (reuse_input_buffer) or None (a
+    # wake): Any, so that a callback may declare just the ones it expects.
     data: Callable[[int, Any], Reply] | None = None
     prewrite: Callable[[int, int], Action | None] | None = None
     postwrite: Callable[[int, int, int], Action | None] | None = None
-    tick: Callable[[], float | tuple[float, Action] | Action | None] | None = None
+    tick: Callable[[], TickReply] | None = None
     eof: Callable[[int], Reply] | None = None
     drained: Callable[[int], Reply] | None = None
     udp_idle_timeout: float | None = 60.0
     udp_max_remotes: int = 65536
-    translation: tuple[Callable[[int, Info], bool], Callable[[int, Info], Any]] | None = None
+    translation: tuple[Callable[[int, Info], bool], Callable[[int, Info], Any],
+                       float | None] | None = None
 
 
 _NO_OUTPUT = (None, Action.NONE)
@@ -241,9 +287,11 @@ def split_reply(r: object) -> tuple[Buffer | None, Action]:
             action is None or type(action) is Action
         ):
             return (octets(out) if type(out) is memoryview else out), action or Action.NONE
+    hint = " (to send text, return text.encode())" if isinstance(r, str) or (
+        type(r) is tuple and r and isinstance(r[0], str)) else ""
     raise TypeError(
         "a callback must return None, bytes, an Action or (bytes, Action); "
-        f"got {_describe(r)}"
+        f"got {_describe(r)}{hint}"
     )
 
 

@@ -122,8 +122,8 @@ def loop_count(loops: object) -> int:
 
 def kernel_balances(a: Address) -> bool:
     """Whether each loop gets its own socket for ``a`` (``SO_REUSEPORT``, Linux)."""
-    return (a.network != "unix" and sys.platform.startswith("linux")
-            and hasattr(socket, "SO_REUSEPORT"))
+    return (a.network != "unix" and a.fd < 0 and sys.platform.startswith("linux")
+            and hasattr(socket, "SO_REUSEPORT"))  # an inherited socket is shared (ADDR-12)
 
 
 def bind_per_loop(parsed: list[Address], n: int) -> list[list[Listener]]:

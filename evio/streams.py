@@ -45,6 +45,7 @@ from .detach import DetachedConn
 from .events import Events, Info
 from .flow import READ_SIZE, SMALL_READ, Flow, next_read_size
 from .lifecycle import LIVE, READABLE, TALKING, WRITABLE, Conn, On, State, move
+from .linger import Linger
 from .pollers import READ, WRITE, Poller
 from .timers import Timers
 from .translate import Pump
@@ -97,6 +98,7 @@ class Streams(Flow):
         self.on_data: Any = events.data
         self.plain = events.data is not None and events.prewrite is None and (
             events.postwrite is None)
+        self.linger = Linger(poller, timers, lambda c: self.close(c, On.DRAINED, c.err))
         self.rbuf = bytearray(READ_SIZE)
         self.rview = memoryview(self.rbuf)
 
@@ -351,7 +353,7 @@ class Streams(Flow):
                 self, c, "postwrite", (c.id, n, len(c.pending))):
             return
         if not c.pending and c.state is _FLUSHING:
-            self.close(c, On.DRAINED, c.err)
+            self.linger.start(c)  # then closes: `evio.linger` (LOOP-14)
 
     # ------------------------------------------------------------- endings
 
@@ -390,7 +392,7 @@ class Streams(Flow):
         if c.pending:
             self.sync(c)
         else:
-            self.close(c, On.DRAINED, err)
+            self.linger.start(c)  # then closes: `evio.linger` (LOOP-14)
 
     def close(self, c: Conn, on: On, err: BaseException | None) -> None:
         """Close ``c`` now and call ``closed(id, err)``."""
@@ -410,8 +412,7 @@ class Streams(Flow):
         self.by_fd.pop(c.fd, None)
         self.by_id.pop(c.id, None)
         self.handlers.pop(c.fd, None)
-        self.timers.cancel(c.idle_timer)
-        c.idle_timer = None
+        self.drop_timers(c)
         if not keep_socket:
             c.sock.close()
 
@@ -434,17 +435,14 @@ class Streams(Flow):
             conn.abandon()
 
     def shut(self, cid: int) -> None:
-        """Shutdown: one last non-blocking write, then close ``cid``."""
+        """Shutdown, after `drain`: one last non-blocking write, then close ``cid``."""
         c = self.by_id[cid]
         if c.state is State.OPENING:  # opened was never called: nobody to tell
             move(c, On.SHUTDOWN)
             self.poller.unregister(c.fd)
             self._forget(c)
             return
-        if c.translator is not None and c.state is _OPEN:
-            with contextlib.suppress(Exception):
-                c.pending += c.translator.close()  # close_notify, best effort
-        if c.pending:
+        if c.pending:  # what `drain` could not send (its goodbye included)
             with contextlib.suppress(OSError):
                 c.sock.send(c.pending)  # one last try; never blocks
         self.close(c, On.SHUTDOWN, c.err)

@@ -5,6 +5,7 @@ The smallest useful evio server, and the one ``make run`` starts::
     python examples/echo_server.py --port 5000
     python examples/echo_server.py --unixsocket /tmp/echo.sock --poller poll
     python examples/echo_server.py --loops auto     # one loop per CPU, one process each
+    systemd-socket-activate -l 127.0.0.1:5000 python examples/echo_server.py --systemd
 
 Memory: a client that sends without reading costs at most the loop's
 high-water mark (64 KiB) plus one read (64 KiB) of pending output, because
@@ -21,7 +22,6 @@ connection and removing the unix socket file.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 
 import evio
@@ -40,19 +40,24 @@ def main(argv: list[str] | None = None) -> int:
                         help="run N loops, each in its own process, behind the same "
                              "addresses; 'auto' for one per CPU (default: 1)")
     parser.add_argument("--quiet", action="store_true", help="do not log connections")
+    parser.add_argument("--systemd", action="store_true",
+                        help="serve the sockets systemd passed (socket activation) "
+                             "instead of binding --host/--port")
     args = parser.parse_args(argv)
 
     host = f"[{args.host}]" if ":" in args.host else args.host
     addrs = [f"tcp://{host}:{args.port}"]
+    if args.systemd:
+        # LISTEN_PID / LISTEN_FDS: the sockets start at descriptor 3 (fd://3 ...)
+        addrs = evio.listen_fds(unset_environment=True)
+        if not addrs:
+            print("echo server: --systemd, but no socket was passed (LISTEN_FDS)",
+                  file=sys.stderr)
+            return 1
     if args.unixsocket:
         addrs.append(f"unix://{args.unixsocket}")
 
-
     def serving(server: evio.Server) -> None:
-        # SIGINT, SIGTERM and SIGHUP stop the loop cleanly: Server.stop() is
-        # safe in a signal handler, and the loop wakes for it at once.
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, lambda signum, frame: server.stop())
         where = ", ".join(str(a) for a in server.addrs)
         print(f"echo server listening on {where} (poller: {server.poller})", flush=True)
 
@@ -73,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         print(f"echo server: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: evio closed every connection first
+        pass
     print("echo server stopped", flush=True)
     return 0
 

@@ -21,8 +21,9 @@ so ``data`` sees plaintext either way.
 
 Slow or silent clients: a connection silent for ``--idle-timeout`` seconds
 (60) is closed, and so is an HTTPS connection whose TLS handshake has not
-finished within ``--handshake-timeout`` seconds (10) -- checked by ``tick``,
-which wakes the connection so that ``data(id, None)`` answers ``CLOSE``.
+finished within ``--handshake-timeout`` seconds (10) -- the loop's own
+timers: ``Options(idle_timeout=...)`` and ``evio.translate(...,
+handshake_timeout=...)``, which aborts the connection.
 Plain HTTP sent to the HTTPS port gets a ``400 Bad Request`` saying so, as
 Go's net/http does, instead of a bare close.
 
@@ -48,11 +49,9 @@ from __future__ import annotations
 import argparse
 import email.utils
 import shutil
-import signal
 import ssl
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -247,17 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     parsers: dict[int, RequestParser] = {}  # one per open connection
     pages: dict[tuple[str, str, str, bool], bytes] = {}  # responses to STATIC pages, this second
     date = email.utils.formatdate(usegmt=True)
-    handshakes: dict[int, tuple[float, TLSTranslator]] = {}  # id -> (deadline, translator)
-    late: set[int] = set()  # handshakes past their deadline, woken to close
     options = evio.Options(idle_timeout=args.idle_timeout or None)
-    running: list[evio.Server] = []
 
     def serving(server: evio.Server) -> None:
-        running.append(server)  # kept for wake
-        # SIGINT, SIGTERM and SIGHUP stop the loop cleanly: Server.stop() is
-        # safe in a signal handler, and the loop wakes for it at once.
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, lambda signum, frame: server.stop())
         where = ", ".join(str(a) for a in server.addrs)
         print(f"http server listening on {where} (poller: {server.poller})", flush=True)
         if tls_index >= 0:
@@ -282,11 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         return response
 
     def data(id: int, data: bytes | None) -> tuple[bytes, evio.Action] | bytes | evio.Action | None:
-        if data is None:
-            # A wake: only tick asks for one, for a handshake past its deadline.
-            if id in late:
-                late.discard(id)
-                return evio.Action.CLOSE
+        if data is None:  # a wake: nobody sends one here
             return None
         parser = parsers[id]
         # A refused request is answered after the ones before it, and the
@@ -327,8 +314,6 @@ def main(argv: list[str] | None = None) -> int:
 
     def closed(id: int, err: BaseException | None) -> None:
         parsers.pop(id, None)
-        handshakes.pop(id, None)
-        late.discard(id)
 
     def tick() -> float:
         nonlocal date
@@ -336,21 +321,11 @@ def main(argv: list[str] | None = None) -> int:
         if today != date:
             date = today
             pages.clear()  # built with the old date
-        now = time.monotonic()
-        for id, (deadline, tls) in list(handshakes.items()):
-            if tls.handshake_done:
-                del handshakes[id]
-            elif now >= deadline:
-                del handshakes[id]
-                late.add(id)
-                running[0].wake(id)  # its data(id, None) answers CLOSE
         return 0.2
 
     def https(id: int, info: evio.Info) -> TLSTranslator:
         assert context is not None
-        tls = HTTPSTranslator(context, server_side=True)
-        handshakes[id] = (time.monotonic() + args.handshake_timeout, tls)
-        return tls
+        return HTTPSTranslator(context, server_side=True)
 
     events = evio.Events(serving=serving, opened=opened, data=data, closed=closed, tick=tick)
     if context is not None:
@@ -358,12 +333,15 @@ def main(argv: list[str] | None = None) -> int:
             events,
             lambda id, info: info.addr_index == tls_index,  # only the HTTPS listener
             https,
+            handshake_timeout=args.handshake_timeout,  # aborted if not done by then
         )
     try:
         evio.serve(events, *addrs, poller=args.poller, loops=args.loops)
     except (ValueError, OSError) as e:
         print(f"http server: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: evio closed every connection first
+        pass
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)

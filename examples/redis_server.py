@@ -8,10 +8,12 @@ commands, enough for ``redis-cli``, ``redis-benchmark`` and redis-py::
     redis-cli -p 6380 set greeting hello
 
 Commands: PING [msg], ECHO msg, SET key value, GET key, DEL key [key ...],
-EXISTS key [key ...], FLUSHDB, QUIT, SHUTDOWN; what clients send on their
-own: HELLO (RESP2 and RESP3), COMMAND (COUNT, DOCS, INFO, LIST), CONFIG GET;
-and ``WGET host:port timeout``, which fetches ``http://host:port/`` with
-``server.dial`` and answers with the whole response.
+EXISTS key [key ...], FLUSHDB, QUIT, SHUTDOWN, MULTI / EXEC / DISCARD
+(redis-py's default pipeline); what clients send on their own: HELLO (RESP2
+and RESP3), COMMAND (COUNT, DOCS, INFO, LIST), CONFIG GET, CLIENT (SETNAME,
+GETNAME, SETINFO, ID), SELECT 0, INFO; and ``WGET host:port timeout``, which
+fetches ``http://host:port/`` with ``server.dial`` and answers with the
+whole response.
 
 How it fits evio's callbacks
 ----------------------------
@@ -30,7 +32,9 @@ ends (``closed``), the answer is put on the client's record and the client
 is woken with ``server.wake``. Its ``data(id, None)`` call returns the
 answer, then goes on with the commands that queued up behind it. The same
 mailbox-and-wake shape as ``proxy.py``, with no thread anywhere: a dial is
-already asynchronous. A timeout is watched by ``tick``.
+already asynchronous. A WGET's timeout is a loop timer
+(``server.call_later``); when it fires, the client gets its error and the
+dialed connection is closed with ``server.close``.
 
 A client that ends its stream after its last command (``shutdown(SHUT_WR)``)
 still gets every reply: ``eof`` keeps the connection open for writing
@@ -69,11 +73,11 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import math
-import signal
+import os
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TypeAlias
 
 import resp
@@ -84,8 +88,6 @@ HTTP_REQUEST = b"GET / HTTP/1.0\r\n\r\n"
 """What WGET sends; HTTP/1.0, so the web server closes after its answer."""
 MAX_RESPONSE = 16 * 1024 * 1024
 """The longest response WGET keeps; a longer one is an error."""
-TICK = 0.2
-"""Seconds between ticks: how soon a WGET timeout is noticed."""
 HIGH_WATER = 65536
 """Replies pending past which a client's pipelined commands wait (the
 loop's own high-water mark, so ``drained`` follows)."""
@@ -93,7 +95,7 @@ DEFAULT_MAX_OUTPUT = 256 * 1024 * 1024
 """``--max-output``'s default: replies one client may have pending."""
 
 _NONE = evio.Action.NONE
-_Reply: TypeAlias = bytes | tuple[bytes | None, evio.Action] | evio.Action | evio.Options | None
+_Reply: TypeAlias = evio.Reply
 
 
 @dataclass(slots=True, eq=False)
@@ -104,7 +106,7 @@ class _Fetch:
     client: int  # who is waiting
     target: str  # host:port as the client wrote it, for messages
     timeout: float
-    deadline: float  # time.monotonic() by which it must have ended
+    timer: evio.Timer | None = None  # fires at the deadline; cancelled once answered
     chunks: list[bytes] = field(default_factory=list)
     size: int = 0
     done: bool = False  # answered (or abandoned): the connection only has to close
@@ -123,6 +125,10 @@ class _Client:
     null: bytes = resp.NIL  # "no value" in the client's protocol
     held: bool = False  # too many replies pending: commands wait for drained()
     ended: bool = False  # it ended its stream: answer what it sent, then close
+    multi: list[tuple[_Command, list[bytes]]] | None = None  # MULTI's queue, until EXEC
+    multi_size: int = 0  # bytes of arguments queued
+    multi_failed: bool = False  # a queued command was refused: EXEC answers EXECABORT
+    name: bytes = b""  # CLIENT SETNAME
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,21 +170,17 @@ class RedisClone:
 
     def events(self) -> evio.Events:
         return evio.Events(serving=self.serving, opened=self.opened, data=self.data,
-                           closed=self.closed, tick=self.tick, drained=self.drained,
+                           closed=self.closed, drained=self.drained,
                            eof=self.eof)
 
     # ------------------------------------------------------------ callbacks
 
     def serving(self, server: evio.Server) -> None:
         self.server = server  # kept for dial and wake
-        # SIGINT, SIGTERM and SIGHUP stop the loop cleanly: Server.stop() is
-        # safe in a signal handler, and the loop wakes for it at once.
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, lambda signum, frame: server.stop())
         where = ", ".join(str(a) for a in server.addrs)
         print(f"redis server listening on {where} (poller: {server.poller})", flush=True)
 
-    def opened(self, id: int, info: evio.Info) -> _Reply:
+    def opened(self, id: int, info: evio.Info) -> evio.OpenedReply:
         if info.addr_index >= 0:
             self.clients[id] = _Client(id, resp.Parser(max_buffer=self.max_buffer))
             # Plain bytes, not the loop's reusable buffer: a plain connection
@@ -210,9 +212,10 @@ class RedisClone:
     def closed(self, id: int, err: BaseException | None) -> None:
         c = self.clients.pop(id, None)
         if c is not None:
-            if c.fetch is not None and not c.fetch.done:
-                c.fetch.done = True  # nobody waits for it now: close it
-                self._wake(c.fetch.id)
+            f = c.fetch
+            if f is not None and not f.done:
+                f.done = True  # nobody waits for it now: close it
+                self._stop_fetch(f)
             return
         f = self.fetches.pop(id)
         if f.done:
@@ -245,19 +248,6 @@ class RedisClone:
             return None
         c.held = False
         return self._run(c)
-
-    def tick(self) -> float | evio.Action:
-        now = time.monotonic()
-        delay = TICK
-        for f in self.fetches.values():
-            if f.done:
-                continue
-            if now >= f.deadline:
-                self._answer(f, f"timed out after {f.timeout:g} seconds")
-                self._wake(f.id)  # its data(id, None) answers CLOSE
-            else:
-                delay = min(delay, f.deadline - now)
-        return delay
 
     # ------------------------------------------------------------- clients
 
@@ -293,30 +283,42 @@ class RedisClone:
         if c.fetch is None:
             size = 0
             try:
-                for argv in c.parser.commands(data):
-                    if len(argv) == 1 and (reply := _CONSTANT.get(argv[0])) is not None:
-                        out.append(reply)  # PING: the reply is prebuilt
-                        continue
-                    command = _BY_NAME.get(argv[0])  # PING, ping: no lower() needed
-                    if command is None:
-                        name = argv[0]  # no case-folded copy of a name no command has
-                        command = COMMANDS.get(name.lower()) if len(name) <= 16 else None
-                        if command is None:
-                            out.append(_unknown_command(argv))
+                while True:
+                    if c.multi is not None:  # inside MULTI: queue until EXEC (REDIS-21)
+                        self._transaction(c, data, out)
+                        data = None
+                        if c.multi is not None:
+                            break  # EXEC has not arrived yet
+                    for argv in c.parser.commands(data):
+                        if len(argv) == 1 and (reply := _CONSTANT.get(argv[0])) is not None:
+                            out.append(reply)  # PING: the reply is prebuilt
                             continue
-                    n, arity = len(argv), command.arity
-                    if (arity > 0 and n != arity) or n < -arity:
-                        out.append(_wrong_arguments(command.name))
-                        continue
-                    reply = command.run(self, c, argv)
-                    out.append(reply)
-                    if command.ends_batch and (c.fetch is not None or c.action is not _NONE):
-                        break
-                    size += len(reply)
-                    if size > HIGH_WATER:
-                        self._wake(c.id)  # the rest next turn, once these are written
-                        more = True
-                        break
+                        command = _BY_NAME.get(argv[0])  # PING, ping: no lower() needed
+                        if command is None:
+                            name = argv[0]  # no case-folded copy of a name no command has
+                            command = COMMANDS.get(name.lower()) if len(name) <= 16 else None
+                            if command is None:
+                                out.append(_unknown_command(argv))
+                                continue
+                        n, arity = len(argv), command.arity
+                        if (arity > 0 and n != arity) or n < -arity:
+                            out.append(_wrong_arguments(command.name))
+                            continue
+                        reply = command.run(self, c, argv)
+                        out.append(reply)
+                        if command.ends_batch and (c.fetch is not None or c.action is not _NONE
+                                                   or c.multi is not None):
+                            break
+                        size += len(reply)
+                        if size > HIGH_WATER:
+                            self._wake(c.id)  # the rest next turn, once these are written
+                            more = True
+                            break
+                    else:
+                        break  # every complete command is answered
+                    data = None  # fed already
+                    if c.multi is None:
+                        break  # a WGET, QUIT or SHUTDOWN, or the high-water mark
             except resp.ProtocolError as e:
                 # Like Redis: answer the commands before it, then the error, then close.
                 # The parser keeps ``e``; its traceback would keep this frame's
@@ -332,12 +334,105 @@ class RedisClone:
             return out[0] or None
         return b"".join(out) or None
 
+    # -------------------------------------------------------- transactions
+
+    def _transaction(self, c: _Client, data: memoryview | bytes | None, out: list[bytes]) -> None:
+        """Inside MULTI: queue each command (``+QUEUED``) until EXEC or DISCARD.
+
+        As Redis does: a command refused while queuing (unknown, wrong
+        arity, one that cannot run in a transaction here) is answered with
+        its error and makes EXEC answer EXECABORT; EXEC runs the queue at
+        once, in order, and answers with the array of their replies. The
+        queue is bounded by ``max_buffer`` bytes of arguments.
+        """
+        assert c.multi is not None
+        for argv in c.parser.commands(data):
+            name = argv[0].lower() if len(argv[0]) <= 16 else b""
+            if name == b"exec" or name == b"discard":
+                if len(argv) != 1:
+                    out.append(_wrong_arguments(name.decode()))
+                    c.multi_failed = True
+                    continue
+                queued, failed = c.multi, c.multi_failed
+                c.multi, c.multi_size, c.multi_failed = None, 0, False
+                if name == b"discard":
+                    out.append(resp.OK)
+                elif failed:
+                    out.append(resp.error("EXECABORT Transaction discarded because of "
+                                          "previous errors."))
+                else:
+                    replies = [command.run(self, c, args) for command, args in queued]
+                    out.append(b"*%d\r\n" % len(replies) + b"".join(replies))
+                return
+            command = COMMANDS.get(name)
+            n = len(argv)
+            if command is None:
+                out.append(_unknown_command(argv))
+            elif (command.arity > 0 and n != command.arity) or n < -command.arity:
+                out.append(_wrong_arguments(command.name))
+            elif command.ends_batch or name == b"multi":
+                out.append(resp.error(f"ERR {command.name.upper()} is not allowed in a "
+                                      f"transaction here" if name != b"multi"
+                                      else "ERR MULTI calls can not be nested"))
+            elif c.multi_size + sum(map(len, argv)) > self.max_buffer:
+                out.append(resp.error(f"ERR transaction larger than {self.max_buffer} bytes"))
+            else:
+                c.multi.append((command, argv))
+                c.multi_size += sum(map(len, argv))
+                out.append(b"+QUEUED\r\n")
+                continue
+            c.multi_failed = True
+
+    def multi(self, c: _Client, argv: list[bytes]) -> bytes:
+        c.multi, c.multi_size, c.multi_failed = [], 0, False
+        return resp.OK
+
+    def exec_(self, c: _Client, argv: list[bytes]) -> bytes:
+        return resp.error("ERR EXEC without MULTI")
+
+    def discard(self, c: _Client, argv: list[bytes]) -> bytes:
+        return resp.error("ERR DISCARD without MULTI")
+
+    # ------------------------------------------------ what clients send first
+
+    def client(self, c: _Client, argv: list[bytes]) -> bytes:
+        sub, n = argv[1].lower(), len(argv)
+        if sub == b"setname" and n == 3:
+            if any(b <= 32 or b >= 127 for b in argv[2]):
+                return resp.error("ERR Client names cannot contain spaces, newlines or "
+                                  "special characters.")
+            c.name = argv[2]
+            return resp.OK
+        if sub == b"getname" and n == 2:
+            return resp.bulk(c.name) if c.name else c.null
+        if sub == b"setinfo" and n == 4:
+            return resp.OK  # LIB-NAME / LIB-VER: noted by Redis, nothing to do here
+        if sub == b"id" and n == 2:
+            return resp.integer(c.id)
+        if sub in (b"setname", b"getname", b"setinfo", b"id"):
+            return _wrong_arguments(f"client|{sub.decode()}")
+        return _unknown_subcommand(argv[1], "CLIENT")
+
+    def select(self, c: _Client, argv: list[bytes]) -> bytes:
+        index = resp.parse_integer(argv[1])
+        if index is None:
+            return resp.error("ERR value is not an integer or out of range")
+        return resp.OK if index == 0 else resp.error("ERR DB index is out of range")
+
+    def info(self, c: _Client, argv: list[bytes]) -> bytes:
+        text = (f"# Server\r\nredis_version:7.2.0\r\nredis_mode:standalone\r\n"
+                f"server_name:evio-redis-clone\r\nprocess_id:{os.getpid()}\r\n"
+                f"\r\n# Clients\r\nconnected_clients:{len(self.clients)}\r\n"
+                f"\r\n# Keyspace\r\n" + (f"db0:keys={len(self.db)},expires=0\r\n"
+                                           if self.db else ""))
+        return resp.bulk(text.encode())
+
     # ---------------------------------------------------------------- WGET
 
     def _fetched(self, f: _Fetch, data: memoryview | bytes | None) -> _Reply:
         """``data`` for a WGET's connection: keep the bytes, or close it."""
         if f.done:
-            return evio.Action.CLOSE  # woken to close, or bytes after an answer
+            return evio.Action.CLOSE  # bytes after an answer
         if data is None:
             return None
         f.size += len(data)
@@ -347,10 +442,30 @@ class RedisClone:
         f.chunks.append(bytes(data))
         return None
 
+    def _timed_out(self, f: _Fetch) -> None:
+        """The WGET's timer fired: answer the client, close the connection."""
+        f.timer = None
+        if not f.done:
+            self._answer(f, f"timed out after {f.timeout:g} seconds")
+            self._stop_fetch(f)
+
+    def _stop_fetch(self, f: _Fetch) -> None:
+        """Close a WGET's connection now that nobody waits for it.
+
+        ``server.close`` acts at the end of this turn; a dial still
+        connecting is not closed by it (False), and its ``opened`` sees
+        ``done`` and answers ``CLOSE`` instead.
+        """
+        assert self.server is not None
+        self.server.close(f.id)
+
     def _answer(self, f: _Fetch, reply: bytes | str) -> None:
         """Give the waiting client its WGET reply (bytes) or error (a reason)."""
         f.done = True
         f.chunks.clear()
+        if f.timer is not None:
+            f.timer.cancel()
+            f.timer = None
         if isinstance(reply, str):
             reply = resp.error(f"ERR WGET {f.target}: {reply}")
         c = self.clients.get(f.client)
@@ -488,9 +603,10 @@ class RedisClone:
             id = self.server.dial(f"tcp://{host}:{port}", timeout)
         except (ValueError, RuntimeError) as e:
             return resp.error(f"ERR WGET {target}: {e}")
-        f = _Fetch(id, c.id, target, timeout, time.monotonic() + timeout)
+        f = _Fetch(id, c.id, target, timeout)
+        f.timer = self.server.call_later(timeout, partial(self._timed_out, f))
         self.fetches[id] = f
-        c.fetch = f  # the answer comes from closed(), or from tick() on timeout
+        c.fetch = f  # the answer comes from closed(), or from its timer
         return b""
 
 
@@ -509,6 +625,12 @@ COMMANDS: dict[bytes, _Command] = {
         _Command("config", -2, RedisClone.config),
         _Command("hello", -1, RedisClone.hello),
         _Command("wget", 3, RedisClone.wget, ends_batch=True),
+        _Command("multi", 1, RedisClone.multi, ends_batch=True),
+        _Command("exec", 1, RedisClone.exec_),
+        _Command("discard", 1, RedisClone.discard),
+        _Command("client", -2, RedisClone.client),
+        _Command("select", 2, RedisClone.select),
+        _Command("info", -1, RedisClone.info),
     ]
 }
 """Every command, by its lower-case name."""
@@ -597,6 +719,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         print(f"redis server: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: evio closed every connection first
+        pass
     print("redis server stopped", flush=True)
     return 0
 

@@ -764,9 +764,12 @@ def test_the_site_is_publishable(site: Site, visits: dict[str, Visit]) -> None:
         assert url.replace(site.base, cfg["site_url"]) in sitemap, f"{url} not in sitemap.xml"
     changelog = (ROOT / "docs" / "changelog.md").read_text(encoding="utf-8")
     unreleased = "not been tagged or published" in changelog
+    version = re.search(r'^__version__ = "([^"]+)"$',
+                        (ROOT / "evio" / "__init__.py").read_text(), re.M)
+    assert version is not None
     for url, v in visits.items():
         footer = v.probe["footer"]
-        assert project["version"] in footer, f"{url}: no version in the footer"
+        assert version.group(1) in footer, f"{url}: no version in the footer"
         if unreleased:
             assert "unreleased" in footer, f"{url}: the footer does not say unreleased"
         if not url.endswith("spec/traceability/"):

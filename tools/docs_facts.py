@@ -128,11 +128,19 @@ def project_urls() -> dict[str, str]:
     return dict(_pyproject()["project"].get("urls", {}))
 
 
+def package_version() -> str:
+    """``evio.__version__``, read as text: the version's one source (pyproject reads it too)."""
+    text = (ROOT / "evio" / "__init__.py").read_text(encoding="utf-8")
+    m = re.search(r'^__version__ = "([^"]+)"$', text, re.MULTILINE)
+    assert m is not None, "evio/__init__.py sets no __version__"
+    return m.group(1)
+
+
 def released() -> bool:
     """Whether ``docs/changelog.md`` records a published release of the current version.
 
     The changelog says in so many words when the version in
-    ``pyproject.toml`` has "not been tagged or published"; until that
+    ``evio/__init__.py`` has "not been tagged or published"; until that
     sentence goes, nothing is installable from PyPI.
     """
     text = (ROOT / "docs" / "changelog.md").read_text(encoding="utf-8")
@@ -148,10 +156,10 @@ def unreleased_changes() -> bool:
 
 def release_label() -> str:
     """What the footer says the pages document."""
-    version = str(_pyproject()["project"]["version"])
+    version = package_version()
     name = str(_pyproject()["project"]["name"])
     if unreleased_changes() or not released():
-        return f"{name}: the main branch, unreleased (pyproject.toml says {version})"
+        return f"{name}: the main branch, unreleased (evio.__version__ says {version})"
     return f"{name} {version}"
 
 

@@ -52,7 +52,6 @@ import json
 import posixpath
 import re
 import sys
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,13 +98,7 @@ _state = _State()
 
 
 # --------------------------------------------------------------------------
-# on_config: the version
-
-
-def package_version() -> str:
-    """The version in ``pyproject.toml``."""
-    with (ROOT / "pyproject.toml").open("rb") as f:
-        return str(tomllib.load(f)["project"]["version"])
+# on_config: the addresses and the version label
 
 
 def on_config(config: MkDocsConfig) -> MkDocsConfig:
