@@ -59,7 +59,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 import _report
 from _report import KiB, MiB, machine, rerun_and_machine
@@ -113,7 +113,8 @@ def serve_main(poller: str | None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     ev = evio.Events(serving=serving, opened=opened, data=data, closed=closed, tick=tick)
-    evio.serve(ev, "tcp4://127.0.0.1:0", "tcp4://127.0.0.1:0", poller=poller)
+    chosen = cast("evio.PollerName | None", poller)  # argparse checked it against the choices
+    evio.serve(ev, "tcp4://127.0.0.1:0", "tcp4://127.0.0.1:0", poller=chosen)
     left = 0
     for name in os.listdir("/proc/self/fd"):
         with contextlib.suppress(OSError):
@@ -465,7 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="evio soak: mixed load, leak watch")
     parser.add_argument("--seconds", type=float, default=60.0,
                         help="how long to run the load (default: 60)")
-    parser.add_argument("--poller", help="poller backend for the server (default: the best)")
+    parser.add_argument("--poller", choices=["epoll", "kqueue", "poll", "select"],
+                        help="poller backend for the server (default: the best)")
     parser.add_argument("--no-write", action="store_true",
                         help="print only; do not write bench/results or docs/bench")
     parser.add_argument("--render", action="store_true",
