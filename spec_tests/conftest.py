@@ -9,6 +9,9 @@ from harness import FAMILIES, POLLERS, listen_address
 
 import evio
 
+# The wire profiles' options and markers (docs/spec/wire-targets.md).
+pytest_plugins = ["wire"]
+
 
 @pytest.fixture(params=POLLERS)
 def poller(request: pytest.FixtureRequest) -> str:
