@@ -18,12 +18,15 @@ from .addresses import Address, parse_address
 from .detach import DetachedConn
 from .events import Action, Events, Info, InputStream, Options, OutputLimitError
 from .loop import serve
-from .pollers import Poller, available_pollers
+from .pollers import READ, WRITE, Poller, available_pollers
 from .server import Server
+from .tls import TLSTranslator, client_context, server_context
 from .translate import translate
 from .translators import Passthrough, Translator, ZlibTranslator
 
 __all__ = [
+    "READ",
+    "WRITE",
     "Action",
     "Address",
     "DetachedConn",
@@ -35,11 +38,14 @@ __all__ = [
     "Passthrough",
     "Poller",
     "Server",
+    "TLSTranslator",
     "Translator",
     "ZlibTranslator",
     "available_pollers",
+    "client_context",
     "parse_address",
     "serve",
+    "server_context",
     "translate",
 ]
 

@@ -33,10 +33,9 @@ from harness import (
     wait_for,
     watching_transitions,
 )
+from implementation import evio, hook
 
-import evio
-from evio import Action
-from evio.lifecycle import FLOW_ROWS, LIFECYCLE, On, State
+Action = evio.Action
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
@@ -68,7 +67,9 @@ class _Boom(evio.Translator):
 @pytest.mark.rule("LOOP-20")
 def test_the_loop_makes_every_transition_of_the_table_and_no_other(poller: str) -> None:
     """Drives real connections through every row of ``LIFECYCLE`` and
-    watches each change of state the loop makes (`evio.lifecycle.observe`)."""
+    watches each change of state the loop makes (the ``lifecycle`` hook)."""
+    lc = hook("lifecycle")
+    State, On, LIFECYCLE, FLOW_ROWS = lc.State, lc.On, lc.LIFECYCLE, lc.FLOW_ROWS
     rec = Recorder()
     big = b"x" * (16 * MiB)  # more than the kernel buffers hold: output stays pending
     hooks: dict[int, str] = {}
@@ -267,6 +268,8 @@ def test_the_loop_makes_every_transition_of_the_table_and_no_other(poller: str) 
 def test_shutdown_while_a_connection_is_still_opening(poller: str) -> None:
     """A ``KeyboardInterrupt`` out of the translation predicate leaves the
     connection *opening*; shutdown closes it without ``opened`` or ``closed``."""
+    lc = hook("lifecycle")
+    State, On = lc.State, lc.On
     rec = Recorder()
 
     def should(cid: int, info: evio.Info) -> bool:
@@ -285,14 +288,14 @@ def test_shutdown_while_a_connection_is_still_opening(poller: str) -> None:
 
 @pytest.mark.rule("LOOP-20")
 def test_a_change_the_table_does_not_allow_is_refused() -> None:
-    from evio.lifecycle import LifecycleError, move
+    lc = hook("lifecycle")
 
     class Rec:
         id = 7
-        state = State.CLOSED
+        state = lc.State.CLOSED
 
-    with pytest.raises(LifecycleError, match="connection 7"):
-        move(Rec(), On.BYTES_READ)
+    with pytest.raises(lc.LifecycleError, match="connection 7"):
+        lc.move(Rec(), lc.On.BYTES_READ)
 
 
 # ------------------------------------------------------------ Server.stop

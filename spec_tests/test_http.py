@@ -290,6 +290,7 @@ def status_of(data: bytes, **limits: int) -> int:
     return e.value.status
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("HTTP-1", "HTTP-3", "HTTP-8")
 def test_parser_reads_a_get_and_keeps_the_rest() -> None:
     p = RequestParser()
@@ -337,6 +338,7 @@ def test_parser_request_line(line: bytes, status: int) -> None:
         assert status_of(data) == status
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("HTTP-2")
 def test_parser_refuses_a_bad_request_line_before_the_headers() -> None:
     p = RequestParser()
@@ -437,6 +439,7 @@ def test_parser_keep_alive(version: str, connection: str | None, keep: bool) -> 
     assert r.keep_alive is keep
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("HTTP-10")
 def test_parser_100_continue() -> None:
     p = RequestParser()
@@ -459,6 +462,7 @@ def test_parser_100_continue() -> None:
     assert big.take_interim() == b""
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("HTTP-9")
 def test_parser_error_is_final() -> None:
     p = RequestParser()
@@ -474,6 +478,7 @@ def test_parser_error_is_final() -> None:
         assert again.value is first.value
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("HTTP-11")
 def test_encode_response() -> None:
     get11 = Request("GET", "/", "HTTP/1.1", (), b"", True)
@@ -541,6 +546,7 @@ def chunks(data: bytes, cuts: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in itertools.pairwise(points)]
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("HTTP-1", "HTTP-3", "HTTP-8", "HTTP-4")
 @PROPERTY
 @given(st.lists(valid_requests(), min_size=1, max_size=5), st.lists(st.integers(0, 10**6)))
@@ -559,6 +565,7 @@ def test_property_any_split_gives_the_same_requests(
     assert got == expected and p.buffered == 0
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("HTTP-9")
 @PROPERTY
 @given(st.one_of(st.binary(max_size=400),
@@ -578,6 +585,7 @@ def test_property_any_bytes_give_requests_partial_or_http_error(
         assert e.status in ERROR_STATUSES
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("HTTP-4")
 @PROPERTY
 @given(st.integers(129, 600), st.lists(st.integers(0, 10**6)), st.booleans())
@@ -598,6 +606,7 @@ def test_property_oversized_head_is_431_without_buffering_it(
     assert e.value.status == 431
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("HTTP-5")
 @PROPERTY
 @given(st.integers(65, 10**9), st.binary(max_size=300), st.lists(st.integers(0, 10**6)))

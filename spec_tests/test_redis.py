@@ -80,6 +80,7 @@ def protocol_error(data: bytes, **limits: int) -> str:
     return str(e.value)
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("REDIS-1")
 @pytest.mark.parametrize("data,commands", [
     (b"*1\r\n$4\r\nPING\r\n", [[b"PING"]]),
@@ -104,6 +105,7 @@ def test_parser_reads_multibulk_and_inline_requests(data: bytes,
     assert parse_all(*[data[i:i + 1] for i in range(len(data))]) == commands
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("REDIS-1", "REDIS-3")
 def test_inline_quotes_are_checked_like_sdssplitargs() -> None:
     assert resp.split_inline(b"") == []
@@ -144,6 +146,7 @@ def pipelines(draw: st.DrawFn) -> tuple[bytes, list[list[bytes]]]:
     return wire, commands
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("REDIS-2")
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pipeline=pipelines(), data=st.data())
@@ -155,6 +158,7 @@ def test_any_split_of_any_pipeline_gives_the_same_commands(
     assert parse_all(*pieces) == commands
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("REDIS-3")
 @pytest.mark.parametrize("data,message", [
     (b"*x\r\n", "Protocol error: invalid multibulk length"),
@@ -186,6 +190,7 @@ def test_malformed_input_gets_redis_wording(data: bytes, message: str) -> None:
     assert str(e.value) == message
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("REDIS-3")
 def test_an_incomplete_count_line_waits() -> None:
     for partial in [b"*", b"*1", b"*-", b"*12\r", b"*1\r\n$", b"*1\r\n$4\r", b"*1\r\n$4\r\nPI"]:
@@ -214,6 +219,7 @@ def test_huge_declared_lengths_are_refused_without_allocating(data: bytes, messa
     assert peak < 256 * 1024, f"parsing {data!r} allocated {peak} bytes"
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("REDIS-4")
 def test_limits_at_their_edges() -> None:
     p = resp.Parser()
@@ -234,6 +240,7 @@ def test_limits_at_their_edges() -> None:
         resp.Parser(max_buffer=0)
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("REDIS-4")
 def test_a_large_value_split_across_reads_is_kept_once() -> None:
     value = os.urandom(3 * MiB + 7)
@@ -252,6 +259,7 @@ _FRAGMENTS = [b"*", b"$", b"\r\n", b"\r", b"\n", b"0", b"1", b"3", b"-1", b"9999
               b"PING", b" ", b'"', b"'", b"\\x4", b"\\", b"\x00", b"\xff", b"x" * 100]
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("REDIS-4", "REDIS-5")
 @settings(max_examples=400, deadline=None)
 @given(chunks=st.lists(
@@ -278,6 +286,7 @@ def test_no_input_raises_anything_but_protocol_error(chunks: list[bytes]) -> Non
         assert p.buffered <= limit
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("REDIS-6")
 def test_encoders() -> None:
     assert resp.simple("PONG") == b"+PONG\r\n"

@@ -50,10 +50,11 @@ from harness import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from implementation import evio
 
-import evio
-from evio import Action
-from evio.tls import TLSTranslator, client_context, server_context
+Action = evio.Action
+TLSTranslator = evio.TLSTranslator
+client_context, server_context = evio.client_context, evio.server_context
 
 MiB = 1 << 20
 

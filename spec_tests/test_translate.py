@@ -47,9 +47,9 @@ from harness import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from implementation import evio
 
-import evio
-from evio import Action
+Action = evio.Action
 
 MiB = 1 << 20
 PING, END, FAIL = b"\x01", b"\x02", b"\x03"

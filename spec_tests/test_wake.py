@@ -34,10 +34,10 @@ from harness import (
     running,
     wait_for,
 )
+from implementation import evio
 
-import evio
-from evio import Action
-from evio.pollers import READ, WRITE
+Action = evio.Action
+READ, WRITE = evio.READ, evio.WRITE
 
 MiB = 1 << 20
 
