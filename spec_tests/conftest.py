@@ -231,14 +231,14 @@ def _classify(item: pytest.Item, rules: tuple[str, ...]) -> str | None:
     """Why ``item`` is no part of this target's run, or None if it is."""
     if item.get_closest_marker("project") is not None or item.path.name in PROJECT_FILES:
         return "about the project itself"
-    if RUN.reference:
+    wire = RUN.manifest is not None and RUN.manifest.kind == "wire"
+    if RUN.reference and not wire:
         return None
     if item.get_closest_marker("impl_detail") is not None:
         return "about the reference implementation only"
     choices = [r for r in rules if RUN.rules.get(r, {}).get("kind") == ruletrace.CHOICE]
     if choices:
         return f"checks this implementation's choice ({', '.join(choices)})"
-    wire = RUN.manifest is not None and RUN.manifest.kind == "wire"
     if wire and item.get_closest_marker("wire") is None:
         return "an API test (this target is run on the wire)"
     return None
@@ -349,4 +349,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         "seconds": round(time.time() - RUN.started),
         "exit_status": int(exitstatus),
     }
+    if m is not None and m.kind == "wire":  # what was run, and where it came from
+        import wire
+
+        header["wire"] = wire.describe()
+        header.update({k: m.raw["target"][k] for k in ("source", "built")
+                       if k in m.raw["target"]})
     targets.write_results(RUN.results, header, list(RUN.cases.values()), RUN.rules)

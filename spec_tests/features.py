@@ -65,6 +65,32 @@ EXTRA: dict[str, str] = {
 }
 """Features a test names with ``@pytest.mark.feature(...)``."""
 
+WIRE: dict[str, str] = {
+    # options (mapped, dropped or unmapped in [options])
+    "option:poller": "choose the poller backend (dropped: the test runs once)",
+    "option:unixsocket": "also listen on a unix socket at a given path",
+    "option:max-buffer": "bound one Redis client's unparsed input",
+    # echo
+    "echo:signal-sigint": "SIGINT stops the server too",
+    # redis, beyond PING/ECHO/SET/GET/DEL/FLUSHDB/QUIT/SHUTDOWN
+    "redis:exists": "the EXISTS command",
+    "redis:hello": "HELLO and RESP3 replies",
+    "redis:command": "COMMAND, COMMAND DOCS/COUNT/LIST/INFO/HELP",
+    "redis:config": "CONFIG GET/HELP",
+    "redis:wget": "the WGET command (fetch a URL through Server.dial)",
+    "redis:half-close": "answers every request sent before the client's FIN",
+    "redis:inline": "inline (telnet-style) requests with quotes",
+    "redis:real-clients": "what redis-py, redis-cli and redis-benchmark send on connect",
+    # http, beyond one canned Hello World per request
+    "http:keep-alive": "persistent HTTP/1.1 and HTTP/1.0 keep-alive connections",
+    "http:post-echo": "POST echoes its body",
+    "http:pages": "an index page, /echo and other paths beyond Hello World",
+    "http:tls": "HTTPS on a second port (the example's throwaway certificate or one given)",
+}
+"""Wire features (docs/spec/wire-targets.md), named by ``@pytest.mark.wire(kind, ...)``:
+``option:NAME`` is an option a test passes to the server (a wire manifest maps it
+in ``[options]``); the rest is behaviour beyond the seed's examples."""
+
 
 def all_features() -> dict[str, str]:
     """Every feature name -> what having it means."""
@@ -78,6 +104,7 @@ def all_features() -> dict[str, str]:
     for h, what in HOOKS.items():
         out[f"hook:{h}"] = f"the conformance hook {h}: {what}"
     out.update(EXTRA)
+    out.update(WIRE)
     return out
 
 

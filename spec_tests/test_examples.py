@@ -58,12 +58,12 @@ def echo_target(tmp_path: Path, poller: str, sig: signal.Signals) -> None:
     """The same exchange against a wire target (docs/spec/wire-targets.md):
     200,000 bytes echoed over TCP (and the unix socket, if it has one), then
     the signal stops it."""
-    wire.once_per_poller(poller, POLLERS)
+    wire.once_per_poller("echo", poller, POLLERS)
     if sig != signal.SIGTERM and "echo:signal-sigint" in wire.target().lacks:
         wire.not_applicable("echo:signal-sigint", "the target contract asks only for SIGTERM")
     options: dict[str, str | None] = {"poller": poller}
     sock_path = tmp_path / "echo.sock"
-    unix = "unixsocket" in wire.target().options
+    unix = wire.mapped("echo", "unixsocket")
     if unix:
         options["unixsocket"] = str(sock_path)
     with wire.launch("echo", tmp_path, options, stop=False) as server:

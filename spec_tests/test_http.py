@@ -173,10 +173,10 @@ def http_target(tmp: Path, args: tuple[str, ...]) -> Iterator[Server]:
     socket when the manifest maps that option (no TLS: ``http:tls``)."""
     options: dict[str, str | None] = {}
     if "--poller" in args:
-        wire.once_per_poller(args[args.index("--poller") + 1], POLLERS)
+        wire.once_per_poller("http", args[args.index("--poller") + 1], POLLERS)
         options["poller"] = args[args.index("--poller") + 1]
     unix = args[args.index("--unixsocket") + 1] if "--unixsocket" in args else None
-    if unix is not None and "unixsocket" in wire.target().options:
+    if unix is not None and wire.mapped("http", "unixsocket"):
         options["unixsocket"] = unix
     else:
         unix = None

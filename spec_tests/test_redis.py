@@ -396,7 +396,7 @@ def redis_target(args: tuple[str, ...], unix: Path | None, stop: bool) -> Iterat
     options: dict[str, str | None] = {a[2:]: v for a, v in zip(args[0::2], args[1::2],
                                                                 strict=True)}
     if "poller" in options:
-        wire.once_per_poller(str(options["poller"]), POLLERS)
+        wire.once_per_poller("redis", str(options["poller"]), POLLERS)
     if unix is not None:
         options["unixsocket"] = str(unix)
     with tempfile.TemporaryDirectory(prefix="evio-redis-") as tmp, \

@@ -33,41 +33,18 @@ import socket
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import features
 import pytest
+import targets
 
 KINDS = ("echo", "redis", "http")
 
-# Every feature a wire test may need, by kind: the one registered list. A
-# manifest naming anything else is an error. "option:NAME" features are the
-# options tests pass; the rest are behaviour beyond the seed's examples.
-WIRE_FEATURES: dict[str, str] = {
-    # options (mapped, dropped or unmapped in [options])
-    "option:poller": "choose the poller backend (dropped: the test runs once)",
-    "option:unixsocket": "also listen on a unix socket at a given path",
-    "option:max-buffer": "bound one Redis client's unparsed input",
-    # echo
-    "echo:signal-sigint": "SIGINT stops the server too",
-    # redis, beyond PING/ECHO/SET/GET/DEL/FLUSHDB/QUIT/SHUTDOWN
-    "redis:exists": "the EXISTS command",
-    "redis:hello": "HELLO and RESP3 replies",
-    "redis:command": "COMMAND, COMMAND DOCS/COUNT/LIST/INFO/HELP",
-    "redis:config": "CONFIG GET/HELP",
-    "redis:wget": "the WGET command (fetch a URL through Server.dial)",
-    "redis:half-close": "answers every request sent before the client's FIN",
-    "redis:inline": "inline (telnet-style) requests with quotes",
-    "redis:real-clients": "what redis-py, redis-cli and redis-benchmark send on connect",
-    # http, beyond one canned Hello World per request
-    "http:keep-alive": "persistent HTTP/1.1 and HTTP/1.0 keep-alive connections",
-    "http:post-echo": "POST echoes its body",
-    "http:pages": "an index page, /echo and other paths beyond Hello World",
-    "http:tls": "HTTPS on a second port (the example's throwaway certificate or one given)",
-}
+WIRE_FEATURES = features.WIRE
 
 TIMEOUT = 20.0  # starting or stopping a target; one connect attempt
 
@@ -81,14 +58,24 @@ class WireTarget:
             here runs this project's example.
         options: option name -> flag template with ``{value}``; ``""``
             drops the option; an absent name makes the test not applicable.
+            A table named after a kind (``[options.redis]``) holds that
+            kind's own mappings, which come before the shared ones.
         lacks: wire features the target does not have.
         name: the target's name (``"examples"`` for none).
     """
 
     commands: dict[str, str] = field(default_factory=dict)
-    options: dict[str, str] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
     lacks: frozenset[str] = frozenset()
     name: str = "examples"
+
+    def mapping(self, kind: str, option: str) -> str | None:
+        """The flag template for ``option`` of the ``kind`` server, or None."""
+        own = self.options.get(kind)
+        if isinstance(own, dict) and option in own:
+            return str(own[option])
+        shared = self.options.get(option)
+        return None if shared is None or isinstance(shared, dict) else str(shared)
 
 
 _TARGET = WireTarget()
@@ -116,20 +103,16 @@ def _pairs(values: list[str], what: str) -> dict[str, str]:
     return out
 
 
-def _manifest_tables(path: Path) -> tuple[dict[str, str], dict[str, str], list[str], str]:
-    """The wire tables of the manifest of target directory or file ``path``."""
-    manifest = path / "manifest.toml" if path.is_dir() else path
+def _manifest_tables(where: str) -> tuple[dict[str, str], dict[str, Any], list[str], str]:
+    """The wire tables of a target's manifest (`targets.load` checks it)."""
     try:
-        data = tomllib.loads(manifest.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise pytest.UsageError(f"--evio-target: cannot read {manifest}: {e}") from e
-    target = data.get("target", {})
-    if target.get("kind") != "wire":
-        return {}, {}, [], str(target.get("name", manifest.parent.name))
-    commands = {str(k): str(v) for k, v in data.get("commands", {}).items()}
-    options = {str(k): str(v) for k, v in data.get("options", {}).items()}
-    lacks = [str(f) for f in data.get("features", {}).get("lacks", [])]
-    return commands, options, lacks, str(target.get("name", manifest.parent.name))
+        m = targets.load(where)
+    except targets.ManifestError as e:
+        raise pytest.UsageError(str(e)) from None
+    if m.kind != "wire":
+        return {}, {}, [], m.name
+    return ({str(k): str(v) for k, v in m.commands.items()},
+            dict(m.options), list(m.lacks), m.name)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -138,12 +121,12 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "wire(kind, *features): a black-box test of a server of KIND "
         "(echo, redis, http) needing FEATURES (spec_tests/wire.py)")
     commands: dict[str, str] = {}
-    options: dict[str, str] = {}
+    options: dict[str, Any] = {}
     lacks: list[str] = []
     name = "examples"
     target_dir = config.getoption("evio_target", default=None)
     if target_dir:
-        commands, options, lacks, name = _manifest_tables(Path(str(target_dir)))
+        commands, options, lacks, name = _manifest_tables(str(target_dir))
     given = _pairs(config.getoption("server_cmd"), "--server-cmd")
     if given and not target_dir:
         name = "command line"
@@ -155,13 +138,14 @@ def pytest_configure(config: pytest.Config) -> None:
                                     f"(known: {', '.join(KINDS)})")
         if "{port}" not in cmd:
             raise pytest.UsageError(f"server command for {kind} has no {{port}}: {cmd!r}")
-    for opt in options:
-        if f"option:{opt}" not in WIRE_FEATURES:
+    names = [f"{k}.{o}" for k, v in options.items() if isinstance(v, dict) for o in v]
+    for kind in (k for k, v in options.items() if isinstance(v, dict)):
+        if kind not in KINDS:
+            raise pytest.UsageError(f"[options.{kind}]: unknown kind (known: {', '.join(KINDS)})")
+    for opt in [o for o, v in options.items() if not isinstance(v, dict)] + names:
+        if f"option:{opt.rpartition('.')[2]}" not in WIRE_FEATURES:
             raise pytest.UsageError(f"unknown server option {opt!r} (known: " + ", ".join(
                 f[7:] for f in WIRE_FEATURES if f.startswith("option:")) + ")")
-    for feat in lacks:
-        if feat not in WIRE_FEATURES and feat.partition(":")[0] in (*KINDS, "option"):
-            raise pytest.UsageError(f"unknown wire feature {feat!r} in the manifest")
     _TARGET = WireTarget(commands, options, frozenset(lacks), name)
 
 
@@ -177,7 +161,7 @@ def external(kind: str) -> bool:
 
 def not_applicable(feature: str, why: str = "") -> None:
     """Skip the running test as not applicable: the target lacks ``feature``."""
-    pytest.skip(f"not applicable: lacks {feature}" + (f" ({why})" if why else ""))
+    pytest.skip(f"not applicable: {feature}" + (f" ({why})" if why else ""))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -187,16 +171,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     for item in items:
         mark = item.get_closest_marker("wire")
-        if mark is None or mark.args[0] not in _TARGET.commands:
+        if mark is None:
             item.add_marker(pytest.mark.skip(
-                reason="not applicable: lacks api (a wire target runs only wire tests)"))
+                reason="not applicable: api (a wire target runs only wire tests)"))
+            continue
+        if mark.args[0] not in _TARGET.commands:
+            item.add_marker(pytest.mark.skip(
+                reason=f"not applicable: {mark.args[0]} server (the target has no command "
+                       f"for it)"))
             continue
         for feat in mark.args[1:]:
             if feat not in WIRE_FEATURES:
                 raise pytest.UsageError(f"{item.nodeid}: unknown wire feature {feat!r}")
-            unmapped = feat.startswith("option:") and feat[7:] not in _TARGET.options
+            unmapped = feat.startswith("option:") and not mapped(mark.args[0], feat[7:])
             if feat in _TARGET.lacks or unmapped:
-                item.add_marker(pytest.mark.skip(reason=f"not applicable: lacks {feat}"))
+                item.add_marker(pytest.mark.skip(reason=f"not applicable: {feat}"))
                 break
 
 
@@ -207,12 +196,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def option_flags(options: dict[str, str | None]) -> list[str]:
+def option_flags(kind: str, options: dict[str, str | None]) -> list[str]:
     """The target's own flags for the test's options; not applicable when one
     is unmapped. A value of ``None`` is a switch with no value."""
     argv: list[str] = []
     for name, value in options.items():
-        template = _TARGET.options.get(name)
+        template = _TARGET.mapping(kind, name)
         if template is None:
             not_applicable(f"option:{name}", "no mapping in the manifest's [options]")
         assert template is not None
@@ -221,11 +210,17 @@ def option_flags(options: dict[str, str | None]) -> list[str]:
     return argv
 
 
-def once_per_poller(poller: str, pollers: tuple[str, ...] | list[str]) -> None:
+def mapped(kind: str, option: str) -> bool:
+    """Whether the manifest maps (or drops) ``option`` for the ``kind`` server."""
+    return _TARGET.mapping(kind, option) is not None
+
+
+def once_per_poller(kind: str, poller: str, pollers: tuple[str, ...] | list[str]) -> None:
     """A target that drops ``option:poller`` runs a poller-parametrised test once."""
-    if "poller" not in _TARGET.options:
+    template = _TARGET.mapping(kind, "poller")
+    if template is None:
         not_applicable("option:poller", "no mapping in the manifest's [options]")
-    if not _TARGET.options["poller"] and poller != pollers[0]:
+    if not template and poller != pollers[0]:
         not_applicable("option:poller", f"dropped: the test ran with {pollers[0]}")
 
 
@@ -265,7 +260,7 @@ def launch(kind: str, tmp: Path, options: dict[str, str | None] | None = None,
         AssertionError: the target exited or never accepted a connect within
             TIMEOUT, or did not stop on SIGTERM.
     """
-    flags = option_flags(options or {})
+    flags = option_flags(kind, options or {})
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
     argv = shlex.split(os.path.expandvars(_TARGET.commands[kind].replace("{port}", str(port))))
