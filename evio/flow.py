@@ -40,7 +40,7 @@ The traps, and what we chose:
   it to what arrived, every read.  After a read of at most `SMALL_READ`
   bytes the next one asks for only that much, which the small-object
   allocator serves; a read that fills it asks for `READ_SIZE` again, so
-  a burst is read in full-size pieces from the next turn on (rule LOOP-11).
+  a burst is read in full-size pieces from the next turn on (rule LOOP-26).
 * **A hard output limit** (``Options.max_pending``) is checked only where
   output is queued behind output already pending; past it, the connection
   is closed at once with `evio.OutputLimitError`, its output dropped.

@@ -101,6 +101,8 @@ def pytest_configure(config: pytest.Config) -> None:
                             "or choices; never run against another target")
     config.addinivalue_line("markers", "project: checks the project itself (site, "
                             "traceability); never part of a conformance run")
+    config.addinivalue_line("markers", "wire: a black-box test of an example over the wire; "
+                            "the only kind a wire target runs")
     target = config.getoption("evio_target")
     impl = config.getoption("evio_impl") or os.environ.get("EVIO_IMPL") or None
     m = targets.load(target) if target else None

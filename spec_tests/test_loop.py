@@ -167,7 +167,7 @@ def test_ids_start_at_one_and_increase(poller: str, addr: str) -> None:
     assert ids == list(range(1, 26))
 
 
-@pytest.mark.rule("LOOP-3")
+@pytest.mark.rule("LOOP-27")
 def test_accept_takes_at_most_128_per_turn(poller: str, addr: str) -> None:
     counting = CountingPoller(poller)
     polls_at_open: list[int] = []
@@ -451,7 +451,7 @@ def test_prewrite_and_postwrite_bracket_every_attempt(poller: str, addr: str) ->
 # ----------------------------------------------------------------- reads
 
 
-@pytest.mark.rule("LOOP-11", "LOOP-12")
+@pytest.mark.rule("LOOP-26", "LOOP-12")
 def test_reads_are_owned_bytes_of_at_most_64k(poller: str, addr: str) -> None:
     rec = Recorder()
     payload = pattern(MiB)
@@ -468,7 +468,7 @@ def test_reads_are_owned_bytes_of_at_most_64k(poller: str, addr: str) -> None:
     assert b"".join(chunks) == payload
 
 
-@pytest.mark.rule("LOOP-11")
+@pytest.mark.rule("LOOP-26")
 def test_after_small_reads_a_burst_is_read_small_once_then_in_full_pieces(
     poller: str, addr: str
 ) -> None:
@@ -488,7 +488,7 @@ def test_after_small_reads_a_burst_is_read_small_once_then_in_full_pieces(
     assert max(sizes[2:]) > 448 and max(sizes) <= 65536  # then for 65,536
 
 
-@pytest.mark.rule("LOOP-11")
+@pytest.mark.rule("LOOP-26")
 @pytest.mark.parametrize("reuse", [False, True], ids=["bytes", "reuse_input_buffer"])
 def test_the_read_after_a_small_one_asks_448_unless_the_buffer_is_reused(
     poller: str, addr: str, reuse: bool
