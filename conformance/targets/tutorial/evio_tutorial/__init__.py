@@ -23,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[4] / "tutorial"))
 
-import stage5_timers_wakeups as stage  # noqa: E402
+import stage5_timers_wakeups as stage
 
 __all__ = ["Action", "Events", "Info", "InputStream", "Options", "Server",
            "available_pollers", "serve"]
