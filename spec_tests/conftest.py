@@ -342,7 +342,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         "kind": m.kind if m else "api",
         "impl": RUN.impl,
         "description": m.description if m else "",
-        "manifest": str(m.path.relative_to(ROOT)) if m and m.path.is_relative_to(ROOT) else "",
+        "manifest": (str(m.path.resolve().relative_to(ROOT))
+                     if m and m.path.resolve().is_relative_to(ROOT) else ""),
         "command": "python -m pytest " + shlex.join(sys.argv[1:]) if sys.argv else "",
         "pollers": RUN.pollers or list(POLLERS),
         "families": RUN.families or list(FAMILIES),

@@ -9,11 +9,12 @@ it is not a product. What it does not do is listed as features it lacks in
 conformance/targets/asyncio/manifest.toml.
 """
 
-from .loop import Server, available_pollers, serve
+from .loop import Address, Server, available_pollers, parse_address, serve
 from .records import Action, Events, Info, InputStream, Options, OutputLimitError
 
 __all__ = [
     "Action",
+    "Address",
     "Events",
     "Info",
     "InputStream",
@@ -21,6 +22,7 @@ __all__ = [
     "OutputLimitError",
     "Server",
     "available_pollers",
+    "parse_address",
     "serve",
 ]
 

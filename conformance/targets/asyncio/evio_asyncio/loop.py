@@ -31,6 +31,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -38,7 +39,9 @@ from .records import Action, Events, Info, Options, OutputLimitError, action_onl
 
 log = logging.getLogger("evio")
 
-_SCHEMES = {"tcp": None, "tcp4": socket.AF_INET, "tcp6": socket.AF_INET6, "unix": socket.AF_UNIX}
+_FAMILIES = {"tcp": None, "tcp4": socket.AF_INET, "tcp6": socket.AF_INET6,
+             "udp": None, "udp4": socket.AF_INET, "udp6": socket.AF_INET6,
+             "unix": socket.AF_UNIX}
 
 
 def available_pollers() -> list[str]:
@@ -46,43 +49,90 @@ def available_pollers() -> list[str]:
     return ["asyncio"]
 
 
-def _parse(addr: str, dialing: bool = False) -> tuple[int | None, Any, bool]:
-    """(family or None for tcp, address, reuseport) of an evio address.
+@dataclass(frozen=True, slots=True)
+class Address:
+    """One parsed address (as the spec page *Addresses* describes it)."""
+
+    text: str
+    network: str
+    host: str = ""
+    port: int = 0
+    path: str = ""
+    reuseport: bool = False
+    portable: bool = False
+    mode: int = 0o600
+
+
+def parse_address(text: str) -> Address:
+    """Parse ``scheme://address[?reuseport=..&mode=..]`` (or bare ``host:port``).
 
     Raises:
-        ValueError: a malformed or unsupported address, naming it.
+        ValueError: a malformed address; the message names it.
     """
-    if not isinstance(addr, str):
-        raise ValueError(f"address {addr!r} is not a string")
-    scheme, sep, rest = addr.partition("://")
+    if not isinstance(text, str):
+        raise ValueError(f"address {text!r} is not a string")
+    scheme, sep, rest = text.partition("://")
     if not sep:
-        scheme, rest = "tcp", addr
-    scheme = scheme.lower().removesuffix("-net")
+        scheme, rest = "tcp", text
+    scheme = scheme.lower()
+    portable = scheme.endswith("-net")
+    network = scheme.removesuffix("-net")
+    if network not in _FAMILIES:
+        raise ValueError(f"address {text!r}: unknown scheme {scheme!r}")
     rest, _, query = rest.partition("?")
-    reuse = False
+    reuse, mode = False, 0o600
     for key, values in parse_qs(query, keep_blank_values=True).items():
-        if key != "reuseport":
-            raise ValueError(f"address {addr!r}: unknown option {key!r}")
-        reuse = values[-1].lower() in ("true", "yes", "1")
-    if scheme.startswith("udp"):
-        raise ValueError(f"address {addr!r}: udp is not supported by evio_asyncio")
-    if scheme not in _SCHEMES:
-        raise ValueError(f"address {addr!r}: unknown scheme {scheme!r}")
-    if scheme == "unix":
+        value = values[-1].lower()
+        if key == "reuseport":
+            if value not in ("true", "yes", "1", "false", "no", "0"):
+                raise ValueError(f"address {text!r}: reuseport={value!r} is not a yes or no")
+            reuse = value in ("true", "yes", "1")
+        elif key == "mode" and network == "unix":
+            try:
+                mode = int(value, 8)
+            except ValueError:
+                raise ValueError(f"address {text!r}: mode={value!r} is not octal") from None
+            if not 0 <= mode <= 0o777:
+                raise ValueError(f"address {text!r}: mode={value!r} is out of range")
+        else:
+            raise ValueError(f"address {text!r}: unknown option {key!r}")
+    if network == "unix":
         if not rest:
-            raise ValueError(f"address {addr!r}: no path")
-        return socket.AF_UNIX, rest, reuse
+            raise ValueError(f"address {text!r}: no path")
+        if len(os.fsencode(rest)) > 107:
+            raise ValueError(f"address {text!r}: the path is longer than a unix socket takes")
+        return Address(text, network, path=rest, reuseport=reuse, portable=portable, mode=mode)
     host, colon, port_text = rest.rpartition(":")
-    if not colon or not port_text.isdigit():
-        raise ValueError(f"address {addr!r}: expected host:port")
+    if not colon or not port_text.isdigit() or len(port_text) > 5:
+        raise ValueError(f"address {text!r}: expected host:port with a numeric port")
     port = int(port_text)
-    if not 0 <= port <= 65535 or (dialing and port == 0):
-        raise ValueError(f"address {addr!r}: port {port} is out of range")
-    if host.startswith("[") and host.endswith("]"):
+    if not 0 <= port <= 65535:
+        raise ValueError(f"address {text!r}: port {port} is out of range")
+    if host.startswith("[") or host.endswith("]"):
+        if not (host.startswith("[") and host.endswith("]")) or len(host) == 2:
+            raise ValueError(f"address {text!r}: malformed [IPv6] host")
+        if network.endswith("4"):
+            raise ValueError(f"address {text!r}: an IPv6 host in an IPv4 address")
         host = host[1:-1]
-    if dialing and not host:
-        raise ValueError(f"address {addr!r}: no host to dial")
-    return _SCHEMES[scheme], (host, port), reuse
+    elif ":" in host:
+        raise ValueError(f"address {text!r}: an IPv6 host must be in brackets")
+    return Address(text, network, host, port, reuseport=reuse, portable=portable)
+
+
+def _parse(addr: str, dialing: bool = False) -> tuple[int | None, Any, bool]:
+    """(family or None for tcp, address, reuseport) of a stream address.
+
+    Raises:
+        ValueError: a malformed address, or one this implementation cannot serve.
+    """
+    a = parse_address(addr)
+    if a.network.startswith("udp"):
+        raise ValueError(f"address {addr!r}: udp is not supported by evio_asyncio")
+    if a.network == "unix":
+        return socket.AF_UNIX, a.path, a.reuseport
+    if dialing and (not a.host or a.port == 0):
+        raise ValueError(f"address {addr!r}: dialing needs a host and a non-zero port")
+    return _FAMILIES[a.network], (a.host, a.port), a.reuseport
 
 
 def _bind(addr: str) -> tuple[socket.socket, str | None]:
@@ -214,12 +264,37 @@ class _Conn(asyncio.Protocol):
     def send(self, out: bytes) -> None:
         if not out or self.transport is None or self.transport.is_closing():
             return
-        self.transport.write(out)
+        t = self.transport
+        ev = self.srv.events
+        # asyncio tries to send at once only when nothing is queued; that is the
+        # one write attempt this implementation can report (LOOP-21 partly).
+        attempt = t.get_write_buffer_size() == 0 and (ev.prewrite or ev.postwrite)
+        if attempt and ev.prewrite is not None and not self.hook(ev.prewrite, len(out)):
+            return
+        t.write(out)
+        if attempt and ev.postwrite is not None:
+            remaining = t.get_write_buffer_size()
+            if not self.hook(ev.postwrite, len(out) - remaining, remaining):
+                return
         self.touch()
         limit = self.options.max_pending
         if limit is not None and self.transport.get_write_buffer_size() > limit:
             self.err = OutputLimitError(f"more than {limit} bytes of output pending")
             self.transport.abort()
+
+    def hook(self, fn: Callable[..., Any], *args: int) -> bool:
+        """Call prewrite or postwrite; False when it ended the connection (EV-10)."""
+        try:
+            action = action_only(fn(self.id, *args), fn.__name__)
+        except Exception as e:
+            log.exception("evio: %s(%d) raised", getattr(fn, "__name__", "write hook"), self.id)
+            self.err = self.err or e
+            if self.transport is not None:
+                self.transport.abort()
+            return False
+        if action is not Action.NONE:
+            self.act(action)
+        return True
 
     def act(self, action: Action) -> None:
         if action is Action.CLOSE:
@@ -377,6 +452,7 @@ class _Loop:
         self.lock = threading.Lock()
         self.woken: set[int] = set()
         self.pending_wakes: set[int] = set()  # WAKE-5: for dials still connecting
+        self.targets: dict[int, Any] = {}  # dial id -> where it dials (for a failed Info)
         self.stopping = False
         self.stopped = False
         self.done: asyncio.Future[None] | None = None
@@ -408,6 +484,7 @@ class _Loop:
             cid = next(self.ids)
             placeholder: Any = None
             self.dialing[cid] = placeholder
+        self.targets[cid] = where
         self.aloop.call_soon_threadsafe(self.start_dial, cid, family, where, timeout)
         return cid
 
@@ -463,6 +540,7 @@ class _Loop:
     def opening(self, conn: _Conn) -> _Conn:
         with self.lock:
             self.dialing.pop(conn.id, None)
+            self.targets.pop(conn.id, None)
             conn.wake_pending = conn.id in self.pending_wakes or conn.id in self.woken
             self.pending_wakes.discard(conn.id)
             self.woken.discard(conn.id)
@@ -476,7 +554,7 @@ class _Loop:
         ev = self.events
         if ev.opened is not None:
             try:
-                ev.opened(cid, Info(True, -1, None, None))
+                ev.opened(cid, Info(True, -1, None, self.targets.pop(cid, None)))
             except Exception:
                 log.exception("evio: opened(%d) raised", cid)
         if ev.closed is not None:
