@@ -315,7 +315,10 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
             case.outcome, case.reason = "skipped", reason
         return
     if report.failed:
-        case.outcome = "failed"
+        # A strict xfail that passed is a failure of the run, and a pass of its rule.
+        strict_xpass = report.when == "call" and str(report.longrepr).startswith(
+            "[XPASS(strict)]")
+        case.outcome = "xpassed" if strict_xpass else "failed"
         return
     if report.when == "call":
         case.outcome = "xpassed" if wasxfail is not None else "passed"
