@@ -111,9 +111,6 @@ def pytest_configure(config: pytest.Config) -> None:
             sys.path.insert(0, str(m.pythonpath))
             _prepend_env_path("PYTHONPATH", m.pythonpath)
         RUN.lacks = set(m.lacks)
-        for key, attr in (("pollers", "pollers"), ("families", "families")):
-            if key in m.run:
-                setattr(RUN, attr, list(m.run[key]))
     RUN.conformance = m is not None or impl is not None
     RUN.impl = impl or "evio"
     RUN.reference = RUN.impl == "evio"
