@@ -67,6 +67,26 @@ def command(path: Path, doc: dict[str, Any], results: Path, full: bool) -> list[
     return argv
 
 
+def summary(path: Path) -> str:
+    """A results file as a table: per spec page, the rules of each status."""
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    statuses = ["pass", "fail", "partial", "xfail", "not-applicable", "skip", "not-run"]
+    pages: dict[str, dict[str, int]] = {}
+    for v in doc["rules"].values():
+        page = Path(str(v.get("page") or "?")).stem
+        row = pages.setdefault(page, dict.fromkeys(statuses, 0))
+        row[v["status"]] += 1
+    total = {s: sum(r[s] for r in pages.values()) for s in statuses}
+    lines = [f"{doc.get('target')} ({doc.get('impl') or doc.get('kind')}; "
+             f"pollers {','.join(doc.get('pollers', []))}; "
+             f"families {','.join(doc.get('families', []))})",
+             "| page | " + " | ".join(statuses) + " |",
+             "| --- |" + " --- |" * len(statuses)]
+    for page, row in [*sorted(pages.items()), ("all", total)]:
+        lines.append(f"| {page} | " + " | ".join(str(row[s]) for s in statuses) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("names", nargs="*", help="targets to run (default: every api target "
@@ -76,7 +96,12 @@ def main(argv: list[str] | None = None) -> int:
                          "the reference's included")
     ap.add_argument("--full", action="store_true",
                     help="every poller and family, ignoring the manifest's [run] subset")
+    ap.add_argument("--summary", nargs="+", type=Path, metavar="RESULTS",
+                    help="print these results files' verdicts per spec page, run nothing")
     args = ap.parse_args(argv)
+    if args.summary:
+        print("\n\n".join(summary(p) for p in args.summary))
+        return 0
     chosen = api_targets(args.names or None, reference=args.write)
     if not chosen:
         print("conformance: no api target to run")
