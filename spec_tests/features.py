@@ -38,6 +38,7 @@ PREFIXES: dict[str, str] = {
     "HTTP": "http-example",
     "REDIS": "redis-example",
     "DOCS": "site",
+    "CONF": "conformance-suite",
 }
 """Rule prefix -> the feature every test of such a rule needs."""
 

@@ -106,8 +106,8 @@ class Manifest:
         entries: The xfail and skip entries, in file order.
         commands: For wire targets, example name -> command with ``{port}``.
         options: For wire targets, feature -> the target's own flags.
-        run: Options of the run itself (``pollers``, ``families``: the
-            subset `make conformance` runs).
+        run: What ``make conformance`` (tools/conformance_run.py) passes:
+            ``pollers``, ``families`` (the subset CI runs), ``args``.
         raw: The whole parsed TOML, for sections other owners add.
     """
 

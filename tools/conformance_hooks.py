@@ -304,7 +304,21 @@ def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Fil
     return markdown
 
 
+def source_of(src_uri: str) -> str | None:
+    """What to edit to change a generated page: the hook that writes the
+    results page, the manifest of a target's page."""
+    if src_uri == RESULTS_PAGE:
+        return "tools/conformance_hooks.py"
+    m = re.fullmatch(r"conformance/targets/([^/]+)\.md", src_uri)
+    if m:
+        manifest = f"conformance/targets/{m.group(1)}/manifest.toml"
+        return manifest if (ROOT / manifest).is_file() else f"conformance/results/{m.group(1)}.json"
+    return None
+
+
 def on_page_context(context: Any, page: Page, config: MkDocsConfig, nav: Any) -> Any:
-    if page.file.src_uri == RESULTS_PAGE or page.file.src_uri.startswith("conformance/targets/"):
-        page.edit_url = None  # generated: there is no file to edit
+    source = source_of(page.file.src_uri)
+    if source is not None and config.repo_url:
+        # Generated: the edit link leads to what the page is made from.
+        page.edit_url = f"{config.repo_url.rstrip('/')}/edit/main/{source}"
     return context
