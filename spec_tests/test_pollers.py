@@ -39,7 +39,7 @@ from implementation import evio, hook
 Action = evio.Action
 # A target without the interest constants (it lacks custom pollers) still collects.
 READ, WRITE = getattr(evio, "READ", 1), getattr(evio, "WRITE", 4)
-Poller = evio.Poller
+Poller = getattr(evio, "Poller", object)  # object: a target lacking custom pollers
 
 FD_SETSIZE = 1024
 """The C library's limit on descriptor numbers ``select`` can watch (Linux, macOS)."""

@@ -54,7 +54,8 @@ from implementation import evio
 
 Action = evio.Action
 TLSTranslator = getattr(evio, "TLSTranslator", None)  # None: a target lacking tls
-client_context, server_context = evio.client_context, evio.server_context
+client_context = getattr(evio, "client_context", None)  # None: a target lacking tls
+server_context = getattr(evio, "server_context", None)
 
 MiB = 1 << 20
 
