@@ -714,7 +714,16 @@ def serve(events: Events, *addrs: str, poller: str | None = None, loops: int | s
                 if current in (signal.SIG_DFL, signal.default_int_handler):
                     impl.aloop.add_signal_handler(sig, impl.on_signal, sig)
                     installed.append(sig)
-        impl.aloop.run_until_complete(impl.main())
+        task = impl.aloop.create_task(impl.main())
+        while True:
+            try:
+                impl.aloop.run_until_complete(task)
+                break
+            except BaseException as e:  # a KeyboardInterrupt from a callback (LOOP-24)
+                if task.done():
+                    raise
+                impl.error = impl.error or e
+                impl.shutdown()  # then run on until every connection is closed
     finally:
         for sig in installed:
             impl.aloop.remove_signal_handler(sig)
