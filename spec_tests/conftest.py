@@ -214,11 +214,19 @@ def item_features(item: pytest.Item, rules: tuple[str, ...]) -> list[str]:
         need.append(f"poller:{params['poller']}")
     if "family" in params and isinstance(params["family"], str):
         need.append(f"family:{params['family']}")
+    if item.get_closest_marker("wire") is not None or item.path.name in EXAMPLE_FILES:
+        need.append("examples")  # it starts an example program on the implementation
     for mark in item.iter_markers("feature"):
         names = [str(a) for a in mark.args]
         features.check(names, f"{item.nodeid}: @pytest.mark.feature")
         need += names
     return list(dict.fromkeys(need))
+
+
+EXAMPLE_FILES = frozenset({"test_examples.py", "test_examples_more.py", "test_example_tls.py",
+                           "test_attacks.py"})
+"""Test files whose every test starts an example program (feature ``examples``); in
+test_http.py and test_redis.py the ``@pytest.mark.wire`` tests do."""
 
 
 PROJECT_FILES = frozenset({"test_site.py", "test_traceability.py", "test_tutorial.py"})
