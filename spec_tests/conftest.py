@@ -31,6 +31,7 @@ the manifest format and the results file.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import sys
 import time
@@ -364,6 +365,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         import wire
 
         header["wire"] = wire.describe()
+        header["impl"] = ""  # a program, not a package: see header["wire"]["commands"]
+        names = sorted({v for c in m.commands.values()
+                        for v in re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", c)})
+        header["command"] = "".join(f"{v}=... " for v in names) + str(header["command"])
         header.update({k: m.raw["target"][k] for k in ("source", "built")
                        if k in m.raw["target"]})
     targets.write_results(RUN.results, header, list(RUN.cases.values()), RUN.rules)

@@ -62,6 +62,11 @@ class Address:
     portable: bool = False
     mode: int = 0o600
 
+    @property
+    def is_udp(self) -> bool:
+        """Whether this is a datagram address."""
+        return self.network.startswith("udp")
+
 
 def parse_address(text: str) -> Address:
     """Parse ``scheme://address[?reuseport=..&mode=..]`` (or bare ``host:port``).
@@ -78,44 +83,46 @@ def parse_address(text: str) -> Address:
     portable = scheme.endswith("-net")
     network = scheme.removesuffix("-net")
     if network not in _FAMILIES:
-        raise ValueError(f"address {text!r}: unknown scheme {scheme!r}")
+        raise ValueError(f"address '{text}': unknown scheme {scheme!r}")
     rest, _, query = rest.partition("?")
     reuse, mode = False, 0o600
     for key, values in parse_qs(query, keep_blank_values=True).items():
         value = values[-1].lower()
         if key == "reuseport":
             if value not in ("true", "yes", "1", "false", "no", "0"):
-                raise ValueError(f"address {text!r}: reuseport={value!r} is not a yes or no")
+                raise ValueError(f"address '{text}': reuseport={value!r} is not a yes or no")
             reuse = value in ("true", "yes", "1")
         elif key == "mode" and network == "unix":
             try:
                 mode = int(value, 8)
             except ValueError:
-                raise ValueError(f"address {text!r}: mode={value!r} is not octal") from None
+                raise ValueError(f"address '{text}': mode={value!r} is not octal") from None
             if not 0 <= mode <= 0o777:
-                raise ValueError(f"address {text!r}: mode={value!r} is out of range")
+                raise ValueError(f"address '{text}': mode={value!r} is out of range")
         else:
-            raise ValueError(f"address {text!r}: unknown option {key!r}")
+            raise ValueError(f"address '{text}': unknown option {key!r}")
     if network == "unix":
         if not rest:
-            raise ValueError(f"address {text!r}: no path")
+            raise ValueError(f"address '{text}': no path")
         if len(os.fsencode(rest)) > 107:
-            raise ValueError(f"address {text!r}: the path is longer than a unix socket takes")
+            raise ValueError(f"address '{text}': the path is longer than a unix socket takes")
         return Address(text, network, path=rest, reuseport=reuse, portable=portable, mode=mode)
     host, colon, port_text = rest.rpartition(":")
     if not colon or not port_text.isdigit() or len(port_text) > 5:
-        raise ValueError(f"address {text!r}: expected host:port with a numeric port")
+        raise ValueError(f"address '{text}': expected host:port with a numeric port")
     port = int(port_text)
     if not 0 <= port <= 65535:
-        raise ValueError(f"address {text!r}: port {port} is out of range")
+        raise ValueError(f"address '{text}': port {port} is out of range")
     if host.startswith("[") or host.endswith("]"):
         if not (host.startswith("[") and host.endswith("]")) or len(host) == 2:
-            raise ValueError(f"address {text!r}: malformed [IPv6] host")
+            raise ValueError(f"address '{text}': malformed [IPv6] host")
         if network.endswith("4"):
-            raise ValueError(f"address {text!r}: an IPv6 host in an IPv4 address")
+            raise ValueError(f"address '{text}': an IPv6 host in an IPv4 address")
         host = host[1:-1]
+    elif network.endswith("6") and host.replace(".", "").isdigit():
+        raise ValueError(f"address '{text}': an IPv4 host in an IPv6 address")
     elif ":" in host:
-        raise ValueError(f"address {text!r}: an IPv6 host must be in brackets")
+        raise ValueError(f"address '{text}': an IPv6 host must be in brackets")
     return Address(text, network, host, port, reuseport=reuse, portable=portable)
 
 
@@ -127,11 +134,11 @@ def _parse(addr: str, dialing: bool = False) -> tuple[int | None, Any, bool]:
     """
     a = parse_address(addr)
     if a.network.startswith("udp"):
-        raise ValueError(f"address {addr!r}: udp is not supported by evio_asyncio")
+        raise ValueError(f"address '{addr}': udp is not supported by evio_asyncio")
     if a.network == "unix":
         return socket.AF_UNIX, a.path, a.reuseport
     if dialing and (not a.host or a.port == 0):
-        raise ValueError(f"address {addr!r}: dialing needs a host and a non-zero port")
+        raise ValueError(f"address '{addr}': dialing needs a host and a non-zero port")
     return _FAMILIES[a.network], (a.host, a.port), a.reuseport
 
 
@@ -240,7 +247,7 @@ class _Conn(asyncio.Protocol):
         try:
             out, options, action = reply(fn(*args), name, opened)
         except Exception as e:  # EV-9: this connection ends, nothing else does
-            log.exception("evio: %s(%d) raised", name, self.id)
+            log.exception("%s raised (connection %d)", name, self.id)
             self.fail(e)
             return
         if options is not None:
@@ -269,12 +276,12 @@ class _Conn(asyncio.Protocol):
         # asyncio tries to send at once only when nothing is queued; that is the
         # one write attempt this implementation can report (LOOP-21 partly).
         attempt = t.get_write_buffer_size() == 0 and (ev.prewrite or ev.postwrite)
-        if attempt and ev.prewrite is not None and not self.hook(ev.prewrite, len(out)):
+        if attempt and ev.prewrite is not None and not self.hook("prewrite", ev.prewrite, len(out)):
             return
         t.write(out)
         if attempt and ev.postwrite is not None:
             remaining = t.get_write_buffer_size()
-            if not self.hook(ev.postwrite, len(out) - remaining, remaining):
+            if not self.hook("postwrite", ev.postwrite, len(out) - remaining, remaining):
                 return
         self.touch()
         limit = self.options.max_pending
@@ -282,12 +289,12 @@ class _Conn(asyncio.Protocol):
             self.err = OutputLimitError(f"more than {limit} bytes of output pending")
             self.transport.abort()
 
-    def hook(self, fn: Callable[..., Any], *args: int) -> bool:
+    def hook(self, name: str, fn: Callable[..., Any], *args: int) -> bool:
         """Call prewrite or postwrite; False when it ended the connection (EV-10)."""
         try:
-            action = action_only(fn(self.id, *args), fn.__name__)
+            action = action_only(fn(self.id, *args), name)
         except Exception as e:
-            log.exception("evio: %s(%d) raised", getattr(fn, "__name__", "write hook"), self.id)
+            log.exception("%s raised (connection %d)", name, self.id)
             self.err = self.err or e
             if self.transport is not None:
                 self.transport.abort()
@@ -302,7 +309,7 @@ class _Conn(asyncio.Protocol):
         elif action is Action.SHUTDOWN:
             self.srv.shutdown()
         elif action is Action.DETACH:
-            self.fail(TypeError("evio_asyncio cannot detach a connection"))
+            self.fail(TypeError("Action.DETACH: evio_asyncio cannot hand a connection to a detached callback"))
 
     def close(self) -> None:
         self.reading = False
@@ -353,7 +360,7 @@ class _Conn(asyncio.Protocol):
             try:
                 action = action_only(fn(self.id, err), "closed")
             except Exception:
-                log.exception("evio: closed(%d) raised", self.id)
+                log.exception("closed raised (connection %d)", self.id)
                 return
             if action is Action.SHUTDOWN:
                 self.srv.shutdown()
@@ -556,13 +563,13 @@ class _Loop:
             try:
                 ev.opened(cid, Info(True, -1, None, self.targets.pop(cid, None)))
             except Exception:
-                log.exception("evio: opened(%d) raised", cid)
+                log.exception("opened raised (connection %d)", cid)
         if ev.closed is not None:
             try:
                 if action_only(ev.closed(cid, err), "closed") is Action.SHUTDOWN:
                     self.shutdown()
             except Exception:
-                log.exception("evio: closed(%d) raised", cid)
+                log.exception("closed raised (connection %d)", cid)
 
     def shutdown(self) -> None:
         with self.lock:
@@ -593,8 +600,12 @@ class _Loop:
             return
         if delay is None:
             return
-        if isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0:
-            self.fatal(TypeError(f"tick returned {answer!r}"))
+        if isinstance(delay, bool) or not isinstance(delay, int | float):
+            self.fatal(TypeError(f"tick returned a {type(delay).__name__} ({answer!r}): "
+                                 f"expected seconds, (seconds, Action), an Action or None"))
+            return
+        if not math.isfinite(delay) or delay < 0:
+            self.fatal(ValueError(f"tick returned {answer!r}: a delay must be finite and >= 0"))
             return
         self.next_tick = max(self.next_tick + delay, time.monotonic())
         self.aloop.call_at(self.aloop.time() + (self.next_tick - time.monotonic()), self.tick)

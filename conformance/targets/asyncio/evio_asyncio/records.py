@@ -96,6 +96,10 @@ class InputStream:
     def __init__(self) -> None:
         self._kept = b""
 
+    def __len__(self) -> int:
+        """How many bytes the last `end` kept."""
+        return len(self._kept)
+
     def begin(self, packet: Any) -> bytes:
         """Return what the last `end` kept, followed by ``packet``, as bytes."""
         return self._kept + bytes(packet)
@@ -115,8 +119,8 @@ def _output(value: Any, who: str) -> bytes:
         return value.tobytes()  # any format or shape: its bytes in order
     if isinstance(value, _OUTPUT):
         return bytes(value)
-    raise TypeError(f"{who} returned {value!r} as output: expected bytes, bytearray, "
-                    f"memoryview or None")
+    raise TypeError(f"{who} returned a {type(value).__name__} ({value!r}) as output: "
+                    f"expected bytes, bytearray, memoryview or None")
 
 
 def _action(value: Any, who: str) -> Action:
@@ -124,7 +128,8 @@ def _action(value: Any, who: str) -> Action:
         return Action.NONE
     if isinstance(value, Action):
         return value
-    raise TypeError(f"{who} returned {value!r} as an action: expected an Action or None")
+    raise TypeError(f"{who} returned a {type(value).__name__} ({value!r}) as an action: "
+                    f"expected an Action or None")
 
 
 def reply(value: Any, who: str, opened: bool = False) -> tuple[bytes, Options | None, Action]:
@@ -144,15 +149,17 @@ def reply(value: Any, who: str, opened: bool = False) -> tuple[bytes, Options | 
     if opened and isinstance(value, Options):
         return b"", value, Action.NONE
     if isinstance(value, tuple):
+        who = f"{who} (in a tuple)"
         if len(value) == 2:
             return _output(value[0], who), None, _action(value[1], who)
         if opened and len(value) == 3:
             options = value[1]
             if options is not None and not isinstance(options, Options):
-                raise TypeError(f"{who} returned {options!r} as options: expected Options "
-                                f"or None")
+                raise TypeError(f"{who} returned a {type(options).__name__} ({options!r}) as "
+                                f"options: expected Options or None")
             return _output(value[0], who), options, _action(value[2], who)
-    raise TypeError(f"{who} returned {value!r}: expected None, bytes, an Action or a tuple")
+    raise TypeError(f"{who} returned a {type(value).__name__} ({value!r}): expected None, "
+                    f"bytes, an Action or a tuple")
 
 
 def action_only(value: Any, who: str) -> Action:
