@@ -309,7 +309,8 @@ class _Conn(asyncio.Protocol):
         elif action is Action.SHUTDOWN:
             self.srv.shutdown()
         elif action is Action.DETACH:
-            self.fail(TypeError("Action.DETACH: evio_asyncio cannot hand a connection to a detached callback"))
+            self.fail(TypeError("Action.DETACH: evio_asyncio cannot hand a connection "
+                                "to a detached callback"))
 
     def close(self) -> None:
         self.reading = False
