@@ -975,6 +975,7 @@ def test_chromium_screenshot(server: Server, tmp_path: Path) -> None:
 # ------------------------------------------------- start-up and shut-down
 
 
+@pytest.mark.feature("examples")
 @pytest.mark.rule("HTTP-16", "HTTP-17", "HTTP-15")
 def test_command_line_start_up_and_shut_down(tmp_path: Path) -> None:
     help_ = run([sys.executable, str(SERVER), "--help"])

@@ -1107,6 +1107,7 @@ def test_shutdown_stops_the_server_and_removes_the_socket(tmp_path: Path) -> Non
         stop_server(server, None)
 
 
+@pytest.mark.feature("examples")
 @pytest.mark.rule("REDIS-19")
 def test_command_line_defaults_and_signals() -> None:
     script = str(ROOT / "examples" / "redis_server.py")
