@@ -366,6 +366,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
         header["wire"] = wire.describe()
         header["impl"] = ""  # a program, not a package: see header["wire"]["commands"]
+        header["pollers"], header["families"] = [], []  # the target picks its own
         names = sorted({v for c in m.commands.values()
                         for v in re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", c)})
         header["command"] = "".join(f"{v}=... " for v in names) + str(header["command"])
