@@ -304,6 +304,7 @@ def test_parser_reads_a_get_and_keeps_the_rest() -> None:
     assert p.next_request() == Request("GET", "/", "HTTP/1.0", (), b"", False)
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("HTTP-2")
 def test_parser_line_endings_and_leading_empty_lines() -> None:
     reqs = parse_all(b"\r\n\n\r\nGET / HTTP/1.1\nHost: a\n\nPOST /echo HTTP/1.1\r\n"
@@ -311,6 +312,7 @@ def test_parser_line_endings_and_leading_empty_lines() -> None:
     assert [(r.method, r.body) for r in reqs] == [("GET", b""), ("POST", b"abc")]
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("HTTP-2", "HTTP-9")
 @pytest.mark.parametrize(("line", "status"), [
     (b"GET / HTTP/1.1", 0),
@@ -348,6 +350,7 @@ def test_parser_refuses_a_bad_request_line_before_the_headers() -> None:
     assert e.value.status == 505
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("HTTP-3")
 @pytest.mark.parametrize("field", [
     b"Host : a",              # space before the colon
@@ -364,12 +367,14 @@ def test_parser_refuses_bad_fields(field: bytes) -> None:
     assert status_of(b"GET / HTTP/1.1\r\nHost: a\r\n" + field + b"\r\n\r\n") == 400
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("HTTP-3")
 def test_parser_keeps_obs_text_and_tabs_in_values() -> None:
     (r,) = parse_all(b"GET / HTTP/1.1\r\nHost: a\r\nX: caf\xe9\tau lait\r\n\r\n")
     assert r.header("x") == "caf\xe9\tau lait"
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("HTTP-7")
 def test_parser_host_rules() -> None:
     assert status_of(b"GET / HTTP/1.1\r\n\r\n") == 400
@@ -378,6 +383,7 @@ def test_parser_host_rules() -> None:
     assert len(parse_all(b"GET / HTTP/1.0\r\n\r\n")) == 1
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("HTTP-5")
 @pytest.mark.parametrize(("fields", "result"), [
     ([b"Content-Length: 3"], 3),
@@ -406,6 +412,7 @@ def test_parser_content_length(fields: list[bytes], result: int) -> None:
         assert r.body == b"abc"[:result]
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("HTTP-6")
 @pytest.mark.parametrize("fields", [
     b"Transfer-Encoding: chunked\r\n",
@@ -418,6 +425,7 @@ def test_parser_transfer_encoding_is_501(fields: bytes) -> None:
                      ) == 501
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("HTTP-8")
 @pytest.mark.parametrize(("version", "connection", "keep"), [
     ("HTTP/1.1", None, True),

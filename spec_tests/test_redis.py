@@ -197,6 +197,7 @@ def test_an_incomplete_count_line_waits() -> None:
         assert parse_all(partial) == []
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("REDIS-4")
 @pytest.mark.parametrize("data,message", [
     (b"*999999999999\r\n", "Protocol error: invalid multibulk length"),
