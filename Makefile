@@ -39,7 +39,7 @@ sysdeps:
 
 # Each step must pass before the next one starts.
 test: sysdeps venv
-	$(BIN)/ruff check evio examples spec_tests tools tutorial bench
+	$(BIN)/ruff check evio examples spec_tests tools tutorial bench conformance
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 	$(BIN)/python tools/conformance_run.py

@@ -455,7 +455,7 @@ class _Loop:
         self.addrs = tuple(s.getsockname() for s in socks)
         self.aloop = asyncio.new_event_loop()
         self.conns: dict[int, _Conn] = {}
-        self.dialing: dict[int, asyncio.Task[None]] = {}
+        self.dialing: dict[int, asyncio.Task[None] | None] = {}  # None: not started yet
         self.ids = itertools.count(1)
         self.lock = threading.Lock()
         self.woken: set[int] = set()

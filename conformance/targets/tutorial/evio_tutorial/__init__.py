@@ -113,7 +113,7 @@ class Server:
         self.loops = 1
 
     def wake(self, id: int) -> bool:
-        return self._inner.wake(id)
+        return bool(self._inner.wake(id))
 
     def stop(self) -> None:
         self._inner.stop()
