@@ -258,7 +258,7 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
     return files
 
 
-_KIND_RE = re.compile(r"\s*" + re.escape(ruletrace.CHOICE_TAG))
+_KIND_RE = re.compile(r"^\s*" + re.escape(ruletrace.CHOICE_TAG))
 
 
 def mark_kinds(markdown: str, src_uri: str, trace: ruletrace.Trace) -> str:
