@@ -193,7 +193,7 @@ def target_page(trace: ruletrace.Trace, t: Target) -> str:
     out += ["The run that produced these results:", "", "```sh",
             str(d.get("command", "")), "```", ""]
     out += ["| verdict | rules |", "| --- | --- |"]
-    out += [f"| {cell({'status': s, 'passed': 0, 'failed': 0})} {s} | {n} |"
+    out += [f"| {cell({'status': s, 'passed': 0, 'failed': 0})} | {n} |"
             for s, n in totals.items() if n]
     out.append("")
 
