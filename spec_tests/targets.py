@@ -145,7 +145,7 @@ def manifest_path(where: str | Path) -> Path:
         p = TARGETS_DIR / str(where) / "manifest.toml"
     if not p.is_file():
         raise ManifestError(f"{where}: no manifest.toml there")
-    return p
+    return p.resolve()
 
 
 def load(where: str | Path) -> Manifest:

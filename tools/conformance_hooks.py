@@ -193,7 +193,7 @@ def target_page(trace: ruletrace.Trace, t: Target) -> str:
     out += ["The run that produced these results:", "", "```sh",
             str(d.get("command", "")), "```", ""]
     out += ["| verdict | rules |", "| --- | --- |"]
-    out += [f"| {cell({'status': s, 'passed': 0, 'failed': 0})} {s} | {n} |"
+    out += [f"| {cell({'status': s, 'passed': 0, 'failed': 0})} | {n} |"
             for s, n in totals.items() if n]
     out.append("")
 
@@ -258,7 +258,7 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
     return files
 
 
-_KIND_RE = re.compile(r"\s*" + re.escape(ruletrace.CHOICE_TAG))
+_KIND_RE = re.compile(r"^\s*" + re.escape(ruletrace.CHOICE_TAG))
 
 
 def mark_kinds(markdown: str, src_uri: str, trace: ruletrace.Trace) -> str:
