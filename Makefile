@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.stamp
 # Material for MkDocs prints a banner about MkDocs 2.0 on every build.
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: venv sysdeps run run-redis run-http bench test docs docs-serve clean
+.PHONY: venv sysdeps run run-redis run-http bench test conformance conformance-results docs docs-serve clean
 
 venv: $(STAMP)
 
@@ -39,11 +39,22 @@ sysdeps:
 
 # Each step must pass before the next one starts.
 test: sysdeps venv
-	$(BIN)/ruff check evio examples spec_tests tools tutorial bench
+	$(BIN)/ruff check evio examples spec_tests tools tutorial bench conformance
 	$(BIN)/mypy
 	$(BIN)/mypy bench
 	$(BIN)/python -m pytest
+	$(BIN)/python tools/conformance_run.py
 	$(BIN)/mkdocs build --strict --site-dir site
+
+# Every committed API conformance target (conformance/targets/*/manifest.toml,
+# the reference aside) run on its [run] subset, and checked: red when a run
+# differs from what its manifest declares. `make conformance-results`
+# rewrites the committed results (every poller and family).
+conformance: venv
+	$(BIN)/python tools/conformance_run.py
+
+conformance-results: venv
+	$(BIN)/python tools/conformance_run.py --full --write
 
 # The docs site, as published (see .github/workflows/docs.yml).
 docs: venv

@@ -29,13 +29,16 @@ from .events import (
 )
 from .inherit import listen_fds
 from .loop import serve
-from .pollers import Poller, PollerName, available_pollers
+from .pollers import READ, WRITE, Poller, PollerName, available_pollers
 from .server import Server
 from .timers import Timer
+from .tls import TLSTranslator, client_context, server_context
 from .translate import translate
 from .translators import Passthrough, Translator, ZlibTranslator
 
 __all__ = [
+    "READ",
+    "WRITE",
     "Action",
     "Address",
     "BindError",
@@ -51,14 +54,17 @@ __all__ = [
     "PollerName",
     "Reply",
     "Server",
+    "TLSTranslator",
     "TickReply",
     "Timer",
     "Translator",
     "ZlibTranslator",
     "available_pollers",
+    "client_context",
     "listen_fds",
     "parse_address",
     "serve",
+    "server_context",
     "translate",
 ]
 

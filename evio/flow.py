@@ -40,7 +40,7 @@ The traps, and what we chose:
   it to what arrived, every read.  After a read of at most `SMALL_READ`
   bytes the next one asks for only that much, which the small-object
   allocator serves; a read that fills it asks for `READ_SIZE` again, so
-  a burst is read in full-size pieces from the next turn on (rule LOOP-11).
+  a burst is read in full-size pieces from the next turn on (rule LOOP-28).
 * **A shutdown should not cut replies short, nor wait for ever.**  When
   the server stops, `Flow.drain` sends what is pending for at most
   ``stop_timeout`` seconds on a poller of its own that watches only the

@@ -58,7 +58,7 @@ from pathlib import Path
 from http11 import HTTPError, Request, RequestParser, encode_response
 
 import evio
-from evio.tls import TLSTranslator, server_context
+from evio import TLSTranslator, server_context
 
 HELLO = b"Hello World!\r\n"
 INDEX = b"""<!doctype html>

@@ -184,7 +184,7 @@ class RedisClone:
         if info.addr_index >= 0:
             self.clients[id] = _Client(id, resp.Parser(max_buffer=self.max_buffer))
             # Plain bytes, not the loop's reusable buffer: a plain connection
-            # takes the loop's fast read path (LOOP-11), cheaper than a view.
+            # takes the loop's fast read path (LOOP-28), cheaper than a view.
             return evio.Options(idle_timeout=self.timeout, max_pending=self.max_output)
         # A WGET's connection. If it failed, closed(id, err) follows.
         f = self.fetches[id]

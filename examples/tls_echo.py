@@ -50,7 +50,7 @@ import tempfile
 from pathlib import Path
 
 import evio
-from evio.tls import TLSTranslator, server_context
+from evio import TLSTranslator, server_context
 
 TLS_LISTENER = 0
 """The TLS address is the first one given to ``serve()``; a plain one follows."""

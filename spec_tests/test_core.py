@@ -33,10 +33,12 @@ from harness import (
     wait_for,
     watching_transitions,
 )
+from implementation import evio, hook
 
-import evio
-from evio import Action
-from evio.lifecycle import ABORT_ROWS, FLOW_ROWS, LIFECYCLE, On, State
+# The base class, or object for a target lacking translate (its tests are not applicable).
+_TRANSLATOR: Any = getattr(evio, "Translator", object)
+
+Action = evio.Action
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
@@ -55,7 +57,7 @@ def _read_until(c: socket.socket, pred: Any, what: str) -> None:
     c.settimeout(DEADLINE)
 
 
-class _Boom(evio.Translator):
+class _Boom(_TRANSLATOR):
     def receive(self, wire: bytes) -> tuple[bytes, bytes]:
         if wire.startswith(b"bad"):
             raise ValueError("the peer broke the protocol")
@@ -68,7 +70,9 @@ class _Boom(evio.Translator):
 @pytest.mark.rule("LOOP-20")
 def test_the_loop_makes_every_transition_of_the_table_and_no_other(poller: str) -> None:
     """Drives real connections through every row of ``LIFECYCLE`` and
-    watches each change of state the loop makes (`evio.lifecycle.observe`)."""
+    watches each change of state the loop makes (the ``lifecycle`` hook)."""
+    lc = hook("lifecycle")
+    State, On, LIFECYCLE, FLOW_ROWS = lc.State, lc.On, lc.LIFECYCLE, lc.FLOW_ROWS
     rec = Recorder()
     big = b"x" * (16 * MiB)  # more than the kernel buffers hold: output stays pending
     hooks: dict[int, str] = {}
@@ -257,8 +261,8 @@ def test_the_loop_makes_every_transition_of_the_table_and_no_other(poller: str) 
     rows = {(t.source, t.event, t.target) for t in LIFECYCLE}
     # The rows of flow control and half-close are driven by test_flow.py,
     # those of an abort by test_timers.py.
-    expected = rows - FLOW_ROWS - ABORT_ROWS - {(State.OPEN, On.BYTES_READ, State.OPEN),
-                                   (State.OPENING, On.SHUTDOWN, State.CLOSED)}
+    expected = rows - FLOW_ROWS - lc.ABORT_ROWS - {(State.OPEN, On.BYTES_READ, State.OPEN),
+                                      (State.OPENING, On.SHUTDOWN, State.CLOSED)}
     assert seen - rows == set(), f"transitions not in the table: {seen - rows}"
     assert expected - seen == set(), f"rows never driven: {sorted(expected - seen, key=str)}"
     assert rec.of("data"), "bytes read: data was called"
@@ -268,6 +272,8 @@ def test_the_loop_makes_every_transition_of_the_table_and_no_other(poller: str) 
 def test_shutdown_while_a_connection_is_still_opening(poller: str) -> None:
     """A ``KeyboardInterrupt`` out of the translation predicate leaves the
     connection *opening*; shutdown closes it without ``opened`` or ``closed``."""
+    lc = hook("lifecycle")
+    State, On = lc.State, lc.On
     rec = Recorder()
 
     def should(cid: int, info: evio.Info) -> bool:
@@ -286,14 +292,14 @@ def test_shutdown_while_a_connection_is_still_opening(poller: str) -> None:
 
 @pytest.mark.rule("LOOP-20")
 def test_a_change_the_table_does_not_allow_is_refused() -> None:
-    from evio.lifecycle import LifecycleError, move
+    lc = hook("lifecycle")
 
     class Rec:
         id = 7
-        state = State.CLOSED
+        state = lc.State.CLOSED
 
-    with pytest.raises(LifecycleError, match="connection 7"):
-        move(Rec(), On.BYTES_READ)
+    with pytest.raises(lc.LifecycleError, match="connection 7"):
+        lc.move(Rec(), lc.On.BYTES_READ)
 
 
 # ------------------------------------------------------------ Server.stop

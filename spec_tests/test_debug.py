@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 from harness import recv_exactly
-
-import evio
+from implementation import evio
 
 
 def sleepy_data(cid: int, d: bytes) -> bytes:
@@ -85,6 +84,7 @@ def test_evio_debug_turns_it_on_and_it_is_off_by_default(
     assert any("sleepy_data" in m for m in _run(poller, caplog))
 
 
+@pytest.mark.impl_detail  # evio.debug is this implementation's module
 @pytest.mark.rule("EV-25")
 def test_bad_thresholds_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     from evio.debug import DEFAULT_THRESHOLD, slow_threshold

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 from harness import DEADLINE, Recorder, Running, pattern, recv_all, recv_exactly, running, wait_for
+from implementation import evio
 
-import evio
-from evio import Action
+Action = evio.Action
 
 MiB = 1 << 20
 NO_FLOW_CONTROL = 1 << 40  # a high-water mark no test reaches

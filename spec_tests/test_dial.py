@@ -34,10 +34,9 @@ from harness import (
     running,
     wait_for,
 )
+from implementation import evio, hook
 
-import evio
-import evio.dial
-from evio import Action
+Action = evio.Action
 
 MiB = 1 << 20
 TCP = ["tcp4", "tcp6"]
@@ -98,7 +97,7 @@ def accept(lst: socket.socket, r: Any) -> socket.socket:
 
 
 class FakeResolver:
-    """Stands in for ``evio.dial.resolve``: the answer and its timing are the test's.
+    """Stands in for the ``resolver`` hook's ``resolve``: the answer and its timing are the test's.
 
     Each call records the thread it ran on, waits for `gate` (if ``gated``)
     or ``delay`` seconds, then returns ``answer`` (or raises it).
@@ -131,7 +130,7 @@ def fake_resolver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     def install(answer: Any, delay: float = 0.0, gated: bool = False) -> FakeResolver:
         fake = FakeResolver(answer, delay, gated)
         made.append(fake)
-        monkeypatch.setattr(evio.dial, "resolve", fake)
+        monkeypatch.setattr(hook("resolver"), "resolve", fake)
         return fake
 
     yield install

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 from harness import Recorder, echo_events, recv_all, recv_exactly, running, wait_for
+from implementation import evio
 
-import evio
-from evio import Action
+Action = evio.Action
 
 MiB = 1 << 20
 

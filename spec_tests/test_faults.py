@@ -77,9 +77,9 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
+from implementation import evio
 
-import evio
-from evio import Action
+Action = evio.Action
 
 MiB = 1 << 20
 KiB = 1 << 10
@@ -472,7 +472,8 @@ class _Child:
     """A server process whose stdout lines arrive on a queue."""
 
     def __init__(self, script: str, *args: str) -> None:
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            filter(None, [os.environ.get("PYTHONPATH"), str(ROOT)])))
         self.proc = subprocess.Popen(
             [sys.executable, "-c", script, *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,

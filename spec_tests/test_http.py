@@ -33,10 +33,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pytest
 import trustme
+import wire
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from harness import POLLERS
@@ -86,7 +87,7 @@ def run(args: list[str], timeout: float = TIMEOUT) -> subprocess.CompletedProces
 class Server:
     """A running ``http_server.py`` process and what its start-up lines said."""
 
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[Any]
     port: int
     tlsport: int | None
     unix: str | None
@@ -95,6 +96,7 @@ class Server:
     out: Path
     err: Path
     lines: list[str] = field(default_factory=list)
+    target: wire.Running | None = None  # a wire target (docs/spec/wire-targets.md)
 
     def url(self, path: str = "/") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -106,7 +108,11 @@ class Server:
         return socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT)
 
     def stop(self, sig: int = signal.SIGTERM) -> tuple[str, str]:
-        """Signal the server; expect a clean exit 0 with no traceback."""
+        """Signal the server; expect a clean exit 0 with no traceback (a wire
+        target need only exit: WIRE-3)."""
+        if self.target is not None:
+            wire.terminate(self.target, sig)
+            return self.target.output()
         self.proc.send_signal(sig)
         self.proc.wait(TIMEOUT)
         out, err = self.out.read_text(), self.err.read_text()
@@ -119,6 +125,10 @@ class Server:
 @contextlib.contextmanager
 def http_server(tmp: Path, *args: str, cafile: str | None = None) -> Iterator[Server]:
     """Run the example on port 0 (and TLS port 0); yield it; stop it cleanly."""
+    if wire.external("http"):
+        with http_target(tmp, args) as server:
+            yield server
+        return
     tmp.mkdir(parents=True, exist_ok=True)
     out, err = tmp / "stdout.txt", tmp / "stderr.txt"
     with out.open("wb") as fo, err.open("wb") as fe:
@@ -155,6 +165,24 @@ def http_server(tmp: Path, *args: str, cafile: str | None = None) -> Iterator[Se
         if proc.poll() is None:
             proc.kill()
             proc.wait(TIMEOUT)
+
+
+@contextlib.contextmanager
+def http_target(tmp: Path, args: tuple[str, ...]) -> Iterator[Server]:
+    """`http_server` for a wire target: plain HTTP on one port, plus the unix
+    socket when the manifest maps that option (no TLS: ``http:tls``)."""
+    options: dict[str, str | None] = {}
+    if "--poller" in args:
+        wire.once_per_poller("http", args[args.index("--poller") + 1], POLLERS)
+        options["poller"] = args[args.index("--poller") + 1]
+    unix = args[args.index("--unixsocket") + 1] if "--unixsocket" in args else None
+    if unix is not None and wire.mapped("http", "unixsocket"):
+        options["unixsocket"] = unix
+    else:
+        unix = None
+    with wire.launch("http", tmp, options, stop=False) as running:
+        yield Server(running.proc, running.port, None, unix, None, None, running.out,
+                     running.err, target=running)
 
 
 @pytest.fixture(scope="module")
@@ -262,6 +290,7 @@ def status_of(data: bytes, **limits: int) -> int:
     return e.value.status
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("HTTP-1", "HTTP-3", "HTTP-8")
 def test_parser_reads_a_get_and_keeps_the_rest() -> None:
     p = RequestParser()
@@ -275,6 +304,7 @@ def test_parser_reads_a_get_and_keeps_the_rest() -> None:
     assert p.next_request() == Request("GET", "/", "HTTP/1.0", (), b"", False)
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("HTTP-2")
 def test_parser_line_endings_and_leading_empty_lines() -> None:
     reqs = parse_all(b"\r\n\n\r\nGET / HTTP/1.1\nHost: a\n\nPOST /echo HTTP/1.1\r\n"
@@ -282,6 +312,7 @@ def test_parser_line_endings_and_leading_empty_lines() -> None:
     assert [(r.method, r.body) for r in reqs] == [("GET", b""), ("POST", b"abc")]
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("HTTP-2", "HTTP-9")
 @pytest.mark.parametrize(("line", "status"), [
     (b"GET / HTTP/1.1", 0),
@@ -309,6 +340,7 @@ def test_parser_request_line(line: bytes, status: int) -> None:
         assert status_of(data) == status
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("HTTP-2")
 def test_parser_refuses_a_bad_request_line_before_the_headers() -> None:
     p = RequestParser()
@@ -318,6 +350,7 @@ def test_parser_refuses_a_bad_request_line_before_the_headers() -> None:
     assert e.value.status == 505
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("HTTP-3")
 @pytest.mark.parametrize("field", [
     b"Host : a",              # space before the colon
@@ -334,12 +367,14 @@ def test_parser_refuses_bad_fields(field: bytes) -> None:
     assert status_of(b"GET / HTTP/1.1\r\nHost: a\r\n" + field + b"\r\n\r\n") == 400
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("HTTP-3")
 def test_parser_keeps_obs_text_and_tabs_in_values() -> None:
     (r,) = parse_all(b"GET / HTTP/1.1\r\nHost: a\r\nX: caf\xe9\tau lait\r\n\r\n")
     assert r.header("x") == "caf\xe9\tau lait"
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("HTTP-7")
 def test_parser_host_rules() -> None:
     assert status_of(b"GET / HTTP/1.1\r\n\r\n") == 400
@@ -348,6 +383,7 @@ def test_parser_host_rules() -> None:
     assert len(parse_all(b"GET / HTTP/1.0\r\n\r\n")) == 1
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("HTTP-5")
 @pytest.mark.parametrize(("fields", "result"), [
     ([b"Content-Length: 3"], 3),
@@ -376,6 +412,7 @@ def test_parser_content_length(fields: list[bytes], result: int) -> None:
         assert r.body == b"abc"[:result]
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("HTTP-6")
 @pytest.mark.parametrize("fields", [
     b"Transfer-Encoding: chunked\r\n",
@@ -388,6 +425,7 @@ def test_parser_transfer_encoding_is_501(fields: bytes) -> None:
                      ) == 501
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("HTTP-8")
 @pytest.mark.parametrize(("version", "connection", "keep"), [
     ("HTTP/1.1", None, True),
@@ -409,6 +447,7 @@ def test_parser_keep_alive(version: str, connection: str | None, keep: bool) -> 
     assert r.keep_alive is keep
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("HTTP-10")
 def test_parser_100_continue() -> None:
     p = RequestParser()
@@ -431,6 +470,7 @@ def test_parser_100_continue() -> None:
     assert big.take_interim() == b""
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("HTTP-9")
 def test_parser_error_is_final() -> None:
     p = RequestParser()
@@ -446,6 +486,7 @@ def test_parser_error_is_final() -> None:
         assert again.value is first.value
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("HTTP-11")
 def test_encode_response() -> None:
     get11 = Request("GET", "/", "HTTP/1.1", (), b"", True)
@@ -513,6 +554,7 @@ def chunks(data: bytes, cuts: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in itertools.pairwise(points)]
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("HTTP-1", "HTTP-3", "HTTP-8", "HTTP-4")
 @PROPERTY
 @given(st.lists(valid_requests(), min_size=1, max_size=5), st.lists(st.integers(0, 10**6)))
@@ -531,6 +573,7 @@ def test_property_any_split_gives_the_same_requests(
     assert got == expected and p.buffered == 0
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("HTTP-9")
 @PROPERTY
 @given(st.one_of(st.binary(max_size=400),
@@ -550,6 +593,7 @@ def test_property_any_bytes_give_requests_partial_or_http_error(
         assert e.status in ERROR_STATUSES
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("HTTP-4")
 @PROPERTY
 @given(st.integers(129, 600), st.lists(st.integers(0, 10**6)), st.booleans())
@@ -570,6 +614,7 @@ def test_property_oversized_head_is_431_without_buffering_it(
     assert e.value.status == 431
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("HTTP-5")
 @PROPERTY
 @given(st.integers(65, 10**9), st.binary(max_size=300), st.lists(st.integers(0, 10**6)))
@@ -591,6 +636,8 @@ def test_property_oversized_body_is_413_as_soon_as_the_head_is_read(
 
 
 @pytest.mark.rule("HTTP-12", "HTTP-13", "HTTP-15", "HTTP-16", "HTTP-17")
+@pytest.mark.wire("http", "http:tls", "http:pages", "http:post-echo",
+                  "http:keep-alive")
 @pytest.mark.parametrize("poller", POLLERS)
 def test_http_client_keep_alive(poller: str, tmp_path: Path,
                                 own_ca: tuple[str, str, str]) -> None:
@@ -643,7 +690,21 @@ def test_http_client_keep_alive(poller: str, tmp_path: Path,
         srv.stop(signal.SIGINT)
 
 
+@pytest.mark.rule("HTTP-12", "HTTP-13")
+@pytest.mark.wire("http")
+def test_pipelined_hello_world_requests_each_get_an_answer(server: Server) -> None:
+    """The seed's page: GET / answers Hello World, once per request, however
+    many arrive in one write."""
+    with server.connect() as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" * 20)
+        rf = s.makefile("rb")
+        for _ in range(20):
+            r = read_response(rf)
+            assert (r.status, r.body) == (200, HELLO)
+
+
 @pytest.mark.rule("HTTP-13", "HTTP-11")
+@pytest.mark.wire("http", "http:pages", "http:post-echo", "http:keep-alive")
 def test_pipelined_requests_in_one_write_answered_in_order(server: Server) -> None:
     payload = os.urandom(3000)
     with server.connect() as s:
@@ -669,6 +730,7 @@ def test_pipelined_requests_in_one_write_answered_in_order(server: Server) -> No
 
 
 @pytest.mark.rule("HTTP-8", "HTTP-11", "HTTP-13")
+@pytest.mark.wire("http", "http:keep-alive")
 def test_http_1_0_close_and_keep_alive(server: Server) -> None:
     class HTTP10Connection(http.client.HTTPConnection):
         _http_vsn = 10
@@ -693,6 +755,7 @@ def test_http_1_0_close_and_keep_alive(server: Server) -> None:
 
 
 @pytest.mark.rule("HTTP-13", "HTTP-8")
+@pytest.mark.wire("http")
 def test_connection_close_closes_after_the_answer(server: Server) -> None:
     with server.connect() as s:
         s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
@@ -704,12 +767,14 @@ def test_connection_close_closes_after_the_answer(server: Server) -> None:
 
 
 @pytest.mark.rule("HTTP-14", "HTTP-2")
+@pytest.mark.wire("http")
 def test_malformed_request_line_is_400_then_close(server: Server) -> None:
     r = refused(server, b"GARBAGE\r\n\r\n", 400)
     assert b"request line" in r.body
 
 
 @pytest.mark.rule("HTTP-14", "HTTP-13")
+@pytest.mark.wire("http")
 def test_answers_before_an_error_come_first(server: Server) -> None:
     with server.connect() as s:
         s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\n\r\n")  # no Host
@@ -722,17 +787,20 @@ def test_answers_before_an_error_come_first(server: Server) -> None:
 
 
 @pytest.mark.rule("HTTP-14", "HTTP-4")
+@pytest.mark.wire("http")
 def test_20_kib_header_is_431_then_close(server: Server) -> None:
     refused(server, b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"x" * (20 * KiB) + b"\r\n\r\n", 431)
 
 
 @pytest.mark.rule("HTTP-14", "HTTP-5")
+@pytest.mark.wire("http")
 def test_2_mib_body_is_413_then_close(server: Server) -> None:
     head = b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % (2 * MiB)
     refused(server, head, 413, body_after=os.urandom(2 * MiB))
 
 
 @pytest.mark.rule("HTTP-14", "HTTP-6")
+@pytest.mark.wire("http")
 def test_chunked_is_501_then_close(server: Server) -> None:
     refused(server, b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
                     b"5\r\nhello\r\n0\r\n\r\n", 501)
@@ -749,6 +817,7 @@ def test_chunked_is_501_then_close(server: Server) -> None:
 
 
 @pytest.mark.rule("HTTP-14", "HTTP-2")
+@pytest.mark.wire("http")
 def test_other_http_version_is_505_then_close(server: Server) -> None:
     refused(server, b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505)
 
@@ -757,6 +826,7 @@ def test_other_http_version_is_505_then_close(server: Server) -> None:
 
 
 @pytest.mark.rule("HTTP-18", "HTTP-13", "HTTP-12")
+@pytest.mark.wire("http", "http:pages", "http:keep-alive")
 def test_curl_reuses_the_connection(server: Server) -> None:
     curl = tool("curl")
     r = run([curl, "-sv", "--max-time", "10", server.url("/"), server.url("/index.html")])
@@ -767,6 +837,7 @@ def test_curl_reuses_the_connection(server: Server) -> None:
 
 
 @pytest.mark.rule("HTTP-18", "HTTP-8")
+@pytest.mark.wire("http")
 def test_curl_http_1_0(server: Server) -> None:
     curl = tool("curl")
     r = run([curl, "-sv", "--http1.0", "--max-time", "10", server.url("/")])
@@ -777,6 +848,7 @@ def test_curl_http_1_0(server: Server) -> None:
 
 
 @pytest.mark.rule("HTTP-18", "HTTP-10", "HTTP-12")
+@pytest.mark.wire("http", "http:post-echo")
 @pytest.mark.parametrize("expect", [False, True])
 def test_curl_posts_100_kib(server: Server, tmp_path: Path, expect: bool) -> None:
     curl = tool("curl")
@@ -798,6 +870,7 @@ def test_curl_posts_100_kib(server: Server, tmp_path: Path, expect: bool) -> Non
 
 
 @pytest.mark.rule("HTTP-18", "HTTP-15")
+@pytest.mark.wire("http", "http:tls", "http:pages")
 def test_curl_https_verifies_the_printed_ca(server: Server) -> None:
     curl = tool("curl")
     assert server.ca is not None and Path(server.ca).is_file()
@@ -815,6 +888,7 @@ def test_curl_https_verifies_the_printed_ca(server: Server) -> None:
 
 
 @pytest.mark.rule("HTTP-18", "HTTP-16")
+@pytest.mark.wire("http", "option:unixsocket", "http:pages")
 def test_curl_over_the_unix_socket(server: Server) -> None:
     curl = tool("curl")
     assert server.unix is not None
@@ -828,8 +902,11 @@ def test_curl_over_the_unix_socket(server: Server) -> None:
 
 
 @pytest.mark.rule("HTTP-18", "HTTP-13", "HTTP-15")
+@pytest.mark.wire("http")
 @pytest.mark.parametrize("scheme", ["http", "https"])
 def test_wrk_gets_only_2xx(server: Server, scheme: str) -> None:
+    if scheme == "https" and server.tlsport is None:
+        wire.not_applicable("http:tls")
     wrk = tool("wrk")  # it does not verify certificates: the TLS run is about load only
     url = server.url("/") if scheme == "http" else server.tls_url("/")
     r = run([wrk, "-t1", "-c10", "-d1s", url], timeout=TIMEOUT)
@@ -867,6 +944,7 @@ def spki_hash(pem: bytes) -> str:
 
 
 @pytest.mark.rule("HTTP-18", "HTTP-12", "HTTP-15")
+@pytest.mark.wire("http", "http:tls", "http:pages")
 def test_chromium_renders_index_over_http_and_https(server: Server, tmp_path: Path) -> None:
     r = chromium(server.url("/index.html"), tmp_path / "p1", "--dump-dom")
     assert r.returncode == 0, r.stderr[-2000:]
@@ -888,6 +966,7 @@ def test_chromium_renders_index_over_http_and_https(server: Server, tmp_path: Pa
 
 
 @pytest.mark.rule("HTTP-18", "HTTP-12")
+@pytest.mark.wire("http", "http:pages")
 def test_chromium_screenshot(server: Server, tmp_path: Path) -> None:
     shot = tmp_path / "shot.png"
     r = chromium(server.url("/index.html"), tmp_path / "profile",
@@ -904,6 +983,7 @@ def test_chromium_screenshot(server: Server, tmp_path: Path) -> None:
 # ------------------------------------------------- start-up and shut-down
 
 
+@pytest.mark.feature("examples")
 @pytest.mark.rule("HTTP-16", "HTTP-17", "HTTP-15")
 def test_command_line_start_up_and_shut_down(tmp_path: Path) -> None:
     help_ = run([sys.executable, str(SERVER), "--help"])

@@ -24,8 +24,7 @@ from pathlib import Path
 
 import pytest
 from harness import DEADLINE, Recorder, echo_events, recv_exactly, running
-
-import evio
+from implementation import evio
 
 ROOT = Path(__file__).resolve().parent.parent
 

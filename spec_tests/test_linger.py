@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 from harness import Recorder, echo_events, running, small_socket, wait_for
+from implementation import evio
 
-import evio
-from evio import Action
+Action = evio.Action
 
 REPLY = bytes(range(256)) * 800  # 204,800 bytes
 

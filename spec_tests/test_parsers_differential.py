@@ -33,6 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 import http11
 import resp
 
+# The examples' own parsers, run in-process: nothing here runs the
+# implementation under test, so another target's run leaves it out.
+pytestmark = pytest.mark.impl_detail
+
 PROPERTY = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 EVERY_SPLIT_MAX = 400  # inputs up to this long are also split at every byte boundary

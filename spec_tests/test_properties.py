@@ -16,8 +16,7 @@ import pytest
 from harness import Recorder, Running, echo_events, recv_all, running, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-import evio
+from implementation import evio
 
 PROPERTY = settings(
     max_examples=25,

@@ -34,6 +34,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import tracemalloc
@@ -44,6 +45,7 @@ from typing import Any
 
 import pytest
 import redis
+import wire
 from harness import POLLERS, Lines, in_thread, recv_exactly, unanswered_listener
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -78,6 +80,7 @@ def protocol_error(data: bytes, **limits: int) -> str:
     return str(e.value)
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("REDIS-1")
 @pytest.mark.parametrize("data,commands", [
     (b"*1\r\n$4\r\nPING\r\n", [[b"PING"]]),
@@ -102,6 +105,7 @@ def test_parser_reads_multibulk_and_inline_requests(data: bytes,
     assert parse_all(*[data[i:i + 1] for i in range(len(data))]) == commands
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("REDIS-1", "REDIS-3")
 def test_inline_quotes_are_checked_like_sdssplitargs() -> None:
     assert resp.split_inline(b"") == []
@@ -142,6 +146,7 @@ def pipelines(draw: st.DrawFn) -> tuple[bytes, list[list[bytes]]]:
     return wire, commands
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("REDIS-2")
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pipeline=pipelines(), data=st.data())
@@ -153,6 +158,7 @@ def test_any_split_of_any_pipeline_gives_the_same_commands(
     assert parse_all(*pieces) == commands
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("REDIS-3")
 @pytest.mark.parametrize("data,message", [
     (b"*x\r\n", "Protocol error: invalid multibulk length"),
@@ -184,12 +190,14 @@ def test_malformed_input_gets_redis_wording(data: bytes, message: str) -> None:
     assert str(e.value) == message
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("REDIS-3")
 def test_an_incomplete_count_line_waits() -> None:
     for partial in [b"*", b"*1", b"*-", b"*12\r", b"*1\r\n$", b"*1\r\n$4\r", b"*1\r\n$4\r\nPI"]:
         assert parse_all(partial) == []
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("REDIS-4")
 @pytest.mark.parametrize("data,message", [
     (b"*999999999999\r\n", "Protocol error: invalid multibulk length"),
@@ -212,6 +220,7 @@ def test_huge_declared_lengths_are_refused_without_allocating(data: bytes, messa
     assert peak < 256 * 1024, f"parsing {data!r} allocated {peak} bytes"
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("REDIS-4")
 def test_limits_at_their_edges() -> None:
     p = resp.Parser()
@@ -232,6 +241,7 @@ def test_limits_at_their_edges() -> None:
         resp.Parser(max_buffer=0)
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("REDIS-4")
 def test_a_large_value_split_across_reads_is_kept_once() -> None:
     value = os.urandom(3 * MiB + 7)
@@ -250,6 +260,7 @@ _FRAGMENTS = [b"*", b"$", b"\r\n", b"\r", b"\n", b"0", b"1", b"3", b"-1", b"9999
               b"PING", b" ", b'"', b"'", b"\\x4", b"\\", b"\x00", b"\xff", b"x" * 100]
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("REDIS-4", "REDIS-5")
 @settings(max_examples=400, deadline=None)
 @given(chunks=st.lists(
@@ -276,6 +287,7 @@ def test_no_input_raises_anything_but_protocol_error(chunks: list[bytes]) -> Non
         assert p.buffered <= limit
 
 
+@pytest.mark.impl_detail  # the example's parser, in-process
 @pytest.mark.rule("REDIS-6")
 def test_encoders() -> None:
     assert resp.simple("PONG") == b"+PONG\r\n"
@@ -307,11 +319,12 @@ def test_encoders() -> None:
 class Server:
     """A running ``redis_server.py`` process."""
 
-    proc: subprocess.Popen[str]
+    proc: subprocess.Popen[Any]
     port: int
     unix: str | None
     banner: str
     clients: list[Any] = field(default_factory=list)
+    target: wire.Running | None = None  # a wire target (docs/spec/wire-targets.md)
 
     def client(self, unix: bool = False, **kwargs: Any) -> redis.Redis:
         if unix:
@@ -343,6 +356,10 @@ def redis_server(*args: str, unix: Path | None = None, stop: bool = True) -> Ite
     has already exited) and must exit 0, saying it stopped, with nothing
     on stderr that shows a callback raised.
     """
+    if wire.external("redis"):
+        with redis_target(args, unix, stop) as server:
+            yield server
+        return
     extra = ["--unixsocket", str(unix)] if unix is not None else []
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "examples" / "redis_server.py"), "--port", "0",
@@ -373,9 +390,36 @@ def redis_server(*args: str, unix: Path | None = None, stop: bool = True) -> Ite
             proc.communicate(timeout=TIMEOUT)
 
 
+@contextlib.contextmanager
+def redis_target(args: tuple[str, ...], unix: Path | None, stop: bool) -> Iterator[Server]:
+    """`redis_server` for a wire target: the example's ``--flag value`` pairs
+    become options the manifest maps (or the test is not applicable)."""
+    options: dict[str, str | None] = {a[2:]: v for a, v in zip(args[0::2], args[1::2],
+                                                                strict=True)}
+    if "poller" in options:
+        wire.once_per_poller("redis", str(options["poller"]), POLLERS)
+    if unix is not None:
+        options["unixsocket"] = str(unix)
+    with tempfile.TemporaryDirectory(prefix="evio-redis-") as tmp, \
+            wire.launch("redis", Path(tmp), options, stop=False) as running:
+        server = Server(running.proc, running.port, str(unix) if unix else None, "",
+                        target=running)
+        try:
+            yield server
+            if stop:
+                stop_server(server)
+        finally:
+            for c in server.clients:
+                c.close()
+
+
 def stop_server(server: Server, sig: int | None = signal.SIGTERM) -> tuple[str, str]:
     """Signal the server (``sig=None``: it is stopping by itself); expect exit
-    0 and a clean stderr. Returns (stdout, stderr)."""
+    0 and a clean stderr. Returns (stdout, stderr). A wire target need only
+    exit (WIRE-3)."""
+    if server.target is not None:
+        wire.terminate(server.target, signal.SIGTERM if sig is None else sig)
+        return server.target.output()
     if sig is not None:
         server.proc.send_signal(sig)
     out, err = server.proc.communicate(timeout=TIMEOUT)
@@ -426,6 +470,8 @@ def expect_end(s: socket.socket) -> bytes:
 
 
 @pytest.mark.rule("REDIS-2", "REDIS-7", "REDIS-8", "REDIS-12")
+@pytest.mark.wire("redis", "redis:real-clients", "redis:hello", "redis:exists", "redis:config",
+                  "redis:command")
 @pytest.mark.parametrize("transport", ["tcp", "unix"])
 @pytest.mark.parametrize("poller", POLLERS)
 def test_redis_py_commands_and_a_pipeline_of_1000(poller: str, transport: str,
@@ -470,6 +516,7 @@ def test_redis_py_commands_and_a_pipeline_of_1000(poller: str, transport: str,
 
 
 @pytest.mark.rule("REDIS-7", "REDIS-8", "REDIS-9", "REDIS-12")
+@pytest.mark.wire("redis", "redis:real-clients", "redis:exists", "redis:command")
 def test_redis_cli_one_shot_commands(tmp_path: Path) -> None:
     sock = tmp_path / "redis.sock"
     with redis_server(unix=sock) as server:
@@ -492,6 +539,7 @@ def test_redis_cli_one_shot_commands(tmp_path: Path) -> None:
 
 
 @pytest.mark.rule("REDIS-12")
+@pytest.mark.wire("redis", "redis:real-clients")
 def test_redis_cli_interactive_session() -> None:
     """Interactive redis-cli (it sends COMMAND DOCS as it starts) works."""
     path = tool("redis-cli")
@@ -537,6 +585,7 @@ def test_redis_cli_interactive_session() -> None:
 
 
 @pytest.mark.rule("REDIS-2", "REDIS-12")
+@pytest.mark.wire("redis", "redis:real-clients", "redis:config")
 @pytest.mark.parametrize("pipeline", [1, 16])
 def test_redis_benchmark_completes_without_errors(pipeline: int) -> None:
     with redis_server() as server:
@@ -567,6 +616,7 @@ def test_redis_benchmark_completes_without_errors(pipeline: int) -> None:
 
 
 @pytest.mark.rule("REDIS-9")
+@pytest.mark.wire("redis", "redis:exists", "redis:command", "redis:config", "redis:hello")
 def test_error_replies_are_worded_as_redis_words_them() -> None:
     name = b"N" * 200
     long_args = [b"x" * 100, b"y" * 100, b"z"]
@@ -620,8 +670,9 @@ def _hello_reply(proto: int) -> bytes:
 
 
 @pytest.mark.rule("REDIS-2", "REDIS-7", "REDIS-12")
+@pytest.mark.wire("redis", "redis:hello", "redis:config", "redis:command")
 def test_one_byte_at_a_time_and_resp3_replies() -> None:
-    wire = (b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\nv1\r\nget k\r\nGET missing\n"
+    sent = (b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\nv1\r\nget k\r\nGET missing\n"
             b"HELLO 3\r\nGET missing\r\nconfig get app*\r\ncommand info get x\r\n"
             b"HELLO 2\r\nGET missing\r\nPING\r\n")
     expected = (re.escape(b"+OK\r\n$2\r\nv1\r\n$-1\r\n") + _hello_reply(3)
@@ -630,8 +681,8 @@ def test_one_byte_at_a_time_and_resp3_replies() -> None:
     with redis_server() as server:
         s = server.connect()
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        for i in range(len(wire)):
-            s.send(wire[i:i + 1])
+        for i in range(len(sent)):
+            s.send(sent[i:i + 1])
         got = b""
         while not got.endswith(b"+PONG\r\n"):
             chunk = s.recv(65536)
@@ -641,6 +692,7 @@ def test_one_byte_at_a_time_and_resp3_replies() -> None:
 
 
 @pytest.mark.rule("REDIS-12")
+@pytest.mark.wire("redis", "redis:command", "redis:config", "redis:hello")
 def test_the_commands_clients_send_on_their_own() -> None:
     names = [b"ping", b"echo", b"set", b"get", b"del", b"exists", b"flushdb", b"quit",
              b"shutdown", b"command", b"config", b"hello", b"wget", b"multi", b"exec",
@@ -683,6 +735,7 @@ def test_the_commands_clients_send_on_their_own() -> None:
 
 
 @pytest.mark.rule("REDIS-10")
+@pytest.mark.wire("redis", "redis:exists")
 def test_quit_answers_ok_then_closes() -> None:
     with redis_server() as server:
         s = server.connect()
@@ -692,6 +745,7 @@ def test_quit_answers_ok_then_closes() -> None:
 
 
 @pytest.mark.rule("REDIS-13", "REDIS-3")
+@pytest.mark.wire("redis", "redis:inline")
 @pytest.mark.parametrize("poller", POLLERS)
 def test_a_protocol_error_is_answered_then_the_connection_closes(poller: str) -> None:
     cases = [  # what follows the bad bytes is never run
@@ -713,10 +767,67 @@ def test_a_protocol_error_is_answered_then_the_connection_closes(poller: str) ->
         server.assert_alive()
 
 
+@pytest.mark.rule("REDIS-7")
+@pytest.mark.wire("redis")
+def test_the_seed_ping_and_echo_over_a_raw_socket() -> None:
+    """The seed's PING and ECHO, as any port of its Redis example has them."""
+    with redis_server() as server:
+        s = server.connect()
+        exchange(s, b"PING\r\n", b"+PONG\r\n")
+        exchange(s, resp.encode_command("ping"), b"+PONG\r\n")
+        exchange(s, resp.encode_command("ECHO", b"a\r\nb"), b"$4\r\na\r\nb\r\n")
+
+
+@pytest.mark.rule("REDIS-8")
+@pytest.mark.wire("redis")
+def test_the_seed_keyspace_commands_over_a_raw_socket() -> None:
+    """The seed's SET, GET, DEL (several keys) and FLUSHDB."""
+    with redis_server() as server:
+        s = server.connect()
+        for request, reply in [
+            (resp.encode_command("SET", "a", "1") + resp.encode_command("SET", "b", "2")
+             + resp.encode_command("SET", "c", "3"), b"+OK\r\n" * 3),
+            (resp.encode_command("GET", "b"), b"$1\r\n2\r\n"),
+            (resp.encode_command("GET", "nosuch"), b"$-1\r\n"),
+            (resp.encode_command("DEL", "a", "b", "nosuch"), b":2\r\n"),
+            (resp.encode_command("GET", "a") + resp.encode_command("GET", "b")
+             + resp.encode_command("GET", "c"), b"$-1\r\n$-1\r\n$1\r\n3\r\n"),
+            (resp.encode_command("FLUSHDB"), b"+OK\r\n"),
+            (resp.encode_command("GET", "c"), b"$-1\r\n"),
+        ]:
+            exchange(s, request, reply)
+
+
+@pytest.mark.rule("REDIS-10")
+@pytest.mark.wire("redis")
+def test_the_seed_quit_over_a_raw_socket() -> None:
+    """QUIT answers +OK and closes; what follows it in the same write is not run."""
+    with redis_server() as server:
+        s = server.connect()
+        s.sendall(resp.encode_command("QUIT") + resp.encode_command("SET", "after", "quit"))
+        assert expect_end(s) == b"+OK\r\n"
+        s = server.connect()
+        exchange(s, resp.encode_command("GET", "after"), b"$-1\r\n")
+
+
+@pytest.mark.rule("REDIS-13", "REDIS-14")
+@pytest.mark.wire("redis")
+@pytest.mark.parametrize("length", [b"-7", b"-2", b"-1"])
+def test_a_negative_bulk_length_is_a_protocol_error(length: bytes) -> None:
+    """Only a reply may hold the nil bulk string: in a request any negative
+    length is refused, and the server lives on."""
+    with redis_server() as server:
+        s = server.connect()
+        s.sendall(b"PING\r\n*1\r\n$" + length + b"\r\nPING\r\n")
+        assert expect_end(s) == b"+PONG\r\n-ERR Protocol error: invalid bulk length\r\n"
+        server.assert_alive()
+
+
 # ------------------------------------------------------ hostile input
 
 
 @pytest.mark.rule("REDIS-14", "REDIS-2")
+@pytest.mark.wire("redis")
 @pytest.mark.parametrize("poller", POLLERS)
 def test_hostile_clients_never_stop_the_server(poller: str) -> None:
     rng = random.Random(1234)
@@ -772,6 +883,7 @@ def test_hostile_clients_never_stop_the_server(poller: str) -> None:
 
 
 @pytest.mark.rule("REDIS-15", "REDIS-4")
+@pytest.mark.wire("redis")
 def test_max_buffer_bounds_one_clients_input() -> None:
     limit = MiB
     with redis_server("--max-buffer", str(limit)) as server:
@@ -840,6 +952,7 @@ def silent_listener() -> Iterator[socket.socket]:
 
 
 @pytest.mark.rule("REDIS-16", "REDIS-18")
+@pytest.mark.wire("redis", "redis:wget")
 def test_wget_returns_the_whole_response() -> None:
     body = os.urandom(300_000)  # many reads on the way in
     with _Web(body) as web, redis_server() as server:
@@ -860,6 +973,7 @@ def test_wget_returns_the_whole_response() -> None:
 
 
 @pytest.mark.rule("REDIS-20", "REDIS-2")
+@pytest.mark.wire("redis", "redis:half-close")
 @pytest.mark.parametrize(("count", "size"), [(10, 100), (1000, 1000), (200, 100_000)])
 def test_a_client_that_ends_its_stream_gets_every_reply(count: int, size: int) -> None:
     # Enough replies, unread, to stop the pipeline at the high-water mark:
@@ -876,6 +990,7 @@ def test_a_client_that_ends_its_stream_gets_every_reply(count: int, size: int) -
 
 
 @pytest.mark.rule("REDIS-17")
+@pytest.mark.wire("redis", "redis:wget")
 def test_wget_errors() -> None:
     with socket.socket() as reserved, socket.socket(socket.AF_INET6) as reserved6, \
             redis_server() as server:
@@ -904,6 +1019,7 @@ def test_wget_errors() -> None:
 
 
 @pytest.mark.rule("REDIS-17")
+@pytest.mark.wire("redis", "redis:wget")
 def test_wget_refuses_a_response_that_is_too_long() -> None:
     with _Web(b"z" * (16 * MiB)) as web, redis_server() as server:
         s = server.connect()
@@ -913,6 +1029,7 @@ def test_wget_refuses_a_response_that_is_too_long() -> None:
 
 
 @pytest.mark.rule("REDIS-17", "REDIS-18")
+@pytest.mark.wire("redis", "redis:wget")
 def test_wget_times_out_while_other_clients_are_served() -> None:
     with silent_listener() as lst, redis_server() as server:
         target = f"127.0.0.1:{lst.getsockname()[1]}"
@@ -934,6 +1051,7 @@ def test_wget_times_out_while_other_clients_are_served() -> None:
 
 
 @pytest.mark.rule("REDIS-17")
+@pytest.mark.wire("redis", "redis:wget")
 def test_wget_to_a_full_backlog_times_out_in_the_connect() -> None:
     # Linux drops SYNs to a listener whose backlog is full: the connect hangs.
     with unanswered_listener() as (_, port), redis_server() as server:
@@ -949,6 +1067,7 @@ def test_wget_to_a_full_backlog_times_out_in_the_connect() -> None:
 
 
 @pytest.mark.rule("REDIS-18", "REDIS-15")
+@pytest.mark.wire("redis", "redis:wget")
 def test_a_client_leaving_mid_wget_closes_the_fetch() -> None:
     with socket.socket() as lst, redis_server("--max-buffer", str(MiB)) as server:
         lst.bind(("127.0.0.1", 0))
@@ -986,6 +1105,7 @@ def _send_quietly(s: socket.socket, data: bytes) -> None:
 
 
 @pytest.mark.rule("REDIS-11")
+@pytest.mark.wire("redis")
 def test_shutdown_stops_the_server_and_removes_the_socket(tmp_path: Path) -> None:
     sock = tmp_path / "redis.sock"
     with redis_server(unix=sock, stop=False) as server:
@@ -1005,6 +1125,7 @@ def test_shutdown_stops_the_server_and_removes_the_socket(tmp_path: Path) -> Non
         stop_server(server, None)
 
 
+@pytest.mark.feature("examples")
 @pytest.mark.rule("REDIS-19")
 def test_command_line_defaults_and_signals() -> None:
     script = str(ROOT / "examples" / "redis_server.py")

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 from harness import Recorder, echo_events, pattern, recv_exactly, running, wait_for
+from implementation import evio
 
-import evio
-from evio import Action
+Action = evio.Action
 
 MiB = 1 << 20
 ROOT = Path(__file__).resolve().parent.parent
@@ -237,7 +237,7 @@ def test_examples_bind_localhost_by_default(example: str) -> None:
 def test_tls_helpers_refuse_old_versions(tmp_path: Path) -> None:
     import ssl
 
-    from evio.tls import client_context
+    client_context = evio.client_context
 
     assert client_context().minimum_version >= ssl.TLSVersion.TLSv1_2
     import trustme
@@ -246,7 +246,7 @@ def test_tls_helpers_refuse_old_versions(tmp_path: Path) -> None:
     chain = tmp_path / "chain.pem"
     cert.private_key_pem.write_to_path(str(key))
     cert.cert_chain_pems[0].write_to_path(str(chain))
-    from evio.tls import server_context
+    server_context = evio.server_context
 
     assert server_context(str(chain), str(key)).minimum_version >= ssl.TLSVersion.TLSv1_2
 

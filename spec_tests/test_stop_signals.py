@@ -24,8 +24,7 @@ from pathlib import Path
 
 import pytest
 from harness import DEADLINE, connect_to, recv_exactly
-
-import evio
+from implementation import evio
 
 ROOT = Path(__file__).resolve().parent.parent
 BIG = 4 * 1024 * 1024

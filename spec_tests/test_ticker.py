@@ -27,9 +27,9 @@ from harness import (
     running,
     wait_for,
 )
+from implementation import evio
 
-import evio
-from evio import Action
+Action = evio.Action
 
 LOOPBACK = "tcp4://127.0.0.1:0"
 

@@ -51,6 +51,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
+    "CHOICE",
+    "CHOICE_TAG",
+    "CONTRACT",
     "EVERY_POLLER",
     "EXEMPT_TEST_FILES",
     "RULE_DEF_RE",
@@ -70,6 +73,16 @@ __all__ = [
 
 RULE_DEF_RE = re.compile(r"^\s*[-*]\s+\*\*([A-Z][A-Z0-9]*-\d+)\*\*")
 """A line that defines a rule: a bullet whose text starts with a bold id."""
+
+CHOICE_TAG = "*(choice)*"
+"""Written right after a rule's bold id: the rule states this implementation's
+choice (Python-specific, or a measured tuning), not the contract every
+implementation must show. A rule without it is contract. The conformance
+run (``spec_tests/conftest.py``) runs the tests of a choice against this
+implementation only."""
+
+CONTRACT, CHOICE = "contract", "choice"
+"""The two kinds of rule (`RuleDef.kind`)."""
 
 RULE_ID_RE = re.compile(r"^[A-Z][A-Z0-9]*-\d+$")
 """The shape of a rule id, e.g. ``LOOP-3``."""
@@ -100,11 +113,14 @@ class RuleDef:
         id: The rule id, e.g. ``"LOOP-3"``.
         page: The page, relative to the repository root.
         line: 1-based line number of the defining bullet.
+        kind: ``"contract"`` (every implementation must show it) or
+            ``"choice"`` (this implementation's; tagged `CHOICE_TAG`).
     """
 
     id: str
     page: str
     line: int
+    kind: str = CONTRACT
 
     @property
     def where(self) -> str:
@@ -269,7 +285,9 @@ def parse_spec_page(text: str, page: str) -> list[RuleDef]:
     for i, line in outside_fences(text.splitlines()):
         d = RULE_DEF_RE.match(line)
         if d:
-            rules.append(RuleDef(d.group(1), page, i + 1))
+            rest = line[d.end():].lstrip()
+            kind = CHOICE if rest.startswith(CHOICE_TAG) else CONTRACT
+            rules.append(RuleDef(d.group(1), page, i + 1, kind))
     return rules
 
 
