@@ -83,7 +83,8 @@ def rss_kib(pid: int) -> int:
 class Proc:
     def __init__(self, root: Path, args: list[str], env: dict[str, str] | None = None,
                  session: bool = False, wrap: str | None = None) -> None:
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="hostile-", suffix=".log")
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the server
+            "w+", prefix="hostile-", suffix=".log")
         cmd = [sys.executable, *(["-c", wrap] if wrap else []), *args]
         self.p = subprocess.Popen(cmd, cwd=root, stdout=self.log, stderr=subprocess.STDOUT,
                                   env={**os.environ, **(env or {}), "PYTHONPATH": str(root)},
@@ -170,7 +171,7 @@ def row2(root: Path) -> None:
         back = time.monotonic() - start if alive and len(children(p.p.pid)) == 2 else None
         print(f"row 2: fork failing, one loop killed: supervisor alive {alive} "
               f"(exit {p.p.returncode}); {answered}/20 clients answered meanwhile; "
-              f"slot filled {'%.2f s' % back if back is not None else 'never'} "
+              f"slot filled {f'{back:.2f} s' if back is not None else 'never'} "
               "after fork works again")
 
 

@@ -115,7 +115,7 @@ def serve(events: Events, *addrs: str, poller: str | Poller | None = None,
                 )
             poller = poller if isinstance(poller, Poller) else PORTABLE_FALLBACK
         if n > 1:  # refuses a Poller instance before anything else
-            supervise(events, parsed, n, poller, _run_child)
+            supervise(events, parsed, n, poller, _child_loop)
             return
     except BaseException:
         if isinstance(poller, Poller):  # ours to close however serve() ends (POLL-6)
@@ -134,10 +134,10 @@ def serve(events: Events, *addrs: str, poller: str | Poller | None = None,
     loop.run()
 
 
-def _run_child(events: Events, listeners: list[Listener], poller: str | None,
-               index: int, loops: int, parent_fd: int) -> None:
-    """One of ``loops`` loops, in its own process (`evio.loops`)."""
-    _Loop(events, listeners, make_poller(poller), index, loops, parent_fd).run()
+def _child_loop(events: Events, listeners: list[Listener], poller: str | None,
+                index: int, loops: int, parent_fd: int) -> _Loop:
+    """One of ``loops`` loops, made in its own process for `evio.loops` to run."""
+    return _Loop(events, listeners, make_poller(poller), index, loops, parent_fd)
 
 
 class _Loop:

@@ -11,26 +11,38 @@ already bound.  (So call ``serve()`` before starting threads of your own: a
 forked child gets only the thread that forked it, and any lock another
 thread held stays held.)
 
-**Binding.**  The parent binds everything before the first fork, so an
-address error is raised by ``serve()`` with no process started, as for one
-loop.  Then each loop must serve every address, and there are two ways:
+**Binding: once, shared.**  The parent binds every address exactly once,
+before the first fork, as one loop would -- so an address error, and
+"Address already in use" when another server holds the port, is raised by
+``serve()`` with no process started.  Every child inherits those sockets
+and watches all of them.  We do *not* give each loop its own socket with
+``SO_REUSEPORT``, though on Linux that makes the kernel balance, for two
+reasons learned the hard way:
 
-1. On Linux, ``SO_REUSEPORT`` lets several sockets bind one port, and the
-   kernel spreads incoming connections (and UDP remotes, by a hash of the
-   four-tuple) over them.  So the parent binds one socket *per loop* for
-   every TCP and UDP address: the first one with the port asked for, the
-   others on the port the first got (port 0 then means one port for all).
-   The kernel balances; no loop is woken for a connection it will not get.
-2. Elsewhere -- macOS and the BSDs accept ``SO_REUSEPORT`` but do not
-   balance with it -- and always for unix sockets, one listening socket is
-   inherited by every child.  Every loop is woken for a new connection;
-   one accept wins, the others see ``EAGAIN`` (`evio.accept` expects it).
+* ``SO_REUSEPORT`` lets *anyone* of the same user bind the port again; a
+  second, unrelated server started by mistake then silently takes its
+  share of the connections instead of failing to start.
+* The kernel hashes each new connection to one socket and never looks
+  back.  While a loop is dead its socket is still open (the parent holds
+  it for the replacement), so the kernel keeps handing it connections that
+  nobody accepts until the replacement comes -- and none, if the loop
+  keeps dying.  With one shared accept queue, the surviving loops take
+  every connection; a dead loop strands nothing.
+
+The price is the "thundering herd": every loop polls the same listener,
+so a new connection wakes every idle loop, one ``accept`` wins and the
+others get ``EAGAIN``, which `evio.accept` expects.  With N no larger than
+the CPUs that costs a few wasted wake-ups per connection; busy loops are
+not woken at all (they are not sleeping), so the idle ones take the
+connections, which is the balancing we want.  (``EPOLLEXCLUSIVE`` would
+wake one loop, but it is Linux-only, cannot be changed once registered,
+and wakes the same waiter first, so it balances worse.)  A UDP socket is
+shared the same way: each datagram is read by whichever loop reads first,
+so datagrams from one remote may be served by different loops, each
+knowing that remote by an id of its own.
 
 The parent keeps every socket open, and accepts on none, until ``serve()``
-returns.  That is what makes a restart invisible to clients: connections
-the kernel hashed to a dead loop's socket wait in its backlog until the
-replacement (which inherits that very socket) accepts them -- none is
-refused.  A unix socket file is removed once, by the parent, at the end;
+returns.  A unix socket file is removed once, by the parent, at the end;
 the children's copies of the listeners forget the path.
 
 **One pipe stops them all.**  Before forking, the parent makes one pipe.
@@ -46,27 +58,41 @@ the pipe is portable, and is one more descriptor the loop polls.
 **What a child's end means** is read from how it ended:
 
 * it sent a report on its own pipe: ``serving`` or ``tick`` raised.  The
-  report is the pickled exception and its traceback text; the parent stops
-  the others and raises it.  Such a loop is never restarted: it would only
-  raise again.
+  report is the pickled exception and its traceback text (or, when pickle
+  cannot carry the exception, its type's name, its message and the text);
+  the parent stops the others and raises it.  Such a loop is never
+  restarted: it would only raise again.
 * exit status 0: its loop stopped -- ``SHUTDOWN``, ``Server.stop()``, a
-  SIGINT of its own, or the pipe above.  Any loop stopping stops them all.
+  stop signal of its own, or the pipe above.  Any loop stopping stops them
+  all.
 * anything else (a signal, ``os._exit``): it died.  The parent forks a new
-  one for the same index after a back-off -- 0.1 s, doubling to 5 s for a
-  slot that keeps dying, back to 0.1 s once one has lived 10 s -- and logs
-  a warning on the ``evio`` logger.  The other loops never notice.
+  one for the same index at once the first time, and after a back-off if
+  that slot keeps dying -- 0.1 s, doubling to 5 s, back to "at once" once
+  one has lived 10 s -- and logs a warning on the ``evio`` logger.  The
+  other loops never notice, and since they share the accept queue no
+  connection waits for the replacement.
+
+**When fork fails** (``EAGAIN`` at the process limit, ``ENOMEM``), the
+parent does not give up while any loop still serves: it logs why, keeps
+the others serving, and tries that slot again with the same back-off as a
+death.  Only when no loop is left running and fork fails does it stop,
+and ``serve()`` raises the ``OSError`` with a note saying so.
 
 Each report pipe also wakes the parent the moment its child exits (end of
 file), so the parent sleeps in a poller (`evio.pollers`) with nothing to
 poll; a one-second timeout covers a pipe a grandchild inherited.
 
-**Signals.**  On the main thread the parent takes SIGINT and SIGTERM for
-as long as it supervises: either stops every loop.  After every child has
-been reaped the handlers are put back, and a SIGINT met with Python's
-default handler in place is raised as ``KeyboardInterrupt``, as for one
-loop.  Children get back the handlers the parent had before, and every
-child leaves by ``os._exit``: it must never return into the parent's stack
-or run its ``atexit`` hooks.
+**Signals.**  On the main thread, the parent takes each stop signal (by
+default SIGINT, SIGTERM and SIGHUP) whose handler is still the default
+one, for as long as it supervises: any of them stops every loop.  After
+every child has been reaped the handlers are put back; then SIGINT is
+raised as ``KeyboardInterrupt`` and SIGTERM or SIGHUP makes ``serve()``
+return, as for one loop.  Each child starts with the handlers the parent
+had before ``serve()``, and takes the same default-handled stop signals
+itself, to stop its loop cleanly: a Ctrl-C or a SIGTERM sent to the whole
+process group reaches every child too, and each must close its
+connections, not die half-way.  Every child leaves by ``os._exit``: it
+must never return into the parent's stack or run its ``atexit`` hooks.
 """
 
 from __future__ import annotations
@@ -82,28 +108,41 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 from .addresses import Address, Listener, bind_all
 from .events import Events
 from .pollers import READ, Poller, make_poller
 
-__all__ = ["AUTO", "loop_count", "supervise"]
+__all__ = ["AUTO", "STOP_SIGNALS", "loop_count", "supervise"]
 
 log = logging.getLogger("evio")
 
 AUTO = "auto"
 """``serve(..., loops=AUTO)``: one loop per CPU this process may run on."""
+STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""The signals that stop every loop, by default (**LOOPS-6**)."""
 BACKOFF_FIRST = 0.1
 BACKOFF_CAP = 5.0
 BACKOFF_RESET = 10.0  # a loop that lived this long starts its slot's back-off afresh
 GRACE = 10.0  # seconds the loops get to shut down before SIGKILL
 _RAISED = 70  # a child's exit status when it sent a report (EX_SOFTWARE)
 
-RunLoop = Callable[[Events, list[Listener], str | None, int, int, int], None]
-"""How a child runs its loop: ``(events, listeners, poller, index, loops, parent_fd)``."""
+
+class ChildLoop(Protocol):
+    """What a child runs: a loop that can be asked to stop from a signal handler."""
+
+    def run(self) -> None:
+        """Serve until stopped."""
+
+    def stop(self) -> None:
+        """Ask the loop to stop; safe in a signal handler."""
+
+
+MakeLoop = Callable[[Events, list[Listener], str | None, int, int, int], ChildLoop]
+"""How a child makes its loop: ``(events, listeners, poller, index, loops, parent_fd)``."""
 
 
 def loop_count(loops: object) -> int:
@@ -120,49 +159,15 @@ def loop_count(loops: object) -> int:
     return loops
 
 
-def kernel_balances(a: Address) -> bool:
-    """Whether each loop gets its own socket for ``a`` (``SO_REUSEPORT``, Linux)."""
-    return (a.network != "unix" and sys.platform.startswith("linux")
-            and hasattr(socket, "SO_REUSEPORT"))
-
-
-def bind_per_loop(parsed: list[Address], n: int) -> list[list[Listener]]:
-    """Bind every address for ``n`` loops: one list of listeners per loop.
-
-    A listener that is shared appears, as the same object, in every list.
-    All or nothing, like `evio.addresses.bind_all`.
-    """
-    first = bind_all([dataclasses.replace(a, reuseport=True) if kernel_balances(a) else a
-                      for a in parsed])
-    slots = [first]
-    try:
-        for _ in range(1, n):
-            slot: list[Listener] = []
-            slots.append(slot)
-            for lst in first:
-                a = lst.address
-                if kernel_balances(a):
-                    port = lst.sock.getsockname()[1]
-                    slot.append(bind_all([dataclasses.replace(a, port=port)])[0])
-                else:
-                    slot.append(lst)
-    except BaseException:
-        _close_all(slots)
-        raise
-    return slots
-
-
-def _close_all(slots: list[list[Listener]]) -> None:
-    seen: set[int] = set()
-    for slot in slots:
-        for lst in slot:
-            if id(lst) not in seen:
-                seen.add(id(lst))
-                lst.close()  # a unix socket file goes with its listener, once
+def _is_default(sig: int, handler: Any) -> bool:
+    """Whether ``handler`` is what Python starts with for ``sig``."""
+    return handler is signal.SIG_DFL or (
+        sig == signal.SIGINT and handler is signal.default_int_handler)
 
 
 def supervise(events: Events, parsed: list[Address], n: int,
-              poller: str | Poller | None, run: RunLoop) -> None:
+              poller: str | Poller | None, make_loop: MakeLoop,
+              stop_signals: Iterable[int] = STOP_SIGNALS) -> None:
     """`evio.serve` with ``loops`` > 1: bind, fork ``n`` loops, supervise them.
 
     Returns once every child has been reaped and every listener closed.
@@ -170,7 +175,8 @@ def supervise(events: Events, parsed: list[Address], n: int,
     Raises:
         ValueError: ``poller`` is a `evio.Poller` instance (one cannot be
             shared by processes) or an unknown name.
-        OSError: a bind failed; nothing stays bound.
+        OSError: a bind failed (nothing stays bound), or fork failed while
+            no loop was running.
         KeyboardInterrupt: SIGINT stopped the loops.
         Exception: what a loop's ``serving`` or ``tick`` raised.
     """
@@ -178,12 +184,13 @@ def supervise(events: Events, parsed: list[Address], n: int,
         raise ValueError("loops > 1 needs a poller name, not a Poller instance: "
                          "each loop's process makes its own")
     make_poller(poller).close()  # an unknown name is a ValueError before anything is bound
-    slots = bind_per_loop(parsed, n)
+    listeners = bind_all(parsed)  # LOOPS-3: once, shared by every loop
     try:
-        sup = _Supervisor(events, slots, poller, run)
+        sup = _Supervisor(events, listeners, n, poller, make_loop, tuple(stop_signals))
         sup.run()
     finally:
-        _close_all(slots)
+        for lst in listeners:
+            lst.close()  # a unix socket file goes with its listener, once
     if sup.error is not None:
         raise sup.error
     if sup.interrupted:
@@ -204,12 +211,14 @@ class _Child:
 class _Supervisor:
     """The parent's side: fork, watch, restart, stop, reap. Not reusable."""
 
-    def __init__(self, events: Events, slots: list[list[Listener]],
-                 poller: str | None, run: RunLoop) -> None:
-        self.events, self.slots, self.poller, self.run_loop = events, slots, poller, run
+    def __init__(self, events: Events, listeners: list[Listener], n: int,
+                 poller: str | None, make_loop: MakeLoop,
+                 stop_signals: tuple[int, ...]) -> None:
+        self.events, self.listeners, self.n = events, listeners, n
+        self.poller, self.make_loop, self.stop_signals = poller, make_loop, stop_signals
         self.children: dict[int, _Child] = {}  # by pid
         self.restarts: dict[int, float] = {}  # index -> when to fork it again
-        self.failures = [0] * len(slots)  # consecutive deaths, per index
+        self.failures = [0] * n  # consecutive deaths or failed forks, per index
         self.error: BaseException | None = None
         self.interrupted = False
         self.stopping = False
@@ -226,7 +235,7 @@ class _Supervisor:
     def run(self) -> None:
         try:
             self._install_signals()
-            for i in range(len(self.slots)):
+            for i in range(self.n):
                 self._spawn(i)
             while self.children or (self.restarts and not self.stopping):
                 self._wait()
@@ -234,7 +243,7 @@ class _Supervisor:
                 if self.signalled is not None:
                     self._stop(f"signal {signal.Signals(self.signalled).name}")
                 now = time.monotonic()
-                for i, due in list(self.restarts.items()):
+                for i, due in sorted(self.restarts.items()):
                     if due <= now and not self.stopping:
                         del self.restarts[i]
                         self._spawn(i)
@@ -264,7 +273,7 @@ class _Supervisor:
         if self.stopping:
             timeout = min(timeout, max(0.0, self.deadline - time.monotonic()))
         if any(c.report < 0 for c in self.children.values()):
-            timeout = min(timeout, 0.002)  # one is exiting: reap it soon
+            timeout = min(timeout, 0.001)  # one is exiting: reap it soon
         ready = {fd for fd, _ in self.watch.poll(timeout)}
         for c in self.children.values():
             if c.report in ready:
@@ -311,14 +320,19 @@ class _Supervisor:
         elif os.waitstatus_to_exitcode(status) == 0:
             self._stop(f"{name} stopped")
         elif not self.stopping:
-            lived = time.monotonic() - c.started
-            if lived >= BACKOFF_RESET:
+            if time.monotonic() - c.started >= BACKOFF_RESET:
                 self.failures[c.index] = 0
-            delay = min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** self.failures[c.index])
-            self.failures[c.index] += 1
-            log.warning("%s died (%s); starting a new one in %.1f s",
-                        name, _describe(status), delay)
-            self.restarts[c.index] = time.monotonic() + delay
+            delay = self._retry(c.index)
+            log.warning("%s died (%s); starting a new one %s",
+                        name, _describe(status), _when(delay))
+
+    def _retry(self, index: int) -> float:
+        """Schedule slot ``index`` again (LOOPS-7): at once, then 0.1 s doubling to 5 s."""
+        tries = self.failures[index]
+        delay = 0.0 if tries == 0 else min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** (tries - 1))
+        self.failures[index] += 1
+        self.restarts[index] = time.monotonic() + delay
+        return delay
 
     def _stop(self, why: str) -> None:
         """Close the pipe every loop watches: each shuts down as for Server.stop()."""
@@ -334,6 +348,7 @@ class _Supervisor:
     # --------------------------------------------------------------- signals
 
     def _install_signals(self) -> None:
+        """LOOPS-6: take the stop signals that still have their default handlers."""
         if threading.current_thread() is not threading.main_thread():
             return  # Python allows signal handlers only there
         r, w = socket.socketpair()
@@ -342,18 +357,20 @@ class _Supervisor:
         self.bell = (r, w)
         self.watch.register(r.fileno(), READ)
         self.old_wakeup = signal.set_wakeup_fd(w.fileno(), warn_on_full_buffer=False)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self.old_handlers[sig] = signal.signal(sig, self._on_signal)
+        for sig in self.stop_signals:
+            old = signal.getsignal(sig)
+            if _is_default(sig, old):
+                self.old_handlers[sig] = signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        if signum == signal.SIGINT and (
-                self.old_handlers.get(signum) is signal.default_int_handler):
-            self.interrupted = True
+        if signum == signal.SIGINT:
+            self.interrupted = True  # raised as KeyboardInterrupt after the shutdown
         self.signalled = signum
 
     def _uninstall_signals(self) -> None:
         for sig, old in self.old_handlers.items():
             signal.signal(sig, old)
+        self.old_handlers.clear()
         if self.bell is not None:
             signal.set_wakeup_fd(self.old_wakeup)
             for s in self.bell:
@@ -369,10 +386,19 @@ class _Supervisor:
                 stream.flush()
         try:
             pid = os.fork()
-        except BaseException:  # EAGAIN, ENOMEM: serve() fails with it
+        except OSError as e:  # EAGAIN at the process limit, ENOMEM (LOOPS-11)
             os.close(report_r)
             os.close(report_w)
-            raise
+            if not self.children:
+                e.add_note(f"fork failed for loop {index} while no loop was running: "
+                           "serve() cannot keep any loop alive")
+                log.error("cannot start loop %d: fork failed (%s) and no loop is running; "
+                          "stopping", index, e)
+                raise
+            delay = self._retry(index)
+            log.warning("cannot start loop %d: fork failed (%s); %d of %d loop(s) serving; "
+                        "trying again %s", index, e, len(self.children), self.n, _when(delay))
+            return
         if pid == 0:
             os.close(report_r)
             self._child(index, report_w)  # never returns
@@ -383,21 +409,20 @@ class _Supervisor:
     def _child(self, index: int, report: int) -> None:
         code = _RAISED
         try:
+            stops = list(self.old_handlers)  # the stop signals the parent took over
             self._uninstall_signals()  # the handlers from before serve(); no bell
             self.watch.close()
             os.close(self.parent_w)  # so that only the parent's copy holds the pipe open
             for c in self.children.values():
                 if c.report >= 0:
                     os.close(c.report)
-            mine = self.slots[index]
-            for slot in self.slots:
-                for lst in slot:
-                    if all(lst is not m for m in mine):
-                        lst.sock.close()
-            for lst in mine:
+            for lst in self.listeners:
                 lst.unlink = None  # the parent removes the unix socket file, once
-            self.run_loop(self.events, mine, self.poller, index, len(self.slots),
-                          self.parent_r)
+            loop = self.make_loop(self.events, self.listeners, self.poller, index, self.n,
+                                  self.parent_r)
+            for sig in stops:  # LOOPS-6: a stop signal stops this loop cleanly
+                signal.signal(sig, lambda signum, frame: loop.stop())
+            loop.run()
             code = 0
         except KeyboardInterrupt:
             code = 0  # a SIGINT of its own stopped the loop: a stop like any other
@@ -411,12 +436,18 @@ class _Supervisor:
 
 
 def _send_report(fd: int, e: BaseException) -> None:
+    """LOOPS-8: the exception itself when pickle can carry it, else what can be said."""
     text = "".join(traceback.format_exception(e))
+    kind = f"{type(e).__module__}.{type(e).__qualname__}"
     try:
-        blob = pickle.dumps((e, text))
+        blob = pickle.dumps((e, kind, str(e), text))
         pickle.loads(blob)  # some exceptions pickle but cannot be rebuilt
     except Exception:
-        blob = pickle.dumps((None, text))
+        try:
+            message = str(e)
+        except Exception:
+            message = "(its message could not be read)"
+        blob = pickle.dumps((None, kind, message, text))
     with contextlib.suppress(OSError):
         view = memoryview(blob)
         while view:
@@ -426,13 +457,17 @@ def _send_report(fd: int, e: BaseException) -> None:
 def _rebuild(blob: bytes, name: str) -> BaseException:
     """The exception a child reported, noted with where it came from."""
     try:
-        e, text = pickle.loads(blob)
+        e, kind, message, text = pickle.loads(blob)
     except Exception:
         return RuntimeError(f"{name} raised, and its report could not be read")
-    if not isinstance(e, BaseException):
-        return RuntimeError(f"{name} raised:\n{text}")
-    e.add_note(f"raised in {name}; its traceback there:\n{text}")
-    return e
+    error: BaseException = e if isinstance(e, BaseException) else RuntimeError(
+        f"{name} raised {kind}: {message}")
+    error.add_note(f"raised in {name}; its traceback there:\n{text}")
+    return error
+
+
+def _when(delay: float) -> str:
+    return "now" if delay <= 0 else f"in {delay:.1f} s"
 
 
 def _describe(status: int) -> str:

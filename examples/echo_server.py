@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         print(f"echo server: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        pass  # Ctrl-C with --loops N: the supervisor has stopped every loop cleanly
     print("echo server stopped", flush=True)
     return 0
 

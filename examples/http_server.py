@@ -364,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         print(f"http server: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        pass  # Ctrl-C with --loops N: the supervisor has stopped every loop cleanly
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
