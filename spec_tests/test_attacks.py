@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 import pytest
-from harness import TCPService, connect_to, read_until_eof, recv_exactly
+from harness import TCPService, connect_to, read_until_eof, recv_exactly, unanswered_listener
 from test_examples_more import TIMEOUT, Upstream, example, proxy, stop
 
 MiB = 1 << 20
@@ -93,6 +93,44 @@ def test_proxy_memory_is_bounded_whoever_does_not_read(poller: str, direction: s
             grown = memory(proc.pid)["VmRSS"] - before
         print(f"proxy ({poller}, {direction}): grew {grown / MiB:.1f} MiB in 3 s")
         assert grown < 10 * MiB
+        stop(proc)
+
+
+@pytest.mark.rule("REL-21")
+def test_proxy_memory_stays_flat_while_many_clients_send_to_an_upstream_still_dialing(
+        poller: str) -> None:
+    with unanswered_listener() as (_, upstream_port), \
+            proxy(f"tcp://127.0.0.1:{upstream_port}", "--poller", poller) as (proc, port):
+        with connect_to(("127.0.0.1", port), TIMEOUT) as warm:  # imports, first dial
+            warm.sendall(b"x")
+            time.sleep(0.3)
+        before = memory(proc.pid)["VmRSS"]
+        clients = [connect_to(("127.0.0.1", port), TIMEOUT) for _ in range(50)]
+        try:
+            sent = [0] * len(clients)
+
+            def flood(i: int) -> None:  # each tries to send 4 MiB
+                c = clients[i]
+                c.setblocking(False)
+                end = time.monotonic() + 2.0
+                while sent[i] < 4 * MiB and time.monotonic() < end:
+                    try:
+                        sent[i] += c.send(bytes(min(MiB, 4 * MiB - sent[i])))
+                    except BlockingIOError:
+                        time.sleep(0.02)
+
+            threads = [threading.Thread(target=flood, args=(i,)) for i in range(len(clients))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(TIMEOUT)
+            grown = memory(proc.pid)["VmRSS"] - before
+        finally:
+            for c in clients:
+                c.close()
+        print(f"proxy ({poller}): 50 clients sending while dialing: grew {grown / MiB:.1f} MiB")
+        assert grown < 10 * MiB  # what was sent waits in the kernel's buffers
+        assert sum(sent) > 0
         stop(proc)
 
 
