@@ -349,7 +349,11 @@ def test_proxy_sends_what_a_client_sent_while_dialing_once_the_upstream_connects
                 break
         with proxy(f"tcp://127.0.0.1:{lst.getsockname()[1]}") as (proc, port), \
                 connect_to(("127.0.0.1", port), TIMEOUT) as c:
-            join = in_thread(lambda: (c.sendall(payload), c.shutdown(socket.SHUT_WR)))
+            def send() -> None:  # then end the stream, as `nc -N` does
+                c.sendall(payload)
+                c.shutdown(socket.SHUT_WR)
+
+            join = in_thread(send)
             time.sleep(0.5)  # the client is sending; its upstream is still dialing
             fillers.close()  # room in the queue: the proxy's next SYN gets in
 
