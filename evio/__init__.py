@@ -20,6 +20,7 @@ from .events import Action, Events, Info, InputStream, Options, OutputLimitError
 from .loop import serve
 from .pollers import Poller, available_pollers
 from .server import Server
+from .timers import Timer
 from .translate import translate
 from .translators import Passthrough, Translator, ZlibTranslator
 
@@ -35,6 +36,7 @@ __all__ = [
     "Passthrough",
     "Poller",
     "Server",
+    "Timer",
     "Translator",
     "ZlibTranslator",
     "available_pollers",

@@ -191,9 +191,10 @@ class Events:
             remote is forgotten (``closed(id, None)``); ``None``: never.
         udp_max_remotes: Most UDP remotes known at once; a new remote past
             it makes the least recently heard one forgotten first.
-        translation: ``(should, factory)``, set by `evio.translate`:
-            which stream connections pass through a translator, and how to
-            make one. Leave it ``None`` and use `evio.translate`.
+        translation: ``(should, factory, handshake_timeout)``, set by
+            `evio.translate`: which stream connections pass through a
+            translator, how to make one, and how long its handshake may
+            take. Leave it ``None`` and use `evio.translate`.
     """
 
     serving: Callable[[Server], Action | None] | None = None
@@ -208,7 +209,8 @@ class Events:
     drained: Callable[[int], Reply] | None = None
     udp_idle_timeout: float | None = 60.0
     udp_max_remotes: int = 65536
-    translation: tuple[Callable[[int, Info], bool], Callable[[int, Info], Any]] | None = None
+    translation: tuple[Callable[[int, Info], bool], Callable[[int, Info], Any],
+                       float | None] | None = None
 
 
 _NO_OUTPUT = (None, Action.NONE)

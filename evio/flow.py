@@ -41,6 +41,12 @@ The traps, and what we chose:
   bytes the next one asks for only that much, which the small-object
   allocator serves; a read that fills it asks for `READ_SIZE` again, so
   a burst is read in full-size pieces from the next turn on (rule LOOP-11).
+* **A shutdown should not cut replies short, nor wait for ever.**  When
+  the server stops, `Flow.drain` sends what is pending for at most
+  ``stop_timeout`` seconds on a poller of its own that watches only the
+  connections with output pending, for writability only: nothing is read,
+  accepted or called back, and a peer that never reads costs the bound,
+  no more (rule LOOP-18).  A second stop signal ends it at once.
 * **A hard output limit** (``Options.max_pending``) is checked only where
   output is queued behind output already pending; past it, the connection
   is closed at once with `evio.OutputLimitError`, its output dropped.
@@ -48,8 +54,10 @@ The traps, and what we chose:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import struct
 import sys
 import time
 from functools import partial
@@ -58,7 +66,8 @@ from typing import Any
 from .callbacks import Policy
 from .events import FOREVER, Events, Options, OutputLimitError
 from .lifecycle import LIVE, READ_SIZE, READABLE, SMALL_READ, Conn, On, State, move
-from .pollers import READ, WRITE, Poller
+from .pollers import READ, WRITE, Poller, make_poller
+from .signals import SignalWatch
 from .timers import Timers
 from .translate import Pump
 
@@ -77,6 +86,8 @@ _WRITE_ONLY = State.WRITE_ONLY
 _WRITING = (State.OPEN, State.WRITE_ONLY)
 UNWATCHED = -1
 """``Conn.interest`` of a connection taken off the poller after a hang-up."""
+_RESET = struct.pack("ii", 1, 0)
+"""``SO_LINGER`` on, 0 seconds: ``close`` resets the connection at once."""
 KEEPALIVE_MAX = 32767
 """The most seconds Linux takes for ``TCP_KEEPIDLE`` and ``TCP_KEEPINTVL``."""
 
@@ -125,7 +136,8 @@ class Flow:
                 if c.state not in LIVE:
                     return
                 state = c.state
-        want = (READ if state in READABLE and not (c.reading_paused or c.held) else 0) | (
+        want = (READ if state in READABLE and not (c.reading_paused or c.held or c.ending)
+                else 0) | (
             WRITE if pending else 0)
         if want != c.interest and (want or c.interest != UNWATCHED):
             if c.interest == UNWATCHED:  # off the poller since a hang-up (`hung_up`)
@@ -170,6 +182,15 @@ class Flow:
             return
         c.pending.clear()  # nobody is reading it: an idle peer gets nothing more
         self.close(c, On.IDLE, TimeoutError(f"connection {c.id} idle for {c.idle_timeout}s"))
+
+    def drop_timers(self, c: Conn) -> None:
+        """``c`` is leaving the loop: its idle check, and every timer tied to it, go."""
+        self.timers.cancel(c.idle_timer)
+        c.idle_timer = None
+        if c.user_timers is not None:  # tied to it: they end with it (TIMER-2)
+            for t in c.user_timers:
+                self.timers.cancel(t)
+            c.user_timers = None
 
     # -------------------------------------------------------- pause, resume
 
@@ -220,6 +241,41 @@ class Flow:
             # on every poll, a busy loop. Off the poller until `sync` wants it.
             self.poller.unregister(c.fd)
             c.interest = UNWATCHED
+
+    # ------------------------------------------- closing from outside
+
+    def end_later(self, cid: int, abort: bool) -> bool:
+        """`evio.Server.close` / ``abort``: stop reading now, act at the end of the turn."""
+        c = self.by_id.get(cid)
+        if c is None or c.state not in LIVE:
+            return False
+        if abort or not c.ending:
+            # At the end of this turn (TIMER-3): never inside the callback that
+            # asked, whose own connection's output is still on its way.
+            self.timers.at(time.monotonic(), partial(self._end_due, c, abort))
+        if not c.ending:
+            c.ending = True
+            self.sync(c)
+        return True
+
+    def _end_due(self, c: Conn, abort: bool) -> None:
+        if c.state not in LIVE:
+            return
+        if abort:
+            self.abort(c, None)
+        elif c.state is not State.FLUSHING:
+            self.finish(c, On.CLOSE, None)
+
+    def abort(self, c: Conn, err: BaseException | None) -> None:
+        """Close ``c`` at once, dropping its pending output; the peer sees a
+        reset (``SO_LINGER`` 0), so the kernel drops what it holds too (TIMER-4)."""
+        if c.state not in LIVE:
+            return
+        c.pending.clear()
+        if c.sock.family != socket.AF_UNIX:
+            with contextlib.suppress(OSError):
+                c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+        self.close(c, On.ABORT, err)
 
     # ---------------------------------------------------------- half-close
 
@@ -312,3 +368,62 @@ class Flow:
         """Output fell to the low-water mark after the high-water mark: ``drained``."""
         side: Any = self  # a Streams
         self.policy.call(side, c, "drained")
+
+    # ------------------------------------------------------ shutdown's flush
+
+    def drain(self, timeout: float, signals: SignalWatch) -> None:
+        """Shutdown's flush (LOOP-18): send pending output for at most ``timeout`` s.
+
+        A translated connection still open queues its goodbye first. Only
+        writability is watched, on a poller of this call's own; no callback
+        runs. It ends when nothing is pending, at the deadline, or when a
+        second stop signal arrives.
+        """
+        waiting: dict[int, Conn] = {}
+        for c in self.by_id.values():
+            if c.state not in LIVE:
+                continue
+            if c.translator is not None and c.state is _OPEN:
+                with contextlib.suppress(Exception):
+                    c.pending += c.translator.close()  # close_notify, best effort
+            if c.pending and self._drain_send(c):
+                waiting[c.fd] = c
+        if not waiting or timeout <= 0:
+            return
+        try:
+            watch = make_poller(self.poller.name)
+        except ValueError:  # a Poller of the user's own, under a name of its own
+            watch = make_poller(None)
+        try:
+            for fd in waiting:
+                watch.register(fd, WRITE)
+            bell = signals.fileno()
+            if bell is not None:
+                watch.register(bell, READ)
+            seen = signals.count
+            deadline = time.monotonic() + timeout
+            while waiting and signals.count == seen:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                for fd, _ in watch.poll(left):
+                    w = waiting.get(fd)
+                    if w is None:
+                        signals.drain(None, READ)
+                    elif not self._drain_send(w):
+                        del waiting[fd]
+                        watch.unregister(fd)
+        finally:
+            watch.close()
+
+    def _drain_send(self, c: Conn) -> bool:
+        """One non-blocking send of ``c``'s pending output; True if some is left."""
+        try:
+            n = c.sock.send(c.pending)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            c.pending.clear()  # the peer is gone: nobody to send it to
+            return False
+        del c.pending[:n]
+        return bool(c.pending)

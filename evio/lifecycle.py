@@ -39,8 +39,9 @@ from .pollers import READ
 from .timers import Timer
 from .translators import Translator
 
-__all__ = ["FLOW_ROWS", "LIFECYCLE", "LIVE", "READABLE", "READ_SIZE", "SMALL_READ", "TALKING",
-           "WRITABLE", "Conn", "LifecycleError", "On", "State", "Transition", "move", "observe"]
+__all__ = ["ABORT_ROWS", "FLOW_ROWS", "LIFECYCLE", "LIVE", "READABLE", "READ_SIZE", "SMALL_READ",
+           "TALKING", "WRITABLE", "Conn", "LifecycleError", "On", "State", "Transition", "move",
+           "observe"]
 
 
 class State(Enum):
@@ -81,6 +82,7 @@ class On(Enum):
     HALF_CLOSE = "peer's end of stream, eof set"
     FIN_SENT = "our end of stream sent"
     OVER_LIMIT = "output over max_pending"
+    ABORT = "aborted"
 
 
 READ_SIZE = 65536
@@ -142,8 +144,8 @@ LIFECYCLE: tuple[Transition, ...] = (
                "detached(id, conn); pending output goes with conn"),
     Transition(_S.FLUSHING, _O.DETACH, _S.DETACHED,
                "detached(id, conn); pending output goes with conn"),
-    Transition(_S.OPEN, _O.SHUTDOWN, _S.CLOSED, "one last non-blocking write"),
-    Transition(_S.FLUSHING, _O.SHUTDOWN, _S.CLOSED, "one last non-blocking write"),
+    Transition(_S.OPEN, _O.SHUTDOWN, _S.CLOSED, "pending output sent for up to stop_timeout"),
+    Transition(_S.FLUSHING, _O.SHUTDOWN, _S.CLOSED, "pending output sent for up to stop_timeout"),
     # Flow control across connections, and half-close (docs/spec/reliability.md)
     Transition(_S.OPEN, _O.PAUSED, _S.OPEN, "reading stops until resume()"),
     Transition(_S.OPEN, _O.RESUMED, _S.OPEN, "reading goes on unless over the high-water mark"),
@@ -160,7 +162,7 @@ LIFECYCLE: tuple[Transition, ...] = (
     Transition(_S.WRITE_ONLY, _O.IO_ERROR, _S.CLOSED, "pending output is dropped"),
     Transition(_S.WRITE_ONLY, _O.HOOK_RAISED, _S.CLOSED, "pending output is dropped"),
     Transition(_S.WRITE_ONLY, _O.DETACH, _S.DETACHED, "as from open"),
-    Transition(_S.WRITE_ONLY, _O.SHUTDOWN, _S.CLOSED, "one last non-blocking write"),
+    Transition(_S.WRITE_ONLY, _O.SHUTDOWN, _S.CLOSED, "pending output sent for up to stop_timeout"),
     Transition(_S.READ_ONLY, _O.PAUSED, _S.READ_ONLY, "reading stops until resume()"),
     Transition(_S.READ_ONLY, _O.RESUMED, _S.READ_ONLY, "reading goes on"),
     Transition(_S.READ_ONLY, _O.PEER_EOF, _S.FLUSHING, "both ends are done: closed(id, None)"),
@@ -170,15 +172,27 @@ LIFECYCLE: tuple[Transition, ...] = (
     Transition(_S.READ_ONLY, _O.IO_ERROR, _S.CLOSED, "closed(id, err)"),
     Transition(_S.READ_ONLY, _O.DETACH, _S.DETACHED, "as from open; its write side is shut"),
     Transition(_S.READ_ONLY, _O.SHUTDOWN, _S.CLOSED, "closed(id, err)"),
+    # Closing from outside: Server.abort, Action.ABORT, a handshake timeout (TIMER-4, TIMER-5)
+    Transition(_S.OPEN, _O.ABORT, _S.CLOSED, "pending output is dropped; the peer sees a reset"),
+    Transition(_S.FLUSHING, _O.ABORT, _S.CLOSED,
+               "pending output is dropped; the peer sees a reset"),
+    Transition(_S.WRITE_ONLY, _O.ABORT, _S.CLOSED,
+               "pending output is dropped; the peer sees a reset"),
+    Transition(_S.READ_ONLY, _O.ABORT, _S.CLOSED,
+               "pending output is dropped; the peer sees a reset"),
 )
 """The connection lifecycle as data: `move` allows exactly these changes,
 and the spec page's table and diagram are checked against it."""
 
 FLOW_ROWS = frozenset((t.source, t.event, t.target) for t in LIFECYCLE
-                      if State.WRITE_ONLY in (t.source, t.target)
-                      or State.READ_ONLY in (t.source, t.target)
-                      or t.event in (On.PAUSED, On.RESUMED, On.OVER_LIMIT))
+                      if t.event is not On.ABORT and (
+                          State.WRITE_ONLY in (t.source, t.target)
+                          or State.READ_ONLY in (t.source, t.target)
+                          or t.event in (On.PAUSED, On.RESUMED, On.OVER_LIMIT)))
 """The rows of flow control and half-close (driven by their own conformance test)."""
+
+ABORT_ROWS = frozenset((t.source, t.event, t.target) for t in LIFECYCLE if t.event is On.ABORT)
+"""The rows of an abort (driven by their own conformance test)."""
 
 _NEXT: dict[tuple[State, On], State] = {(t.source, t.event): t.target for t in LIFECYCLE}
 assert len(_NEXT) == len(LIFECYCLE), "two rows share a source and an event"
@@ -274,6 +288,10 @@ class Conn:
             leaves *open*.
         read_size: What its next read asks for (a plain connection's
             shrinks after small reads: `SMALL_READ`).
+        ending: `evio.Server.close` or ``abort`` was called: reading
+            stopped, the close is due at the end of the turn.
+        user_timers: Timers tied to it (`evio.Server.call_later` with
+            ``id``), cancelled when it closes.
     """
 
     id: int
@@ -300,3 +318,5 @@ class Conn:
     plain: bool = False
     fast: bool = False
     read_size: int = READ_SIZE
+    ending: bool = False
+    user_timers: list[Timer] | None = None

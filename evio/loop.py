@@ -25,11 +25,12 @@ tells it:
    (`evio.wake`).
 6. **timers** -- fire every timer that is due.
 7. **shutdown** -- when a callback returned ``SHUTDOWN``, `evio.Server.stop`
-   was called, SIGINT arrived, or a ``serving`` or ``tick`` raised: every
-   connection gets a last non-blocking write and is closed (each with its
-   ``closed`` call), listeners are closed, unix socket files removed, the
-   poller released.  This runs in a ``finally``: it happens however the
-   loop ends.
+   was called, a stop signal arrived (`evio.signals`), or a ``serving`` or
+   ``tick`` raised: accepting stops, pending output is flushed for at most
+   ``stop_timeout`` seconds (the loop polls for writability only), every
+   connection is closed (each with its ``closed`` call), listeners are
+   closed, unix socket files removed, the poller released.  This runs in a
+   ``finally``: it happens however the loop ends.
 
 Everything about one kind of connection lives in its own module; the loop
 owns only the shared pieces -- the poller, the dispatch table, the timer
@@ -39,21 +40,24 @@ callback is called through `evio.callbacks.Policy`.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
+import signal
 import time
+from collections.abc import Callable, Iterable
 
 from .accept import Acceptor
 from .addresses import Listener, bind_all, parse_address
 from .callbacks import Policy
 from .dial import Dialer
-from .events import Events
+from .events import FOREVER, Events, split_action
 from .loops import loop_count, supervise
 from .pollers import PORTABLE_FALLBACK, READ, Poller, make_poller
 from .server import Server
-from .signals import SignalWatch
+from .signals import DEFAULT_STOP_SIGNALS, SignalWatch, check_stop_signals
 from .streams import Handlers, Streams
-from .timers import MAX_POLL_WAIT, Timers
+from .timers import MAX_POLL_WAIT, Timer, Timers
 from .udp import UdpSide, check_settings, is_udp
 from .wake import Waker
 
@@ -63,13 +67,17 @@ log = logging.getLogger("evio")
 
 
 def serve(events: Events, *addrs: str, poller: str | Poller | None = None,
-          loops: int | str = 1) -> None:
+          loops: int | str = 1,
+          stop_signals: Iterable[int] = DEFAULT_STOP_SIGNALS,
+          stop_timeout: float = 2.0) -> None:
     """Bind every address and run the loop until it is asked to stop.
 
     The loop stops when a callback returns ``Action.SHUTDOWN``, when
-    `evio.Server.stop` is called, or on SIGINT when ``serve`` runs on the
-    main thread with Python's default SIGINT handler; then every connection
-    is closed (each gets its ``closed`` call) before ``serve`` returns.
+    `evio.Server.stop` is called, or on one of ``stop_signals`` when
+    ``serve`` runs on the main thread and that signal still has its default
+    handler; then pending output is flushed (for at most ``stop_timeout``
+    seconds) and every connection is closed (each gets its ``closed`` call)
+    before ``serve`` returns.
 
     Args:
         events: The callbacks.
@@ -85,15 +93,29 @@ def serve(events: Events, *addrs: str, poller: str | Poller | None = None,
             addresses, with this process as their supervisor (see the
             spec page *Loops*); ``"auto"`` means one per CPU this process
             may use.
+        stop_signals: The signals that stop the server cleanly (rule
+            LOOP-26): SIGINT, SIGTERM and SIGHUP unless told otherwise;
+            ``()`` installs no handler at all. Only a signal that still has
+            its default handler when ``serve`` starts is taken (a handler
+            of your own is left alone), only on the main thread, and the
+            previous handlers are put back before ``serve`` returns. After
+            the shutdown, SIGINT raises ``KeyboardInterrupt``; the others
+            make ``serve`` return ``None``.
+        stop_timeout: Seconds the shutdown may spend sending pending output
+            to peers that read it (rule LOOP-18); what is still pending
+            then is dropped. ``0`` makes one non-blocking attempt only.
 
     Raises:
-        TypeError: ``events`` is not an `evio.Events`.
-        ValueError: an address, the poller, ``loops`` or a UDP setting of
+        TypeError: ``events`` is not an `evio.Events`, or ``stop_signals``
+            is not an iterable of signal numbers.
+        ValueError: an address, the poller, ``loops``, a stop signal (one
+            that cannot be caught), ``stop_timeout`` or a UDP setting of
             ``events`` is not valid, or a host name cannot be resolved;
             nothing has been bound.
         OSError: a bind failed; nothing stays bound.
         KeyboardInterrupt: SIGINT stopped the loop (raised after the
-            shutdown, never from inside it).
+            shutdown, never from inside it). SIGTERM and SIGHUP make
+            ``serve`` return normally instead.
         Exception: whatever ``serving`` or ``tick`` raised, after every
             connection has been closed and every descriptor released (with
             ``loops`` > 1: raised in a loop's process, rebuilt in this one).
@@ -104,6 +126,11 @@ def serve(events: Events, *addrs: str, poller: str | Poller | None = None,
         if not addrs:
             raise ValueError("serve() needs at least one address")
         check_settings(events)
+        sigs = check_stop_signals(stop_signals)
+        if isinstance(stop_timeout, bool) or not isinstance(stop_timeout, int | float) or not (
+                0 <= stop_timeout < float("inf")):
+            raise ValueError(f"stop_timeout must be a finite number of seconds >= 0, "
+                             f"not {stop_timeout!r}")
         n = loop_count(loops)
         parsed = [parse_address(a) for a in addrs]
         if any(a.portable for a in parsed):
@@ -115,7 +142,8 @@ def serve(events: Events, *addrs: str, poller: str | Poller | None = None,
                 )
             poller = poller if isinstance(poller, Poller) else PORTABLE_FALLBACK
         if n > 1:  # refuses a Poller instance before anything else
-            supervise(events, parsed, n, poller, _child_loop)
+            supervise(events, parsed, n, poller, _child_loop, stop_signals=sigs,
+                      stop_timeout=float(stop_timeout))
             return
     except BaseException:
         if isinstance(poller, Poller):  # ours to close however serve() ends (POLL-6)
@@ -125,7 +153,8 @@ def serve(events: Events, *addrs: str, poller: str | Poller | None = None,
     listeners: list[Listener] = []
     try:
         listeners = bind_all(parsed)
-        loop = _Loop(events, listeners, backend)
+        loop = _Loop(events, listeners, backend, stop_signals=sigs,
+                     stop_timeout=float(stop_timeout))
     except BaseException:  # nothing stays bound, nothing stays open
         for lst in listeners:
             lst.close()
@@ -135,9 +164,13 @@ def serve(events: Events, *addrs: str, poller: str | Poller | None = None,
 
 
 def _child_loop(events: Events, listeners: list[Listener], poller: str | None,
-                index: int, loops: int, parent_fd: int) -> _Loop:
-    """One of ``loops`` loops, made in its own process for `evio.loops` to run."""
-    return _Loop(events, listeners, make_poller(poller), index, loops, parent_fd)
+                index: int, loops: int, parent_fd: int, stop_timeout: float) -> _Loop:
+    """One of ``loops`` loops, made in its own process for `evio.loops` to run.
+
+    Its stop signals are the supervisor's to install (LOOPS-6), so none here.
+    """
+    return _Loop(events, listeners, make_poller(poller), index, loops, parent_fd,
+                 stop_signals=(), stop_timeout=stop_timeout)
 
 
 class _Loop:
@@ -148,7 +181,9 @@ class _Loop:
     """
 
     def __init__(self, events: Events, listeners: list[Listener], poller: Poller,
-                 index: int = 0, loops: int = 1, parent_fd: int | None = None) -> None:
+                 index: int = 0, loops: int = 1, parent_fd: int | None = None,
+                 stop_signals: tuple[signal.Signals, ...] = DEFAULT_STOP_SIGNALS,
+                 stop_timeout: float = 2.0) -> None:
         self.ev = events
         self.index, self.loops, self.parent_fd = index, loops, parent_fd
         self.listeners = listeners
@@ -158,7 +193,8 @@ class _Loop:
         self.handlers: Handlers = {}
         self.timers = Timers()
         self.waker = Waker()
-        self.signals = SignalWatch(self.stop)
+        self.signals = SignalWatch(self.stop, stop_signals)
+        self.stop_timeout = stop_timeout
         self.tick_due = 0.0
         # Made once: a bound method per tick would be a new object each time,
         # and the one pending after a burst keeps its arena (evio.memory).
@@ -205,6 +241,50 @@ class _Loop:
     def shutdown_write(self, id: int) -> bool:
         """`evio.Server.shutdown_write`: the loop's thread."""
         return self.streams.shutdown_write(id)
+
+    def call_later(self, delay: float, fn: Callable[[], object],
+                   id: int | None) -> Timer:
+        """`evio.Server.call_later`: the loop's thread."""
+        if not callable(fn):
+            raise TypeError(f"call_later needs a function, not {fn!r}")
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or not (
+                0 <= delay < float("inf")):
+            raise ValueError(f"call_later's delay must be a finite number of seconds >= 0, "
+                             f"not {delay!r}")
+        c = None
+        if id is not None:
+            c = self.streams.by_id.get(id)
+            if c is None or not self.streams.live(c):
+                raise ValueError(f"call_later: {id!r} is not an open stream connection")
+        t = self.timers.at(time.monotonic() + min(delay, FOREVER),
+                           functools.partial(self._user_timer, fn))
+        if c is not None:
+            tied = c.user_timers
+            if tied is None:
+                c.user_timers = [t]
+            else:
+                if len(tied) >= 8:  # fired and cancelled ones go: the list stays short
+                    tied[:] = [x for x in tied if x.fire is not None]
+                tied.append(t)
+        return t
+
+    def _user_timer(self, fn: Callable[[], object]) -> None:
+        """A `call_later` timer fired: call it as ``tick`` is called, but a
+        raise is logged and the loop goes on (TIMER-1)."""
+        try:
+            action = split_action(fn(), "a call_later function")
+        except Exception:
+            log.exception("a call_later function raised; ignored")
+            return
+        self.policy.server_action(action)
+
+    def close(self, id: int) -> bool:
+        """`evio.Server.close`: the loop's thread."""
+        return self.streams.end_later(id, abort=False)
+
+    def abort(self, id: int) -> bool:
+        """`evio.Server.abort`: the loop's thread."""
+        return self.streams.end_later(id, abort=True)
 
     def stop(self) -> None:
         """`evio.Server.stop`: any thread, or a signal handler. Never blocks."""
@@ -329,12 +409,17 @@ class _Loop:
     # ------------------------------------------------------------- shutdown
 
     def _shutdown(self) -> None:
-        """Close everything, in id order; release every descriptor."""
+        """Flush, then close everything, in id order; release every descriptor."""
         self.stopping = True
         try:
             self.poller.unregister(self.waker.fileno())
             self.waker.close()  # from here on wake() is False and dial() raises
             self.dialer.close()
+            for lst in self.listeners:  # no more accepts while the output drains
+                self.poller.unregister(lst.sock.fileno())
+            if self.parent_fd is not None:
+                self.poller.unregister(self.parent_fd)
+            self.streams.drain(self.stop_timeout, self.signals)  # LOOP-18
             streams, udp, dialer = self.streams, self.udp, self.dialer
             first: BaseException | None = None  # a KeyboardInterrupt inside a closed()
             for cid in sorted(set(streams.by_id) | set(udp.peers) | set(dialer.dials)):

@@ -115,19 +115,18 @@ from typing import Any, Protocol
 from .addresses import Address, Listener, bind_all
 from .events import Events
 from .pollers import READ, Poller, make_poller
+from .signals import DEFAULT_STOP_SIGNALS
 
-__all__ = ["AUTO", "STOP_SIGNALS", "loop_count", "supervise"]
+__all__ = ["AUTO", "loop_count", "supervise"]
 
 log = logging.getLogger("evio")
 
 AUTO = "auto"
 """``serve(..., loops=AUTO)``: one loop per CPU this process may run on."""
-STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-"""The signals that stop every loop, by default (**LOOPS-6**)."""
 BACKOFF_FIRST = 0.1
 BACKOFF_CAP = 5.0
 BACKOFF_RESET = 10.0  # a loop that lived this long starts its slot's back-off afresh
-GRACE = 10.0  # seconds the loops get to shut down before SIGKILL
+GRACE = 10.0  # seconds the loops get to shut down before SIGKILL (or stop_timeout + 1)
 _RAISED = 70  # a child's exit status when it sent a report (EX_SOFTWARE)
 
 
@@ -141,8 +140,9 @@ class ChildLoop(Protocol):
         """Ask the loop to stop; safe in a signal handler."""
 
 
-MakeLoop = Callable[[Events, list[Listener], str | None, int, int, int], ChildLoop]
-"""How a child makes its loop: ``(events, listeners, poller, index, loops, parent_fd)``."""
+MakeLoop = Callable[[Events, list[Listener], str | None, int, int, int, float], ChildLoop]
+"""How a child makes its loop:
+``(events, listeners, poller, index, loops, parent_fd, stop_timeout)``."""
 
 
 def loop_count(loops: object) -> int:
@@ -167,7 +167,8 @@ def _is_default(sig: int, handler: Any) -> bool:
 
 def supervise(events: Events, parsed: list[Address], n: int,
               poller: str | Poller | None, make_loop: MakeLoop,
-              stop_signals: Iterable[int] = STOP_SIGNALS) -> None:
+              stop_signals: Iterable[int] = DEFAULT_STOP_SIGNALS,
+              stop_timeout: float = 2.0) -> None:
     """`evio.serve` with ``loops`` > 1: bind, fork ``n`` loops, supervise them.
 
     Returns once every child has been reaped and every listener closed.
@@ -186,7 +187,8 @@ def supervise(events: Events, parsed: list[Address], n: int,
     make_poller(poller).close()  # an unknown name is a ValueError before anything is bound
     listeners = bind_all(parsed)  # LOOPS-3: once, shared by every loop
     try:
-        sup = _Supervisor(events, listeners, n, poller, make_loop, tuple(stop_signals))
+        sup = _Supervisor(events, listeners, n, poller, make_loop, tuple(stop_signals),
+                          stop_timeout)
         sup.run()
     finally:
         for lst in listeners:
@@ -213,8 +215,10 @@ class _Supervisor:
 
     def __init__(self, events: Events, listeners: list[Listener], n: int,
                  poller: str | None, make_loop: MakeLoop,
-                 stop_signals: tuple[int, ...]) -> None:
+                 stop_signals: tuple[int, ...], stop_timeout: float) -> None:
         self.events, self.listeners, self.n = events, listeners, n
+        self.stop_timeout = stop_timeout
+        self.grace = max(GRACE, stop_timeout + 1.0)
         self.poller, self.make_loop, self.stop_signals = poller, make_loop, stop_signals
         self.children: dict[int, _Child] = {}  # by pid
         self.restarts: dict[int, float] = {}  # index -> when to fork it again
@@ -250,7 +254,7 @@ class _Supervisor:
                 if self.stopping and self.children and now >= self.deadline:
                     for pid in self.children:
                         log.warning("loop %d (pid %d) did not stop in %.0f s: killing it",
-                                    self.children[pid].index, pid, GRACE)
+                                    self.children[pid].index, pid, self.grace)
                         with contextlib.suppress(ProcessLookupError):
                             os.kill(pid, signal.SIGKILL)
                     self.deadline = float("inf")
@@ -340,7 +344,7 @@ class _Supervisor:
             return
         self.stopping = True
         self.restarts.clear()
-        self.deadline = time.monotonic() + GRACE
+        self.deadline = time.monotonic() + self.grace
         if self.children:
             log.info("stopping %d loop(s): %s", len(self.children), why)
         os.close(self.parent_w)
@@ -419,7 +423,7 @@ class _Supervisor:
             for lst in self.listeners:
                 lst.unlink = None  # the parent removes the unix socket file, once
             loop = self.make_loop(self.events, self.listeners, self.poller, index, self.n,
-                                  self.parent_r)
+                                  self.parent_r, self.stop_timeout)
             for sig in stops:  # LOOPS-6: a stop signal stops this loop cleanly
                 signal.signal(sig, lambda signum, frame: loop.stop())
             loop.run()

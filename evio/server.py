@@ -11,6 +11,10 @@ types, and a handle that imported the loop would close a circle).
 Three methods are safe from any thread -- `Server.wake`,
 `Server.dial` and `Server.stop` -- because each only rings the
 loop's doorbell (`evio.wake`) and leaves the work to the loop.
+`Server.call_later`, `Server.close` and `Server.abort` give the loop's
+own thread what it needs to act on *any* connection at a time of its
+choosing, without a deadline table scanned from ``tick`` or a wake to
+itself.
 `Server.stop` goes further: it is safe inside a signal handler, so it
 never waits for a lock (see `evio.wake.Waker.nudge`).  The rest belong to
 the loop's thread.
@@ -18,7 +22,11 @@ the loop's thread.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .timers import Timer
 
 __all__ = ["LoopControl", "Server"]
 
@@ -40,6 +48,13 @@ class LoopControl(Protocol):
 
     def shutdown_write(self, id: int) -> bool: ...
 
+    def call_later(self, delay: float, fn: Callable[[], object],
+                   id: int | None) -> Timer: ...
+
+    def close(self, id: int) -> bool: ...
+
+    def abort(self, id: int) -> bool: ...
+
     def stop(self) -> None: ...
 
 
@@ -47,8 +62,9 @@ class Server:
     """The running server, as ``serving`` receives it.
 
     ``wake``, ``dial`` and ``stop`` are safe to call from any thread
-    (``stop`` also from a signal handler); everything else belongs to the
-    loop's thread.
+    (``stop`` also from a signal handler); everything else --
+    ``call_later``, ``close``, ``abort``, ``pause`` and the rest -- belongs
+    to the loop's thread.
 
     Attributes:
         addrs: The real bound address of each listener, in the order given
@@ -183,6 +199,70 @@ class Server:
             (the FIN is on its way); False otherwise, and nothing happens.
         """
         return self._loop.shutdown_write(id)
+
+    def call_later(self, delay: float, fn: Callable[[], object], *,
+                   id: int | None = None) -> Timer:
+        """Call ``fn()`` on the loop's thread ``delay`` seconds from now.
+
+        For the loop's thread only (from a callback, or from another timer).
+        The timer sits in the loop's one deadline queue with ``tick``, the
+        idle timeouts and the dial timeouts (rule TIMER-1): it fires in the
+        loop's *timers* phase, at the earliest after a poll -- a delay of 0
+        means "at the end of this turn". ``fn`` may return ``None`` or an
+        `evio.Action` (only ``SHUTDOWN`` has an effect, as for ``tick``); if
+        it raises, the error is logged and the loop goes on. A timer still
+        pending when the server stops never fires.
+
+        Args:
+            delay: Seconds from now, ``>= 0`` and finite (more than 1e18
+                means never).
+            fn: What to call, with no arguments (bind them with
+                ``functools.partial`` or a lambda).
+            id: Ties the timer to this stream connection: it is cancelled
+                when the connection closes or detaches, so ``fn`` never
+                sees a connection that is gone (rule TIMER-2).
+
+        Returns:
+            The `evio.Timer`; its ``cancel()`` makes sure it never fires.
+
+        Raises:
+            TypeError: ``fn`` is not callable.
+            ValueError: ``delay`` is negative, not finite or not a number;
+                or ``id`` is given and is not an open stream connection.
+        """
+        return self._loop.call_later(delay, fn, id)
+
+    def close(self, id: int) -> bool:
+        """Close stream connection ``id`` as if its callback had returned ``Action.CLOSE``.
+
+        For the loop's thread only. Reading from ``id`` stops at once (no
+        more ``data`` with bytes); at the end of this turn of the loop the
+        connection finishes as ``CLOSE`` does (rule TIMER-3): output
+        returned by callbacks in this turn, the calling one included, is
+        sent first, then the socket closes and ``closed(id, None)`` is
+        called. So ``closed`` is never called from inside this call.
+
+        Returns:
+            True if ``id`` is a stream connection that holds its socket (it
+            will close); False for an unknown, closed, detached, UDP or
+            still-dialing id, and then nothing happens.
+        """
+        return self._loop.close(id)
+
+    def abort(self, id: int) -> bool:
+        """Close stream connection ``id`` at once, dropping its pending output.
+
+        For the loop's thread only. Reading stops at once; at the end of
+        this turn the pending output -- including output returned in this
+        turn -- is dropped, a TCP connection is reset (the kernel drops
+        what it still holds; the peer sees ``ECONNRESET``), the socket
+        closes and ``closed(id, None)`` is called (rule TIMER-4). Like
+        asyncio's ``transport.abort()``.
+
+        Returns:
+            As for `close`.
+        """
+        return self._loop.abort(id)
 
     def __repr__(self) -> str:
         where = f" loop={self.loop_index}/{self.loops}" if self.loops > 1 else ""

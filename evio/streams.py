@@ -410,8 +410,7 @@ class Streams(Flow):
         self.by_fd.pop(c.fd, None)
         self.by_id.pop(c.id, None)
         self.handlers.pop(c.fd, None)
-        self.timers.cancel(c.idle_timer)
-        c.idle_timer = None
+        self.drop_timers(c)
         if not keep_socket:
             c.sock.close()
 
@@ -434,17 +433,14 @@ class Streams(Flow):
             conn.abandon()
 
     def shut(self, cid: int) -> None:
-        """Shutdown: one last non-blocking write, then close ``cid``."""
+        """Shutdown, after `drain`: one last non-blocking write, then close ``cid``."""
         c = self.by_id[cid]
         if c.state is State.OPENING:  # opened was never called: nobody to tell
             move(c, On.SHUTDOWN)
             self.poller.unregister(c.fd)
             self._forget(c)
             return
-        if c.translator is not None and c.state is _OPEN:
-            with contextlib.suppress(Exception):
-                c.pending += c.translator.close()  # close_notify, best effort
-        if c.pending:
+        if c.pending:  # what `drain` could not send (its goodbye included)
             with contextlib.suppress(OSError):
                 c.sock.send(c.pending)  # one last try; never blocks
         self.close(c, On.SHUTDOWN, c.err)

@@ -23,6 +23,11 @@ reads its poll timeout off ``heap[0]`` with no call), and when more than
 half the heap is dead it is rebuilt in one linear pass.  Memory stays
 proportional to the live timers.
 
+The same queue serves the application: `evio.Server.call_later` puts a
+user's function on it and hands back its `Timer`, whose `Timer.cancel`
+is the cheap cancellation above.  A timer may be tied to a connection; the
+connection cancels it when it closes (`evio.streams`).
+
 Everything here runs on the loop's thread: no locks.
 """
 
@@ -43,18 +48,45 @@ _COMPACT_AT = 64
 
 
 class Timer:
-    """One pending call; `Timers.cancel` makes it a no-op.
+    """One pending call on the loop's thread, as `evio.Server.call_later` returns it.
+
+    For the loop's thread only, like the queue it sits in.
 
     Attributes:
         when: The ``time.monotonic()`` at which it is due.
-        fire: What to call then; ``None`` once cancelled or fired.
+        fire: What the loop calls then; ``None`` once cancelled or fired.
     """
 
-    __slots__ = ("fire", "when")
+    __slots__ = ("_queue", "fire", "when")
 
-    def __init__(self, when: float, fire: Callable[[], None]) -> None:
+    def __init__(self, when: float, fire: Callable[[], None], queue: Timers | None = None) -> None:
         self.when = when
         self.fire: Callable[[], None] | None = fire
+        self._queue = queue
+
+    @property
+    def active(self) -> bool:
+        """Whether it is still due to fire (not fired, not cancelled)."""
+        return self.fire is not None
+
+    def cancel(self) -> bool:
+        """Make sure it never fires (rule TIMER-2).
+
+        Returns:
+            True if it was still due and now will not fire; False if it had
+            already fired or been cancelled (then nothing happens).
+        """
+        if self.fire is None:
+            return False
+        if self._queue is not None:
+            self._queue.cancel(self)
+        else:
+            self.fire = None
+        return True
+
+    def __repr__(self) -> str:
+        state = "active" if self.fire is not None else "done"
+        return f"<evio.Timer {state} when={self.when:.3f}>"
 
 
 class Timers:
@@ -71,7 +103,7 @@ class Timers:
 
     def at(self, when: float, fire: Callable[[], None]) -> Timer:
         """Call ``fire()`` on the loop's thread once ``time.monotonic() >= when``."""
-        t = Timer(when, fire)
+        t = Timer(when, fire, self)
         heapq.heappush(self.heap, (when, next(self._seq), t))
         return t
 

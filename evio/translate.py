@@ -39,12 +39,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .callbacks import Policy, Side
 from .events import Events, Info
 from .lifecycle import LIVE, WRITABLE, Conn, On, State
+from .timers import Timers
 from .translators import Passthrough, Translator, ZlibTranslator
 
 if TYPE_CHECKING:
@@ -58,7 +61,8 @@ Should = Callable[[int, Info], bool]
 Factory = Callable[[int, Info], Translator]
 
 
-def translate(events: Events, should: Should | None, factory: Factory) -> Events:
+def translate(events: Events, should: Should | None, factory: Factory, *,
+              handshake_timeout: float | None = None) -> Events:
     """Return events whose chosen connections' bytes pass through translators.
 
     Args:
@@ -66,17 +70,29 @@ def translate(events: Events, should: Should | None, factory: Factory) -> Events
         should: ``should(id, info)`` is asked once per connection as it
             opens; ``True`` translates it. ``None`` translates every one.
         factory: ``factory(id, info)`` makes the connection's translator.
+        handshake_timeout: Seconds a translated connection has, from the
+            moment it opens, to finish its handshake (its translator's
+            ``handshake_done`` turns true); one still handshaking then is
+            aborted -- pending output dropped, the peer reset -- with
+            ``closed(id, TimeoutError)`` (rule TIMER-5). ``None`` (the
+            default): no limit.
 
     Returns:
         A copy of ``events`` carrying the translation. Pass it to
         `evio.serve`.
 
     Raises:
-        ValueError: ``events`` is already translated.
+        ValueError: ``events`` is already translated, or
+            ``handshake_timeout`` is not a positive finite number.
     """
     if events.translation is not None:
         raise ValueError("these events are already translated; translate the original ones")
-    return dataclasses.replace(events, translation=(should or _always, factory))
+    t = handshake_timeout
+    if t is not None and (isinstance(t, bool) or not isinstance(t, int | float)
+                          or not 0 < t < float("inf")):
+        raise ValueError(f"handshake_timeout must be a positive number of seconds, not {t!r}")
+    return dataclasses.replace(events, translation=(
+        should or _always, factory, None if t is None else float(t)))
 
 
 def _always(cid: int, info: Info) -> bool:
@@ -97,6 +113,10 @@ class _Stream(Side[Conn], Protocol):
 
     def finish(self, c: Conn, on: On, err: BaseException | None) -> None: ...
 
+    def abort(self, c: Conn, err: BaseException | None) -> None: ...
+
+    timers: Timers
+
 
 class Pump:
     """Moves a stream's bytes through its translator, both ways.
@@ -105,12 +125,15 @@ class Pump:
         streams: The loop's stream connections.
         should: Which connections to translate.
         factory: Makes a connection's translator.
+        handshake_timeout: Seconds to finish a handshake, or ``None``.
     """
 
-    def __init__(self, streams: _Stream, should: Should, factory: Factory) -> None:
+    def __init__(self, streams: _Stream, should: Should, factory: Factory,
+                 handshake_timeout: float | None = None) -> None:
         self.streams = streams
         self.should = should
         self.factory = factory
+        self.handshake_timeout = handshake_timeout
 
     def setup(self, c: Conn, info: Info) -> Exception | None:
         """Ask ``should``; make and start the translator. The error, if any."""
@@ -120,9 +143,20 @@ class Pump:
                 # Queued, not sent: a send could fail and close the
                 # connection before opened has been called.
                 c.pending += c.translator.start()
+                if self.handshake_timeout is not None and not c.translator.handshake_done:
+                    t = self.streams.timers.at(time.monotonic() + self.handshake_timeout,
+                                               partial(self._handshake_due, c))
+                    c.user_timers = [t]  # cancelled when the connection goes
         except Exception as e:
             return e
         return None
+
+    def _handshake_due(self, c: Conn) -> None:
+        """``handshake_timeout`` ran out: abort ``c`` if it is still handshaking (TIMER-5)."""
+        tr = c.translator
+        if c.state in LIVE and tr is not None and not tr.handshake_done:
+            self.streams.abort(c, TimeoutError(
+                f"connection {c.id}: handshake not done in {self.handshake_timeout}s"))
 
     def receive(self, c: Conn, wire: Any) -> None:
         """Wire bytes in; its reply out; plaintext to ``data``."""

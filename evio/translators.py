@@ -70,6 +70,16 @@ class Translator:
         """
         return None
 
+    @property
+    def handshake_done(self) -> bool:
+        """Whether the protocol's opening exchange is over.
+
+        `evio.translate`'s ``handshake_timeout`` closes a connection whose
+        translator still answers ``False`` when it runs out (TIMER-5). A
+        protocol without a handshake keeps this default: always ``True``.
+        """
+        return True
+
 
 class Passthrough(Translator):
     """The identity translator: useful as a template and in tests."""

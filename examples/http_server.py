@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import email.utils
 import shutil
-import signal
 import ssl
 import sys
 import tempfile
@@ -254,10 +253,6 @@ def main(argv: list[str] | None = None) -> int:
 
     def serving(server: evio.Server) -> None:
         running.append(server)  # kept for wake
-        # SIGINT, SIGTERM and SIGHUP stop the loop cleanly: Server.stop() is
-        # safe in a signal handler, and the loop wakes for it at once.
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, lambda signum, frame: server.stop())
         where = ", ".join(str(a) for a in server.addrs)
         print(f"http server listening on {where} (poller: {server.poller})", flush=True)
         if tls_index >= 0:
@@ -364,8 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         print(f"http server: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        pass  # Ctrl-C with --loops N: the supervisor has stopped every loop cleanly
+    except KeyboardInterrupt:  # Ctrl-C: evio closed every connection first
+        pass
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)

@@ -49,7 +49,6 @@ Stop it with Ctrl-C (or SIGTERM).
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from dataclasses import dataclass, field
 from typing import TypeAlias
@@ -111,10 +110,6 @@ def main(argv: list[str] | None = None) -> int:
     def serving(srv: evio.Server) -> None:
         nonlocal server
         server = srv  # kept for dial and wake
-        # SIGINT, SIGTERM and SIGHUP stop the loop cleanly: Server.stop() is
-        # safe in a signal handler, and the loop wakes for it at once.
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, lambda signum, frame: srv.stop())
         where = ", ".join(str(a) for a in srv.addrs)
         print(f"proxy listening on {where}, relaying to {args.upstream} "
               f"(poller: {srv.poller})", flush=True)
@@ -214,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         print(f"proxy: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: evio closed every connection first
+        pass
     print("proxy stopped", flush=True)
     return 0
 

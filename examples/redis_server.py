@@ -69,7 +69,6 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import math
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -171,10 +170,6 @@ class RedisClone:
 
     def serving(self, server: evio.Server) -> None:
         self.server = server  # kept for dial and wake
-        # SIGINT, SIGTERM and SIGHUP stop the loop cleanly: Server.stop() is
-        # safe in a signal handler, and the loop wakes for it at once.
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, lambda signum, frame: server.stop())
         where = ", ".join(str(a) for a in server.addrs)
         print(f"redis server listening on {where} (poller: {server.poller})", flush=True)
 
@@ -597,6 +592,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         print(f"redis server: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: evio closed every connection first
+        pass
     print("redis server stopped", flush=True)
     return 0
 

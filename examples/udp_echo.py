@@ -29,7 +29,6 @@ Stop it with Ctrl-C (or SIGTERM).
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 
 import evio
@@ -49,10 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     host = f"[{args.host}]" if ":" in args.host else args.host
 
     def serving(server: evio.Server) -> None:
-        # SIGINT, SIGTERM and SIGHUP stop the loop cleanly: Server.stop() is
-        # safe in a signal handler, and the loop wakes for it at once.
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, lambda signum, frame: server.stop())
         where = ", ".join(str(a) for a in server.addrs)
         print(f"udp echo server listening on {where} (poller: {server.poller})", flush=True)
 
@@ -65,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         print(f"udp echo server: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: evio closed every connection first
+        pass
     print("udp echo server stopped", flush=True)
     return 0
 

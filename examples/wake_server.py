@@ -33,7 +33,6 @@ wake finds the server gone and returns False.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import threading
 import time
@@ -83,10 +82,6 @@ def main(argv: list[str] | None = None) -> int:
     server: evio.Server | None = None
 
     def serving(srv: evio.Server) -> None:
-        # SIGINT, SIGTERM and SIGHUP stop the loop cleanly: Server.stop() is
-        # safe in a signal handler, and the loop wakes for it at once.
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, lambda signum, frame: srv.stop())
         nonlocal server
         server = srv  # keep it: the workers need server.wake
         where = ", ".join(str(a) for a in srv.addrs)
@@ -146,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         print(f"wake server: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: evio closed every connection first
+        pass
     print("wake server stopped", flush=True)
     return 0
 
