@@ -8,6 +8,7 @@ then the server's resident memory (``VmRSS``, peak ``VmHWM``) is read from
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -466,6 +467,122 @@ def test_http_example_idle_and_handshake_timeouts_and_400_on_the_https_port(
         assert 0.4 < _closed_after(tls_port) < 5  # idle before the handshake
         # Trickling a handshake keeps it from idling, not from its deadline.
         assert 0.9 < _closed_after(tls_port, _HELLO_START) < 5
+        stop(proc)
+
+
+class _Trickler:
+    """A client that sends ``text`` one byte per ``step`` and never stops,
+    and notes what the server answers and when it closes."""
+
+    def __init__(self, s: Any, text: bytes) -> None:
+        self.s, self.text, self.at = s, text, 0
+        self.got = b""
+        self.closed_at: float | None = None
+        s.setblocking(False)
+
+    def step(self) -> None:
+        import ssl
+
+        if self.closed_at is not None:
+            return
+        try:
+            while chunk := self.s.recv(65536):
+                self.got += chunk
+            self.closed_at = time.monotonic()
+            return
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            pass
+        except OSError:  # reset: closed too
+            self.closed_at = time.monotonic()
+            return
+        with contextlib.suppress(BlockingIOError, ssl.SSLWantReadError,
+                                 ssl.SSLWantWriteError):
+            self.s.send(self.text[self.at % len(self.text):][:1])
+            self.at += 1
+
+
+def _tls_client(port: int) -> Any:
+    import ssl
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    s = ctx.wrap_socket(connect_to(("127.0.0.1", port), TIMEOUT))
+    return s
+
+
+@pytest.mark.rule("HTTP-19", "REL-4")
+def test_http_example_closes_tricklers_within_the_header_and_body_timeouts(
+        poller: str) -> None:
+    head = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"a" * 4000
+    body = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
+    with example("http_server.py", "--poller", poller, "--tlsport", "0",
+                 "--header-timeout", "1", "--body-timeout", "1.5",
+                 "--idle-timeout", "30") as (proc, port):
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        tls_port = int(line.split(", ")[1].split(")")[0])
+        started = time.monotonic()
+        heads = [_Trickler(connect_to(("127.0.0.1", port), TIMEOUT), head)
+                 for _ in range(40)]
+        heads += [_Trickler(_tls_client(tls_port), head) for _ in range(5)]
+        bodies = []
+        for _ in range(5):
+            b = _Trickler(connect_to(("127.0.0.1", port), TIMEOUT), b"x")
+            b.s.sendall(body)  # the head at once; then a body byte at a time
+            bodies.append(b)
+        everyone = heads + bodies
+        answered, slowest = 0, 0.0
+        try:
+            while time.monotonic() - started < 6 and any(
+                    t.closed_at is None for t in everyone):
+                for t in everyone:
+                    t.step()
+                # Meanwhile a normal client is answered at once.
+                asked = time.monotonic()
+                with connect_to(("127.0.0.1", port), TIMEOUT) as c:
+                    c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    assert read_until_eof(c).startswith(b"HTTP/1.1 200 OK")
+                answered += 1
+                slowest = max(slowest, time.monotonic() - asked)
+                time.sleep(0.1)
+        finally:
+            for t in everyone:
+                t.s.close()
+        print(f"http ({poller}): 50 tricklers; {answered} normal requests answered, "
+              f"slowest {slowest * 1000:.0f} ms")
+        for t in heads:
+            assert t.closed_at is not None and t.closed_at - started < 1 + 2.5
+            assert t.got.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), t.got[:80]
+        for t in bodies:
+            assert t.closed_at is not None and t.closed_at - started < 1.5 + 2.5
+            assert t.got.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), t.got[:80]
+            assert b"request body not received within 1.5 s" in t.got
+        assert answered >= 5
+        stop(proc)
+
+
+@pytest.mark.rule("HTTP-19")
+def test_http_example_times_each_request_not_the_connection(poller: str) -> None:
+    # Requests in two halves, 0.3 s apart, for 3 s on one connection: each
+    # head is whole well within the 1 s bound, so none is timed out.
+    with example("http_server.py", "--poller", poller, "--no-tls",
+                 "--header-timeout", "1", "--idle-timeout", "30") as (proc, port):
+        with connect_to(("127.0.0.1", port), TIMEOUT) as c:
+            f = c.makefile("rb")
+            for _ in range(6):
+                c.sendall(b"GET / HTTP/1.1\r\nHo")
+                time.sleep(0.25)
+                c.sendall(b"st: x\r\n\r\nGET / HT")  # and the start of the next
+                time.sleep(0.25)
+                c.sendall(b"TP/1.1\r\nHost: x\r\n\r\n")
+                for _ in range(2):
+                    assert f.readline() == b"HTTP/1.1 200 OK\r\n"
+                    length = 0
+                    while (line := f.readline()) != b"\r\n":
+                        if line.lower().startswith(b"content-length:"):
+                            length = int(line.split(b":")[1])
+                    assert f.read(length).startswith(b"Hello World!")
         stop(proc)
 
 
