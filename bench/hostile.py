@@ -1,4 +1,4 @@
-"""Hostile clients and failing processes: the figures behind issue 22's table, rows 2-6.
+"""Hostile clients and failing processes: the figures behind issue 22's table, rows 1-6.
 
 Each row is one small, bounded experiment on loopback against the examples
 of an evio checkout (``--root``, this one by default), so the same script
@@ -7,6 +7,9 @@ measures the code before and after a change::
     python bench/hostile.py                       # every row, this checkout
     python bench/hostile.py --root /tmp/old 4 5   # rows 4 and 5 of another checkout
 
+Row 1: the HTTP example under slowloris (300 connections, each sending one
+byte of a request head every 5 s, ``--idle-timeout 10``) -- how many are
+closed, and when, and how fast a normal client is answered meanwhile.
 Row 2: ``--loops 2``, fork made to fail (EAGAIN) in the supervisor, one loop
 killed -- does the service survive, and how long does the slot stay empty
 once fork works again?  Row 3: the proxy while its upstream is still
@@ -149,6 +152,84 @@ def many(port: int, n: int, timeout: float) -> list[float | None]:
     for t in threads:
         t.join()
     return out
+
+
+def _normal(port: int, lat: list[float], lost: list[int], stop: threading.Event) -> None:
+    """One plain request every 0.1 s, a new connection each, until ``stop``."""
+    req = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    while not stop.is_set():
+        start = time.monotonic()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(req)
+                if not s.recv(100).startswith(b"HTTP/1.1 200"):
+                    raise OSError("bad answer")
+            lat.append(time.monotonic() - start)
+        except OSError:
+            lost.append(1)
+        time.sleep(0.1)
+
+
+def _p99(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * 0.99))] * 1000 if xs else float("nan")
+
+
+def row1(root: Path, n: int = 300, seconds: float = 25.0) -> None:
+    port = free_port()
+    p = Proc(root, ["examples/http_server.py", "--port", str(port), "--no-tls",
+                    "--idle-timeout", "10"])
+    try:
+        p.wait_for("listening")
+        lat: list[float] = []
+        lost: list[int] = []
+        stop = threading.Event()
+        t = threading.Thread(target=_normal, args=(port, lat, lost, stop))
+        t.start()
+        time.sleep(3)
+        stop.set()
+        t.join()
+        base = _p99(lat)
+        head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 1000
+        socks = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(n)]
+        start = time.monotonic()
+        closed_at: dict[int, float] = {}
+        for s in socks:
+            s.setblocking(False)
+        lat, lost, stop = [], [], threading.Event()
+        t = threading.Thread(target=_normal, args=(port, lat, lost, stop))
+        t.start()
+        i = 0
+        while time.monotonic() - start < seconds:
+            # each trickler sends one byte every 5 s (n/50 per 0.1 s slot)
+            for k, s in enumerate(socks):
+                if k in closed_at:
+                    continue
+                try:
+                    if s.recv(4096) == b"":
+                        closed_at[k] = time.monotonic() - start
+                        continue
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    closed_at[k] = time.monotonic() - start
+                    continue
+                if k % 50 == i % 50:
+                    with contextlib.suppress(OSError):
+                        s.send(head[(i // 50) % len(head):][:1])
+            i += 1
+            time.sleep(0.1)
+        stop.set()
+        t.join()
+        for s in socks:
+            s.close()
+        last = max(closed_at.values()) if closed_at else float("nan")
+        print(f"row 1: HTTP slowloris, {n} connections x 1 byte / 5 s, --idle-timeout 10: "
+              f"{len(closed_at)}/{n} closed within {seconds:.0f} s (last at {last:.1f} s); "
+              f"normal requests: {len(lat)} answered, {len(lost)} failed, p99 "
+              f"{_p99(lat):.1f} ms (unloaded {base:.1f} ms)")
+    finally:
+        p.stop()
 
 
 def row2(root: Path) -> None:
@@ -319,10 +400,10 @@ def row6(root: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", type=Path, default=HERE, help="the evio checkout to measure")
-    parser.add_argument("rows", nargs="*", type=int, default=[2, 3, 4, 5, 6])
+    parser.add_argument("rows", nargs="*", type=int, default=[1, 2, 3, 4, 5, 6])
     args = parser.parse_args()
     for r in args.rows:
-        {2: row2, 3: row3, 4: row4, 5: row5, 6: row6}[r](args.root.resolve())
+        {1: row1, 2: row2, 3: row3, 4: row4, 5: row5, 6: row6}[r](args.root.resolve())
 
 
 if __name__ == "__main__":

@@ -92,6 +92,37 @@ KEEPALIVE_MAX = 32767
 """The most seconds Linux takes for ``TCP_KEEPIDLE`` and ``TCP_KEEPINTVL``."""
 
 
+
+if sys.platform.startswith("linux"):
+    import fcntl
+
+    _SIOCOUTQ = 0x5411  # = TIOCOUTQ: bytes in a socket's send queue not yet taken
+
+    def kernel_unsent(sock: socket.socket) -> int:
+        """Bytes of our output the kernel still holds for ``sock`` (-1: unknown).
+
+        On Linux, ``SIOCOUTQ``: for TCP what the peer has not acknowledged,
+        for a unix socket what the peer has not read (REL-4).
+        """
+        try:
+            return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), _SIOCOUTQ, b"\0" * 4))[0])
+        except OSError:
+            return -1
+elif sys.platform == "darwin":  # pragma: no cover - macOS
+    _SO_NWRITE = 0x1024
+
+    def kernel_unsent(sock: socket.socket) -> int:
+        """Bytes of our output the kernel still holds for ``sock`` (-1: unknown)."""
+        try:
+            return int(sock.getsockopt(socket.SOL_SOCKET, _SO_NWRITE))
+        except OSError:
+            return -1
+else:  # pragma: no cover - no way to ask: a draining connection counts as idle
+    def kernel_unsent(sock: socket.socket) -> int:
+        """Bytes of our output the kernel still holds for ``sock`` (-1: unknown)."""
+        return -1
+
+
 class Flow:
     """The flow-control half of `evio.streams.Streams` (a mixin)."""
 
@@ -177,6 +208,14 @@ class Flow:
         if c.state not in LIVE or c.idle_timeout is None:
             return
         due = c.last_active + c.idle_timeout
+        if due <= time.monotonic() and c.pending and c.unsent_mark > 0:
+            # REL-4: the loop has had no room to write, but the kernel may
+            # still be handing our output to a slow reader: that is not idle.
+            unsent = kernel_unsent(c.sock)
+            if 0 <= unsent < c.unsent_mark:
+                c.unsent_mark = unsent
+                c.last_active = time.monotonic()
+                due = c.last_active + c.idle_timeout
         if due > time.monotonic():
             c.idle_timer = self.timers.at(due, partial(self._idle, c))
             return
@@ -342,6 +381,8 @@ class Flow:
             False if that put ``c`` over its output limit (it is closed).
         """
         c.pending += memoryview(out)[n:]
+        if c.idle_timeout is not None:
+            c.unsent_mark = kernel_unsent(c.sock)  # REL-4: the kernel's buffer is full now
         if c.max_pending is not None and len(c.pending) > c.max_pending:
             self.over_limit(c)
             return False

@@ -43,7 +43,7 @@ from typing import Any
 from .callbacks import Policy
 from .detach import DetachedConn
 from .events import Events, Info
-from .flow import READ_SIZE, SMALL_READ, Flow, next_read_size
+from .flow import READ_SIZE, SMALL_READ, Flow, kernel_unsent, next_read_size
 from .lifecycle import LIVE, READABLE, TALKING, WRITABLE, Conn, On, State, move
 from .pollers import READ, WRITE, Poller
 from .timers import Timers
@@ -345,8 +345,11 @@ class Streams(Flow):
             self._write_failed(c, len(c.pending), e)
             return
         del c.pending[:n]
-        if n and c.idle_timeout is not None:
-            c.last_active = time.monotonic()
+        if c.idle_timeout is not None:
+            if n:
+                c.last_active = time.monotonic()
+            if c.pending:  # the kernel's buffer is full now (REL-4)
+                c.unsent_mark = kernel_unsent(c.sock)
         if ev.postwrite is not None and not self.policy.around(
                 self, c, "postwrite", (c.id, n, len(c.pending))):
             return
