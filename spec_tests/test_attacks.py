@@ -586,6 +586,39 @@ def test_http_example_times_each_request_not_the_connection(poller: str) -> None
         stop(proc)
 
 
+@pytest.mark.rule("REDIS-21", "REL-4")
+def test_redis_example_closes_a_client_trickling_a_command(poller: str) -> None:
+    with example("redis_server.py", "--poller", poller, "--command-timeout", "1",
+                 "--timeout", "30") as (proc, port):
+        started = time.monotonic()
+        tricklers = [_Trickler(connect_to(("127.0.0.1", port), TIMEOUT),
+                               b"*2\r\n$4\r\nECHO\r\n$100000\r\n" + b"a" * 1000)
+                     for _ in range(20)]
+        steady = connect_to(("127.0.0.1", port), TIMEOUT)
+        f = steady.makefile("rb")
+        try:
+            while time.monotonic() - started < 4 and any(
+                    t.closed_at is None for t in tricklers):
+                for t in tricklers:
+                    t.step()
+                # Another client, sending whole commands in two halves, is
+                # answered and never cut.
+                steady.sendall(b"*1\r\n$4\r\nPI")
+                time.sleep(0.1)
+                steady.sendall(b"NG\r\n")
+                assert f.readline() == b"+PONG\r\n"
+        finally:
+            for t in tricklers:
+                t.s.close()
+        for t in tricklers:
+            assert t.closed_at is not None and t.closed_at - started < 1 + 2.5
+            assert t.got == b"-ERR command not received whole within 1 seconds\r\n", t.got
+        steady.sendall(b"*1\r\n$4\r\nPING\r\n")
+        assert f.readline() == b"+PONG\r\n"
+        steady.close()
+        stop(proc)
+
+
 @pytest.mark.rule("REL-19", "REL-4")
 def test_tls_echo_example_idle_and_handshake_timeouts(poller: str) -> None:
     from test_example_tls import stop as stop_tls
