@@ -14,7 +14,7 @@ evio.serve(evio.Events(data=data), "tcp://127.0.0.1:5000")
 ```
 """
 
-from .addresses import Address, parse_address
+from .addresses import Address, BindError, parse_address
 from .detach import DetachedConn
 from .events import Action, Events, Info, InputStream, Options, OutputLimitError
 from .loop import serve
@@ -27,6 +27,7 @@ from .translators import Passthrough, Translator, ZlibTranslator
 __all__ = [
     "Action",
     "Address",
+    "BindError",
     "DetachedConn",
     "Events",
     "Info",

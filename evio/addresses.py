@@ -21,6 +21,14 @@ Two decisions shape this module:
    exists and is *not* a socket is refused rather than deleted.  The file
    we create is removed when the server stops.
 
+3. **A failure names the address, and the fix where there is one.**  Every
+   failure to bind, listen or prepare a unix path is one exception class,
+   `BindError` (an ``OSError`` with the errno the system gave), whose
+   message names the address as written and what it resolved to, and says
+   what to do for the common causes: a port another process holds, a
+   privileged port, an address no interface has, a missing directory, a
+   live server on the unix path (rule ADDR-11).
+
 Name resolution here is synchronous: it happens once, at start-up, before
 the loop runs, so it cannot stall a connection.
 """
@@ -39,7 +47,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
-__all__ = ["Address", "Listener", "bind_all", "parse_address"]
+__all__ = ["Address", "BindError", "Listener", "bind_all", "parse_address"]
 
 _STREAM = {"tcp": socket.AF_UNSPEC, "tcp4": socket.AF_INET, "tcp6": socket.AF_INET6}
 _DGRAM = {"udp": socket.AF_UNSPEC, "udp4": socket.AF_INET, "udp6": socket.AF_INET6}
@@ -195,6 +203,63 @@ def _split_host_port(rest: str, bad: Callable[[str], ValueError]) -> tuple[str, 
     return host, int(digits)
 
 
+class BindError(OSError):
+    """A listen address could not be bound, listened on, or prepared (ADDR-11).
+
+    An ``OSError``: ``errno`` is the system's (``EADDRINUSE``, ``EACCES``,
+    ``ENOENT`` ...), and the message names the address and, for the common
+    causes, the fix.
+
+    Attributes:
+        address: The address as it was written, e.g. ``"tcp://:80"``.
+    """
+
+    address: str
+
+    def __init__(self, err: int, message: str, address: str) -> None:
+        super().__init__(err, message)
+        self.address = address
+
+    def __str__(self) -> str:
+        return f"[Errno {self.errno}] {self.strerror}"
+
+    def __reduce__(self) -> Any:  # rebuilt in a supervisor from a loop's report
+        return (BindError, (self.errno, self.strerror, self.address))
+
+
+def _failed(a: Address, e: OSError, where: object, doing: str = "bind") -> BindError:
+    """The `BindError` for ``e``, raised while ``doing`` ``a`` (at ``where``)."""
+    code = e.errno if e.errno is not None else errno.EINVAL
+    shown = f'"{a.text}"' if str(where) in a.text else f'"{a.text}" ({_show(where)})'
+    what = os.strerror(code)
+    fix = ""
+    if a.network == "unix":
+        parent = os.path.dirname(os.path.abspath(a.path)) if not a.path.startswith("@") else ""
+        if code == errno.ENOENT:
+            fix = f"; the directory {parent!r} does not exist: create it first"
+        elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
+            fix = f"; this process may not create files in {parent!r}"
+        elif code == errno.EADDRINUSE:
+            fix = "; another server uses this path: stop it or choose another path"
+    elif code == errno.EADDRINUSE:
+        fix = ("; another socket is bound to it (find it with `ss -ltnup`): stop it, choose "
+               "another port, or pass ?reuseport=1 to every server that shares it")
+    elif code in (errno.EACCES, errno.EPERM) and 0 < a.port < 1024:
+        fix = ("; ports below 1024 are privileged: run as root, grant the program "
+               "CAP_NET_BIND_SERVICE, use a port of 1024 or more, or let a supervisor bind "
+               "it and pass the socket in (evio.listen_fds(), fd://N)")
+    elif code == errno.EADDRNOTAVAIL:
+        fix = "; no network interface of this machine has that address"
+    return BindError(code, f"cannot {doing} {shown}: {what}{fix}", a.text)
+
+
+def _show(where: object) -> str:
+    if isinstance(where, tuple) and len(where) >= 2:
+        host = str(where[0])
+        return f"[{host}]:{where[1]}" if ":" in host else f"{host}:{where[1]}"
+    return str(where)
+
+
 @dataclass(slots=True)
 class Listener:
     """A bound listening (or, for UDP, receiving) socket.
@@ -226,9 +291,9 @@ def bind_all(addresses: list[Address], backlog: int = 1024) -> list[Listener]:
 
     Raises:
         ValueError: a host name cannot be resolved; nothing has been bound.
-        OSError: a bind failed (address in use, permission, a unix path that
-            exists and is not a socket). Everything bound before it has been
-            closed again.
+        BindError: a bind or listen failed (address in use, permission, a
+            unix path that exists and is not a socket, a missing directory).
+            Everything bound before it has been closed again.
     """
     plans = [_plan(a) for a in addresses]  # name resolution: may raise ValueError
     done: list[Listener] = []
@@ -287,6 +352,9 @@ def _bind(a: Address, plan: tuple[int, Any], backlog: int) -> Listener:
         if socktype == socket.SOCK_STREAM:
             sock.listen(backlog)
         sock.setblocking(False)
+    except OSError as e:
+        sock.close()
+        raise _failed(a, e, sockaddr) from e
     except BaseException:
         sock.close()
         raise
@@ -302,16 +370,19 @@ def _bind_unix(a: Address, backlog: int) -> Listener:
             st = os.lstat(path)
         except FileNotFoundError:
             pass
+        except OSError as e:
+            raise _failed(a, e, path) from e
         else:
             if not stat.S_ISSOCK(st.st_mode):
-                raise FileExistsError(
-                    f'cannot bind "{a.text}": {path!r} exists and is not a socket'
-                )
+                raise BindError(errno.EEXIST, f'cannot bind "{a.text}": {path!r} exists and '
+                                f'is not a socket: remove it or choose another path', a.text)
             if _socket_is_live(path):
-                raise OSError(
-                    errno.EADDRINUSE, f'cannot bind "{a.text}": a server is listening there'
-                )
-            os.unlink(path)  # a stale socket file from an earlier server
+                raise BindError(errno.EADDRINUSE, f'cannot bind "{a.text}": a server is '
+                                f'listening there: stop it or choose another path', a.text)
+            try:
+                os.unlink(path)  # a stale socket file from an earlier server
+            except OSError as e:
+                raise _failed(a, e, path, "remove the stale socket file of") from e
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(target)
@@ -320,6 +391,9 @@ def _bind_unix(a: Address, backlog: int) -> Listener:
             os.chmod(path, a.mode)
         sock.listen(backlog)
         sock.setblocking(False)
+    except OSError as e:
+        sock.close()
+        raise _failed(a, e, path) from e
     except BaseException:
         sock.close()
         raise

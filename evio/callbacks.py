@@ -15,14 +15,14 @@ which
    (`Side.raised`): a stream connection finishes with it as ``closed``'s
    ``err``, a UDP remote is forgotten with it;
 3. applies the answer: output goes to ``Side.send``, ``CLOSE`` to
-   ``Side.end``, ``DETACH`` to ``Side.detach``, ``SHUTDOWN`` to the loop's
-   one stop request.
+   ``Side.end``, ``ABORT`` to ``Side.abort``, ``DETACH`` to ``Side.detach``,
+   ``SHUTDOWN`` to the loop's one stop request.
 
 What each callback may answer, and what each action does there, is the
 table on the spec page *Events and actions* (rules EV-16 to EV-22):
 ``serving``, ``tick``, ``closed`` and ``detached`` have no connection left
-to act on, so only ``SHUTDOWN`` has an effect there; ``CLOSE`` and
-``DETACH`` are accepted and do nothing.  ``serving`` and ``tick`` raising
+to act on, so only ``SHUTDOWN`` has an effect there; ``CLOSE``,
+``ABORT`` and ``DETACH`` are accepted and do nothing.  ``serving`` and ``tick`` raising
 ends `evio.serve` (they are the server's, not a connection's); ``closed``
 and ``detached`` raising is logged and the loop goes on.
 
@@ -48,6 +48,7 @@ _NONE = Action.NONE
 _CLOSE = Action.CLOSE
 _DETACH = Action.DETACH
 _SHUTDOWN = Action.SHUTDOWN
+_ABORT = Action.ABORT
 
 
 class Side(Protocol[C]):
@@ -61,6 +62,9 @@ class Side(Protocol[C]):
 
     def detach(self, c: C, where: str) -> None:
         """``Action.DETACH``, returned by the callback ``where``."""
+
+    def abort(self, c: C, err: BaseException | None = None) -> None:
+        """``Action.ABORT``: close at once, dropping pending output."""
 
     def raised(self, c: C, where: str, e: Exception) -> None:
         """A callback for ``c`` raised ``e`` (already logged)."""
@@ -100,6 +104,8 @@ class Policy:
             side.detach(c, where)
         elif action is _SHUTDOWN:
             self.stop()
+        elif action is _ABORT:
+            side.abort(c)
 
     def data(self, side: Side[Any], c: Any, payload: Any) -> None:
         """``data(id, payload)`` (``payload`` None for a wake); act on the answer."""
@@ -126,7 +132,7 @@ class Policy:
         except Exception as e:  # a TypeError: not an answer ``data`` may give
             self.failed(side, c, "data", e)
             return
-        if out:
+        if out and action is not _ABORT:  # ABORT drops output, this one too
             side.send(c, out)
         if action is not _NONE:
             self.act(side, c, action)
@@ -141,7 +147,7 @@ class Policy:
         except Exception as e:
             self.failed(side, c, where, e)
             return
-        if out:
+        if out and action is not _ABORT:  # ABORT drops output, this one too
             side.send(c, out)
         if action is not _NONE:
             self.act(side, c, action, where)
@@ -162,7 +168,7 @@ class Policy:
             except Exception as e:  # the kernel refused an option: this connection only
                 self.failed(side, c, "opened", e)
                 return
-        if out:
+        if out and action is not _ABORT:  # ABORT drops output, this one too
             side.send(c, out)
         if action is not _NONE:
             self.act(side, c, action, "opened")
@@ -240,4 +246,4 @@ class Policy:
         """An action from a callback that has no connection to act on."""
         if action is _SHUTDOWN:
             self.stop()
-        # NONE, CLOSE and DETACH: nothing to act on (rule EV-16).
+        # NONE, CLOSE, ABORT and DETACH: nothing to act on (rule EV-16).

@@ -56,12 +56,17 @@ class Action(enum.Enum):
         CLOSE: Send what is pending, then close the connection.
         SHUTDOWN: Stop the server: close every connection and return from
             `serve()`.
+        ABORT: Close the connection at once, dropping its pending output
+            (output returned with it included); a TCP peer sees a reset
+            (like asyncio's ``transport.abort()``). For a UDP remote, as
+            ``CLOSE``.
     """
 
     NONE = 0
     DETACH = 1
     CLOSE = 2
     SHUTDOWN = 3
+    ABORT = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,11 +91,24 @@ class Options:
             many bytes are pending, the connection is closed at once, its
             pending output dropped, with ``closed(id, OutputLimitError)``.
             ``None`` (the default): no limit beyond the water marks.
+        linger_timeout: Once a TCP connection that is closing has handed
+            all its output to the kernel, it shuts its write side and
+            lingers -- reading and discarding what the peer still sends --
+            until the kernel holds none of its output unacknowledged, the
+            peer ends its stream, or this many seconds have passed (rule
+            LOOP-14); only then is the socket closed and ``closed``
+            called. Default 2; ``0`` closes at once (a peer that sent
+            bytes we did not read may then get a reset that cuts the
+            reply).
+        linger_bytes: Most bytes a lingering close discards before it
+            closes anyway. Default 1 MiB.
 
     Raises:
         ValueError: ``tcp_keepalive`` or ``idle_timeout`` is not a positive
             finite number, the water marks are not ``0 <= low_water <=
-            high_water``, or ``max_pending`` is not a non-negative integer.
+            high_water``, ``max_pending`` or ``linger_bytes`` is not a
+            non-negative integer, or ``linger_timeout`` is not a finite
+            number ``>= 0``.
     """
 
     tcp_keepalive: float | None = None
@@ -99,8 +117,15 @@ class Options:
     low_water: int = 16384
     idle_timeout: float | None = None
     max_pending: int | None = None
+    linger_timeout: float = 2.0
+    linger_bytes: int = 1 << 20
 
     def __post_init__(self) -> None:
+        lt, lb = self.linger_timeout, self.linger_bytes
+        if isinstance(lt, bool) or not isinstance(lt, int | float) or not 0 <= lt < float("inf"):
+            raise ValueError(f"linger_timeout must be a number of seconds >= 0, not {lt!r}")
+        if not (type(lb) is int and lb >= 0):
+            raise ValueError(f"linger_bytes must be a non-negative integer, not {lb!r}")
         for name in ("tcp_keepalive", "idle_timeout"):
             v = getattr(self, name)
             if v is not None and (

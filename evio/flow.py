@@ -66,6 +66,7 @@ from typing import Any
 from .callbacks import Policy
 from .events import FOREVER, Events, Options, OutputLimitError
 from .lifecycle import LIVE, READ_SIZE, READABLE, SMALL_READ, Conn, On, State, move
+from .linger import settled
 from .pollers import READ, WRITE, Poller, make_poller
 from .signals import SignalWatch
 from .timers import Timers
@@ -185,6 +186,8 @@ class Flow:
         c.reuse_input = options.reuse_input_buffer
         c.high_water, c.low_water = options.high_water, options.low_water
         c.max_pending = options.max_pending
+        c.linger_timeout = float(min(options.linger_timeout, FOREVER))
+        c.linger_bytes = options.linger_bytes
         if options.idle_timeout is not None:
             c.idle_timeout = float(min(options.idle_timeout, FOREVER))
             c.last_active = time.monotonic()
@@ -305,7 +308,7 @@ class Flow:
         elif c.state is not State.FLUSHING:
             self.finish(c, On.CLOSE, None)
 
-    def abort(self, c: Conn, err: BaseException | None) -> None:
+    def abort(self, c: Conn, err: BaseException | None = None) -> None:
         """Close ``c`` at once, dropping its pending output; the peer sees a
         reset (``SO_LINGER`` 0), so the kernel drops what it holds too (TIMER-4)."""
         if c.state not in LIVE:
@@ -417,10 +420,13 @@ class Flow:
 
         A translated connection still open queues its goodbye first. Only
         writability is watched, on a poller of this call's own; no callback
-        runs. It ends when nothing is pending, at the deadline, or when a
-        second stop signal arrives.
+        runs. A TCP connection whose output is all handed over lingers
+        (`evio.linger`) until the kernel holds none of it unacknowledged.
+        It ends when nothing is left to wait for, at the deadline, or when
+        a second stop signal arrives.
         """
         waiting: dict[int, Conn] = {}
+        lingering: list[Conn] = []
         for c in self.by_id.values():
             if c.state not in LIVE:
                 continue
@@ -429,7 +435,9 @@ class Flow:
                     c.pending += c.translator.close()  # close_notify, best effort
             if c.pending and self._drain_send(c):
                 waiting[c.fd] = c
-        if not waiting or timeout <= 0:
+            elif self._lingers(c):
+                lingering.append(c)
+        if not (waiting or lingering) or timeout <= 0:
             return
         try:
             watch = make_poller(self.poller.name)
@@ -443,19 +451,32 @@ class Flow:
                 watch.register(bell, READ)
             seen = signals.count
             deadline = time.monotonic() + timeout
-            while waiting and signals.count == seen:
+            while (waiting or lingering) and signals.count == seen:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                for fd, _ in watch.poll(left):
+                for fd, _ in watch.poll(min(left, 0.01) if lingering else left):
                     w = waiting.get(fd)
                     if w is None:
                         signals.drain(None, READ)
                     elif not self._drain_send(w):
                         del waiting[fd]
                         watch.unregister(fd)
+                        if self._lingers(w):
+                            lingering.append(w)
+                lingering = [c for c in lingering if not settled(c)]
         finally:
             watch.close()
+
+    def _lingers(self, c: Conn) -> bool:
+        """Shut ``c``'s write side; True if the kernel still holds its output."""
+        if c.sock.family == socket.AF_UNIX or c.linger_timeout <= 0:
+            return False
+        try:
+            c.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return False
+        return not settled(c)
 
     def _drain_send(self, c: Conn) -> bool:
         """One non-blocking send of ``c``'s pending output; True if some is left."""

@@ -291,6 +291,10 @@ class Conn:
             leaves *open*.
         read_size: What its next read asks for (a plain connection's
             shrinks after small reads: `SMALL_READ`).
+        linger_timeout: Most seconds a lingering close waits (`evio.linger`).
+        linger_bytes: Most bytes it discards before closing anyway (counts
+            down while it lingers).
+        linger_until: When its lingering close gives up.
         ending: `evio.Server.close` or ``abort`` was called: reading
             stopped, the close is due at the end of the turn.
         user_timers: Timers tied to it (`evio.Server.call_later` with
@@ -322,5 +326,8 @@ class Conn:
     plain: bool = False
     fast: bool = False
     read_size: int = READ_SIZE
+    linger_timeout: float = 2.0
+    linger_bytes: int = 1 << 20
+    linger_until: float = 0.0
     ending: bool = False
     user_timers: list[Timer] | None = None

@@ -112,7 +112,9 @@ def serve(events: Events, *addrs: str, poller: str | Poller | None = None,
             that cannot be caught), ``stop_timeout`` or a UDP setting of
             ``events`` is not valid, or a host name cannot be resolved;
             nothing has been bound.
-        OSError: a bind failed; nothing stays bound.
+        BindError: a bind or listen failed (an ``OSError`` with the
+            system's errno, whose message names the address and the likely
+            fix: rule ADDR-11); nothing stays bound.
         KeyboardInterrupt: SIGINT stopped the loop (raised after the
             shutdown, never from inside it). SIGTERM and SIGHUP make
             ``serve`` return normally instead.

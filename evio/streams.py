@@ -45,6 +45,7 @@ from .detach import DetachedConn
 from .events import Events, Info
 from .flow import READ_SIZE, SMALL_READ, Flow, kernel_unsent, next_read_size
 from .lifecycle import LIVE, READABLE, TALKING, WRITABLE, Conn, On, State, move
+from .linger import Linger
 from .pollers import READ, WRITE, Poller
 from .timers import Timers
 from .translate import Pump
@@ -97,6 +98,7 @@ class Streams(Flow):
         self.on_data: Any = events.data
         self.plain = events.data is not None and events.prewrite is None and (
             events.postwrite is None)
+        self.linger = Linger(poller, timers, lambda c: self.close(c, On.DRAINED, c.err))
         self.rbuf = bytearray(READ_SIZE)
         self.rview = memoryview(self.rbuf)
 
@@ -354,7 +356,7 @@ class Streams(Flow):
                 self, c, "postwrite", (c.id, n, len(c.pending))):
             return
         if not c.pending and c.state is _FLUSHING:
-            self.close(c, On.DRAINED, c.err)
+            self.linger.start(c)  # then closes: `evio.linger` (LOOP-14)
 
     # ------------------------------------------------------------- endings
 
@@ -393,7 +395,7 @@ class Streams(Flow):
         if c.pending:
             self.sync(c)
         else:
-            self.close(c, On.DRAINED, err)
+            self.linger.start(c)  # then closes: `evio.linger` (LOOP-14)
 
     def close(self, c: Conn, on: On, err: BaseException | None) -> None:
         """Close ``c`` now and call ``closed(id, err)``."""

@@ -220,6 +220,10 @@ class UdpSide:
         """``CLOSE``: forget the remote."""
         self.forget(peer.id, None)
 
+    def abort(self, peer: Peer, err: BaseException | None = None) -> None:
+        """``Action.ABORT``: nothing is pending for a remote; as ``CLOSE``."""
+        self.end(peer)
+
     def detach(self, peer: Peer, where: str) -> None:
         """``Action.DETACH``: a remote has no socket of its own to hand over,
         so it acts as ``CLOSE``."""

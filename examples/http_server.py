@@ -21,8 +21,9 @@ so ``data`` sees plaintext either way.
 
 Slow or silent clients: a connection silent for ``--idle-timeout`` seconds
 (60) is closed, and so is an HTTPS connection whose TLS handshake has not
-finished within ``--handshake-timeout`` seconds (10) -- checked by ``tick``,
-which wakes the connection so that ``data(id, None)`` answers ``CLOSE``.
+finished within ``--handshake-timeout`` seconds (10) -- the loop's own
+timers: ``Options(idle_timeout=...)`` and ``evio.translate(...,
+handshake_timeout=...)``, which aborts the connection.
 A client that trickles (slowloris) is not silent, so two more bounds, as
 nginx's ``client_header_timeout`` and ``client_body_timeout``: a request
 head must arrive whole within ``--header-timeout`` seconds (10) of its
@@ -62,7 +63,6 @@ import shutil
 import ssl
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -266,8 +266,6 @@ def main(argv: list[str] | None = None) -> int:
     parsers: dict[int, RequestParser] = {}  # one per open connection
     pages: dict[tuple[str, str, str, bool], bytes] = {}  # responses to STATIC pages, this second
     date = email.utils.formatdate(usegmt=True)
-    handshakes: dict[int, tuple[float, TLSTranslator]] = {}  # id -> (deadline, translator)
-    late: set[int] = set()  # handshakes past their deadline, woken to close
     options = evio.Options(idle_timeout=args.idle_timeout or None)
     running: list[evio.Server] = []
     # HTTP-19: the one timer each connection may have -- for the head or the
@@ -305,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         server.wake(id)  # its data(id, None) answers 408 and closes
 
     def serving(server: evio.Server) -> None:
-        running.append(server)  # kept for wake
+        running.append(server)  # kept for call_later and wake (HTTP-19)
         where = ", ".join(str(a) for a in server.addrs)
         print(f"http server listening on {where} (poller: {server.poller})", flush=True)
         if tls_index >= 0:
@@ -333,11 +331,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def data(id: int, data: bytes | None) -> Reply:
         if data is None:
-            # A wake: tick asks for one for a handshake past its deadline,
-            # too_slow for a head or body past its own.
-            if id in late:
-                late.discard(id)
-                return evio.Action.CLOSE
+            # A wake: too_slow asks for one for a head or body past its time.
             err = expired.pop(id, None)
             if err is not None:
                 return refuse(err, date), evio.Action.CLOSE
@@ -389,8 +383,6 @@ def main(argv: list[str] | None = None) -> int:
         parsers.pop(id, None)
         deadlines.pop(id, None)  # its timer was tied to it: cancelled already
         expired.pop(id, None)
-        handshakes.pop(id, None)
-        late.discard(id)
 
     def tick() -> float:
         nonlocal date
@@ -398,21 +390,11 @@ def main(argv: list[str] | None = None) -> int:
         if today != date:
             date = today
             pages.clear()  # built with the old date
-        now = time.monotonic()
-        for id, (deadline, tls) in list(handshakes.items()):
-            if tls.handshake_done:
-                del handshakes[id]
-            elif now >= deadline:
-                del handshakes[id]
-                late.add(id)
-                running[0].wake(id)  # its data(id, None) answers CLOSE
         return 0.2
 
     def https(id: int, info: evio.Info) -> TLSTranslator:
         assert context is not None
-        tls = HTTPSTranslator(context, server_side=True)
-        handshakes[id] = (time.monotonic() + args.handshake_timeout, tls)
-        return tls
+        return HTTPSTranslator(context, server_side=True)
 
     events = evio.Events(serving=serving, opened=opened, data=data, closed=closed, tick=tick)
     if context is not None:
@@ -420,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
             events,
             lambda id, info: info.addr_index == tls_index,  # only the HTTPS listener
             https,
+            handshake_timeout=args.handshake_timeout,  # aborted if not done by then
         )
     try:
         evio.serve(events, *addrs, poller=args.poller, loops=args.loops)

@@ -30,7 +30,9 @@ ends (``closed``), the answer is put on the client's record and the client
 is woken with ``server.wake``. Its ``data(id, None)`` call returns the
 answer, then goes on with the commands that queued up behind it. The same
 mailbox-and-wake shape as ``proxy.py``, with no thread anywhere: a dial is
-already asynchronous. A timeout is watched by ``tick``.
+already asynchronous. A WGET's timeout is a loop timer
+(``server.call_later``); when it fires, the client gets its error and the
+dialed connection is closed with ``server.close``.
 
 A client that ends its stream after its last command (``shutdown(SHUT_WR)``)
 still gets every reply: ``eof`` keeps the connection open for writing
@@ -73,9 +75,9 @@ import argparse
 import fnmatch
 import math
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TypeAlias
 
 import resp
@@ -86,8 +88,6 @@ HTTP_REQUEST = b"GET / HTTP/1.0\r\n\r\n"
 """What WGET sends; HTTP/1.0, so the web server closes after its answer."""
 MAX_RESPONSE = 16 * 1024 * 1024
 """The longest response WGET keeps; a longer one is an error."""
-TICK = 0.2
-"""Seconds between ticks: how soon a WGET timeout is noticed."""
 HIGH_WATER = 65536
 """Replies pending past which a client's pipelined commands wait (the
 loop's own high-water mark, so ``drained`` follows)."""
@@ -108,7 +108,7 @@ class _Fetch:
     client: int  # who is waiting
     target: str  # host:port as the client wrote it, for messages
     timeout: float
-    deadline: float  # time.monotonic() by which it must have ended
+    timer: evio.Timer | None = None  # fires at the deadline; cancelled once answered
     chunks: list[bytes] = field(default_factory=list)
     size: int = 0
     done: bool = False  # answered (or abandoned): the connection only has to close
@@ -175,7 +175,7 @@ class RedisClone:
 
     def events(self) -> evio.Events:
         return evio.Events(serving=self.serving, opened=self.opened, data=self.data,
-                           closed=self.closed, tick=self.tick, drained=self.drained,
+                           closed=self.closed, drained=self.drained,
                            eof=self.eof)
 
     # ------------------------------------------------------------ callbacks
@@ -255,9 +255,10 @@ class RedisClone:
     def closed(self, id: int, err: BaseException | None) -> None:
         c = self.clients.pop(id, None)
         if c is not None:
-            if c.fetch is not None and not c.fetch.done:
-                c.fetch.done = True  # nobody waits for it now: close it
-                self._wake(c.fetch.id)
+            f = c.fetch
+            if f is not None and not f.done:
+                f.done = True  # nobody waits for it now: close it
+                self._stop_fetch(f)
             return
         f = self.fetches.pop(id)
         if f.done:
@@ -290,19 +291,6 @@ class RedisClone:
             return None
         c.held = False
         return self._run(c)
-
-    def tick(self) -> float | evio.Action:
-        now = time.monotonic()
-        delay = TICK
-        for f in self.fetches.values():
-            if f.done:
-                continue
-            if now >= f.deadline:
-                self._answer(f, f"timed out after {f.timeout:g} seconds")
-                self._wake(f.id)  # its data(id, None) answers CLOSE
-            else:
-                delay = min(delay, f.deadline - now)
-        return delay
 
     # ------------------------------------------------------------- clients
 
@@ -382,7 +370,7 @@ class RedisClone:
     def _fetched(self, f: _Fetch, data: memoryview | bytes | None) -> _Reply:
         """``data`` for a WGET's connection: keep the bytes, or close it."""
         if f.done:
-            return evio.Action.CLOSE  # woken to close, or bytes after an answer
+            return evio.Action.CLOSE  # bytes after an answer
         if data is None:
             return None
         f.size += len(data)
@@ -392,10 +380,30 @@ class RedisClone:
         f.chunks.append(bytes(data))
         return None
 
+    def _timed_out(self, f: _Fetch) -> None:
+        """The WGET's timer fired: answer the client, close the connection."""
+        f.timer = None
+        if not f.done:
+            self._answer(f, f"timed out after {f.timeout:g} seconds")
+            self._stop_fetch(f)
+
+    def _stop_fetch(self, f: _Fetch) -> None:
+        """Close a WGET's connection now that nobody waits for it.
+
+        ``server.close`` acts at the end of this turn; a dial still
+        connecting is not closed by it (False), and its ``opened`` sees
+        ``done`` and answers ``CLOSE`` instead.
+        """
+        assert self.server is not None
+        self.server.close(f.id)
+
     def _answer(self, f: _Fetch, reply: bytes | str) -> None:
         """Give the waiting client its WGET reply (bytes) or error (a reason)."""
         f.done = True
         f.chunks.clear()
+        if f.timer is not None:
+            f.timer.cancel()
+            f.timer = None
         if isinstance(reply, str):
             reply = resp.error(f"ERR WGET {f.target}: {reply}")
         c = self.clients.get(f.client)
@@ -533,9 +541,10 @@ class RedisClone:
             id = self.server.dial(f"tcp://{host}:{port}", timeout)
         except (ValueError, RuntimeError) as e:
             return resp.error(f"ERR WGET {target}: {e}")
-        f = _Fetch(id, c.id, target, timeout, time.monotonic() + timeout)
+        f = _Fetch(id, c.id, target, timeout)
+        f.timer = self.server.call_later(timeout, partial(self._timed_out, f))
         self.fetches[id] = f
-        c.fetch = f  # the answer comes from closed(), or from tick() on timeout
+        c.fetch = f  # the answer comes from closed(), or from its timer
         return b""
 
 

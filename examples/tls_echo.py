@@ -24,8 +24,9 @@ speak TLS by the listener that accepted them (``info.addr_index``).
 A connection silent for ``--idle-timeout`` seconds (60) is closed, and so
 is one whose TLS handshake has not finished within ``--handshake-timeout``
 seconds (10): a client that stops mid-handshake is not held for ever.
-``tick`` finds those and wakes them; their ``data(id, None)`` answers
-``CLOSE``.
+Both are the loop's own timers: ``Options(idle_timeout=...)`` from
+``opened``, and ``evio.translate(..., handshake_timeout=...)``, which
+aborts the connection and reports ``closed(id, TimeoutError)``.
 
 Memory: as for the plain echo server, a client that sends without
 reading costs at most the high-water mark (64 KiB) plus one read's worth
@@ -46,7 +47,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import evio
@@ -136,11 +136,7 @@ def run(args: argparse.Namespace, cert: str, key: str | None) -> int:
 
     # TLS connections whose handshake we have not logged yet, by id.
     sessions: dict[int, TLSTranslator] = {}
-    # Handshakes not yet done, with their deadlines; and those past it.
-    deadlines: dict[int, float] = {}
-    late: set[int] = set()
     options = evio.Options(idle_timeout=args.idle_timeout or None)
-    running: list[evio.Server] = []
 
     # Which connections speak TLS: asked once per connection, as it opens.
     def should(id: int, info: evio.Info) -> bool:
@@ -150,11 +146,9 @@ def run(args: argparse.Namespace, cert: str, key: str | None) -> int:
     def factory(id: int, info: evio.Info) -> TLSTranslator:
         tls = TLSTranslator(context, server_side=True)
         sessions[id] = tls
-        deadlines[id] = time.monotonic() + args.handshake_timeout
         return tls
 
     def serving(server: evio.Server) -> None:
-        running.append(server)  # kept for wake
         where = ", ".join(f"{a} ({'TLS' if i == TLS_LISTENER else 'plain'})"
                           for i, a in enumerate(server.addrs))
         print(f"tls echo server listening on {where} (poller: {server.poller})", flush=True)
@@ -165,26 +159,8 @@ def run(args: argparse.Namespace, cert: str, key: str | None) -> int:
             print(f"{id}: opened from {info.remote_addr} ({kind})", flush=True)
         return options
 
-    def tick() -> float:
-        now = time.monotonic()
-        for id, deadline in list(deadlines.items()):
-            tls = sessions.get(id)
-            if tls is None or tls.handshake_done:
-                del deadlines[id]
-            elif now >= deadline:
-                del deadlines[id]
-                late.add(id)
-                running[0].wake(id)  # its data(id, None) answers CLOSE
-        return 0.25
-
-    def data(id: int, data: bytes | None) -> bytes | evio.Action | None:
-        if data is None:  # a wake: only tick asks for one
-            if id in late:
-                late.discard(id)
-                if not args.quiet:
-                    print(f"{id}: TLS handshake not done in {args.handshake_timeout:g}s",
-                          flush=True)
-                return evio.Action.CLOSE
+    def data(id: int, data: bytes | None) -> bytes | None:
+        if data is None:  # a wake: nobody sends one here
             return None
         # The first plaintext proves the handshake is done: say what it chose.
         tls = sessions.pop(id, None)
@@ -196,15 +172,14 @@ def run(args: argparse.Namespace, cert: str, key: str | None) -> int:
 
     def closed(id: int, err: BaseException | None) -> None:
         sessions.pop(id, None)
-        deadlines.pop(id, None)
-        late.discard(id)
         if not args.quiet:
             print(f"{id}: closed" + (f" ({err!r})" if err else ""), flush=True)
 
-    events = evio.Events(serving=serving, opened=opened, data=data, closed=closed, tick=tick)
+    events = evio.Events(serving=serving, opened=opened, data=data, closed=closed)
     # The callbacks above see plaintext; `should` keeps the plain port plain
-    # (passing None instead would translate every connection).
-    events = evio.translate(events, should, factory)
+    # (passing None instead would translate every connection). A handshake
+    # not done in time is aborted: closed(id, TimeoutError).
+    events = evio.translate(events, should, factory, handshake_timeout=args.handshake_timeout)
     try:
         evio.serve(events, *addrs, poller=args.poller)
     except (ValueError, OSError) as e:

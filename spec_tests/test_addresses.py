@@ -489,8 +489,9 @@ def test_path_that_is_not_a_socket_is_refused(
     path = tmp_path / "taken"
     make(path)
     before = path.lstat()
-    with nothing_left_bound(), pytest.raises(FileExistsError):
+    with nothing_left_bound(), pytest.raises(evio.BindError) as e:
         evio.serve(STOP_AT_ONCE, f"unix://{path}", poller=poller)
+    assert e.value.errno == errno.EEXIST
     after = path.lstat()
     assert (after.st_ino, after.st_mode, after.st_size) == (
         before.st_ino, before.st_mode, before.st_size
