@@ -260,10 +260,22 @@ class _Supervisor:
                     self.deadline = float("inf")
         finally:
             self._stop("serve() is returning")
-            for pid in list(self.children):  # only after an error of our own
+            # Children left only after an error of our own (a handler of the
+            # caller's raised here): the pipe asks them to stop; give them
+            # the grace to close their connections, then kill the rest.
+            end = time.monotonic() + self.grace
+            while self.children and time.monotonic() < end:
+                for pid in list(self.children):
+                    with contextlib.suppress(ChildProcessError):
+                        if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                            continue
+                    self._forget(self.children.pop(pid))
+                time.sleep(0.01)
+            for pid in list(self.children):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
                 self._forget(self.children.pop(pid))
             self._uninstall_signals()
             os.close(self.parent_r)

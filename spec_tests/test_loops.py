@@ -53,6 +53,13 @@ if flag:
 class Custom(Exception):
     pass
 
+if os.environ.get("EVIO_OWN_SIGTERM"):  # a handler of the caller's own: left alone
+    import signal
+    def own(signum, frame):
+        os.write(1, b'{"own": "SIGTERM"}\n')
+        raise SystemExit(3)
+    signal.signal(signal.SIGTERM, own)
+
 class Unpicklable(Exception):
     def __init__(self, text):
         super().__init__(text)
@@ -147,9 +154,12 @@ class Tree:
     """A ``serve(..., loops=N)`` process and what it printed."""
 
     def __init__(self, loops: int | str, *addrs: str, fail: str = "-",
-                 poller: str | None = None, fork_fails: Path | None = None) -> None:
+                 poller: str | None = None, fork_fails: Path | None = None,
+                 own_sigterm: bool = False) -> None:
         env = {k: v for k, v in os.environ.items()
-               if k not in ("EVIO_TEST_POLLER", "EVIO_FORK_FAILS")}
+               if k not in ("EVIO_TEST_POLLER", "EVIO_FORK_FAILS", "EVIO_OWN_SIGTERM")}
+        if own_sigterm:
+            env["EVIO_OWN_SIGTERM"] = "1"
         if poller is not None:
             env["EVIO_TEST_POLLER"] = poller
         if fork_fails is not None:
@@ -213,8 +223,10 @@ class Tree:
 
 @contextlib.contextmanager
 def tree(loops: int | str, *addrs: str, fail: str = "-",
-         poller: str | None = None, fork_fails: Path | None = None) -> Iterator[Tree]:
-    t = Tree(loops, *addrs, fail=fail, poller=poller, fork_fails=fork_fails)
+         poller: str | None = None, fork_fails: Path | None = None,
+         own_sigterm: bool = False) -> Iterator[Tree]:
+    t = Tree(loops, *addrs, fail=fail, poller=poller, fork_fails=fork_fails,
+             own_sigterm=own_sigterm)
     try:
         yield t
     finally:
@@ -474,6 +486,29 @@ def test_a_stop_signal_to_the_parent_or_its_group_stops_every_loop(
             assert s.recv(100) == b""
             s.close()
         assert "Traceback" not in t.stderr and "died" not in t.stderr, t.stderr
+    assert not path.exists()
+
+
+@pytest.mark.rule("LOOPS-6")
+def test_a_stop_signal_with_a_handler_of_your_own_is_left_to_it(tmp_path: Path) -> None:
+    # The caller's SIGTERM handler raises SystemExit inside serve(): the
+    # loops are still stopped cleanly (every connection closed), not killed.
+    path = tmp_path / "s.sock"
+    with tree(2, "tcp4://127.0.0.1:0", f"unix://{path}", own_sigterm=True) as t:
+        t.ready(2)
+        held = [socket.create_connection(_addr(t), timeout=DEADLINE) for _ in range(4)]
+        for s in held:
+            s.sendall(b"pid\n")
+            s.makefile().readline()
+        t.proc.send_signal(signal.SIGTERM)
+        assert t.proc.wait(DEADLINE) == 3
+        wait_for(lambda: t.seen("own"), what="the caller's handler to run")
+        _all_gone(t.pids())
+        wait_for(lambda: len(t.seen("closed")) == 4, what="every connection's closed")
+        assert "Traceback" not in t.stderr or "SystemExit" in t.stderr
+        for s in held:
+            assert s.recv(100) == b""
+            s.close()
     assert not path.exists()
 
 
