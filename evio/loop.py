@@ -115,12 +115,17 @@ def serve(events: Events, *addrs: str, poller: str | Poller | None = None,
         BindError: a bind or listen failed (an ``OSError`` with the
             system's errno, whose message names the address and the likely
             fix: rule ADDR-11); nothing stays bound.
+        OSError: with ``loops`` > 1, ``fork`` failed while no loop was
+            running (rule LOOPS-11); while others run, a failed fork is
+            logged and retried instead.
         KeyboardInterrupt: SIGINT stopped the loop (raised after the
             shutdown, never from inside it). SIGTERM and SIGHUP make
             ``serve`` return normally instead.
         Exception: whatever ``serving`` or ``tick`` raised, after every
             connection has been closed and every descriptor released (with
-            ``loops`` > 1: raised in a loop's process, rebuilt in this one).
+            ``loops`` > 1: raised in a loop's process and rebuilt in this
+            one with its own type, or a ``RuntimeError`` naming that type
+            when pickle cannot carry it: rule LOOPS-8).
     """
     try:
         if not isinstance(events, Events):
