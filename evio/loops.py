@@ -396,24 +396,28 @@ class _Supervisor:
     # ------------------------------------------------------------- the child
 
     def _spawn(self, index: int) -> None:
-        report_r, report_w = os.pipe()
         for stream in (sys.stdout, sys.stderr):  # or the child prints it again
             with contextlib.suppress(Exception):
                 stream.flush()
+        report_r = report_w = -1
         try:
+            report_r, report_w = os.pipe()  # EMFILE here is a failed start too
             pid = os.fork()
         except OSError as e:  # EAGAIN at the process limit, ENOMEM (LOOPS-11)
-            os.close(report_r)
-            os.close(report_w)
+            what = "fork failed" if report_w >= 0 else "no pipe for it"
+            for fd in (report_r, report_w):
+                if fd >= 0:
+                    os.close(fd)
             if not self.children:
-                e.add_note(f"fork failed for loop {index} while no loop was running: "
+                e.add_note(f"{what} for loop {index} while no loop was running: "
                            "serve() cannot keep any loop alive")
-                log.error("cannot start loop %d: fork failed (%s) and no loop is running; "
-                          "stopping", index, e)
+                log.error("cannot start loop %d: %s (%s) and no loop is running; "
+                          "stopping", index, what, e)
                 raise
             delay = self._retry(index)
-            log.warning("cannot start loop %d: fork failed (%s); %d of %d loop(s) serving; "
-                        "trying again %s", index, e, len(self.children), self.n, _when(delay))
+            log.warning("cannot start loop %d: %s (%s); %d of %d loop(s) serving; "
+                        "trying again %s", index, what, e, len(self.children), self.n,
+                        _when(delay))
             return
         if pid == 0:
             os.close(report_r)
