@@ -63,6 +63,7 @@ import time
 from functools import partial
 from typing import Any
 
+from . import idle
 from .callbacks import Policy
 from .events import FOREVER, Events, Options, OutputLimitError
 from .lifecycle import LIVE, READ_SIZE, READABLE, SMALL_READ, Conn, On, State, move
@@ -92,36 +93,6 @@ _RESET = struct.pack("ii", 1, 0)
 KEEPALIVE_MAX = 32767
 """The most seconds Linux takes for ``TCP_KEEPIDLE`` and ``TCP_KEEPINTVL``."""
 
-
-
-if sys.platform.startswith("linux"):
-    import fcntl
-
-    _SIOCOUTQ = 0x5411  # = TIOCOUTQ: bytes in a socket's send queue not yet taken
-
-    def kernel_unsent(sock: socket.socket) -> int:
-        """Bytes of our output the kernel still holds for ``sock`` (-1: unknown).
-
-        On Linux, ``SIOCOUTQ``: for TCP what the peer has not acknowledged,
-        for a unix socket what the peer has not read (REL-4).
-        """
-        try:
-            return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), _SIOCOUTQ, b"\0" * 4))[0])
-        except OSError:
-            return -1
-elif sys.platform == "darwin":  # pragma: no cover - macOS
-    _SO_NWRITE = 0x1024
-
-    def kernel_unsent(sock: socket.socket) -> int:
-        """Bytes of our output the kernel still holds for ``sock`` (-1: unknown)."""
-        try:
-            return int(sock.getsockopt(socket.SOL_SOCKET, _SO_NWRITE))
-        except OSError:
-            return -1
-else:  # pragma: no cover - no way to ask: a draining connection counts as idle
-    def kernel_unsent(sock: socket.socket) -> int:
-        """Bytes of our output the kernel still holds for ``sock`` (-1: unknown)."""
-        return -1
 
 
 class Flow:
@@ -192,7 +163,8 @@ class Flow:
             c.idle_timeout = float(min(options.idle_timeout, FOREVER))
             c.last_active = time.monotonic()
             self.timers.cancel(c.idle_timer)
-            c.idle_timer = self.timers.at(c.last_active + c.idle_timeout, partial(self._idle, c))
+            c.idle_timer = self.timers.at(c.last_active + c.idle_timeout,
+                                          partial(idle.check, self.timers, self.close, c))
         ka = options.tcp_keepalive
         if ka is not None and c.sock.family != socket.AF_UNIX:
             s = c.sock
@@ -204,26 +176,6 @@ class Flow:
                 s.setsockopt(socket.IPPROTO_TCP, 0x10, secs)  # TCP_KEEPALIVE
             if hasattr(socket, "TCP_KEEPINTVL"):
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, secs)
-
-    def _idle(self, c: Conn) -> None:
-        """The idle timer fired: close ``c`` if nothing moved since, else look again."""
-        c.idle_timer = None
-        if c.state not in LIVE or c.idle_timeout is None:
-            return
-        due = c.last_active + c.idle_timeout
-        if due <= time.monotonic() and c.pending and c.unsent_mark > 0:
-            # REL-4: the loop has had no room to write, but the kernel may
-            # still be handing our output to a slow reader: that is not idle.
-            unsent = kernel_unsent(c.sock)
-            if 0 <= unsent < c.unsent_mark:
-                c.unsent_mark = unsent
-                c.last_active = time.monotonic()
-                due = c.last_active + c.idle_timeout
-        if due > time.monotonic():
-            c.idle_timer = self.timers.at(due, partial(self._idle, c))
-            return
-        c.pending.clear()  # nobody is reading it: an idle peer gets nothing more
-        self.close(c, On.IDLE, TimeoutError(f"connection {c.id} idle for {c.idle_timeout}s"))
 
     def drop_timers(self, c: Conn) -> None:
         """``c`` is leaving the loop: its idle check, and every timer tied to it, go."""
@@ -385,7 +337,7 @@ class Flow:
         """
         c.pending += memoryview(out)[n:]
         if c.idle_timeout is not None:
-            c.unsent_mark = kernel_unsent(c.sock)  # REL-4: the kernel's buffer is full now
+            idle.note_write(c, 0)  # the caller noted the n bytes sent (REL-4)
         if c.max_pending is not None and len(c.pending) > c.max_pending:
             self.over_limit(c)
             return False

@@ -172,10 +172,7 @@ def serve(events: Events, *addrs: str, poller: str | Poller | None = None,
 
 def _child_loop(events: Events, listeners: list[Listener], poller: str | None,
                 index: int, loops: int, parent_fd: int, stop_timeout: float) -> _Loop:
-    """One of ``loops`` loops, made in its own process for `evio.loops` to run.
-
-    Its stop signals are the supervisor's to install (LOOPS-6), so none here.
-    """
+    """One of ``loops`` loops, for `evio.loops` to run (which takes its stop signals)."""
     return _Loop(events, listeners, make_poller(poller), index, loops, parent_fd,
                  stop_signals=(), stop_timeout=stop_timeout)
 

@@ -34,16 +34,15 @@ so a new connection wakes every idle loop, one ``accept`` wins and the
 others get ``EAGAIN``, which `evio.accept` expects.  With N no larger than
 the CPUs that costs a few wasted wake-ups per connection; busy loops are
 not woken at all (they are not sleeping), so the idle ones take the
-connections, which is the balancing we want.  (``EPOLLEXCLUSIVE`` would
-wake one loop, but it is Linux-only, cannot be changed once registered,
-and wakes the same waiter first, so it balances worse.)  A UDP socket is
+connections, which is the balancing we want.  (``EPOLLEXCLUSIVE`` wakes
+one loop, but is Linux-only and wakes the same waiter first: it balances
+worse.)  A UDP socket is
 shared the same way: each datagram is read by whichever loop reads first,
 so datagrams from one remote may be served by different loops, each
 knowing that remote by an id of its own.
 
-The parent keeps every socket open, and accepts on none, until ``serve()``
-returns.  A unix socket file is removed once, by the parent, at the end;
-the children's copies of the listeners forget the path.
+The parent keeps every socket open, accepting on none, until ``serve()``
+returns, and removes a unix socket file once (the children forget the path).
 
 **One pipe stops them all.**  Before forking, the parent makes one pipe.
 Each child closes the write end at once and gives the read end to its loop
@@ -57,11 +56,9 @@ the pipe is portable, and is one more descriptor the loop polls.
 
 **What a child's end means** is read from how it ended:
 
-* it sent a report on its own pipe: ``serving`` or ``tick`` raised.  The
-  report is the pickled exception and its traceback text (or, when pickle
-  cannot carry the exception, its type's name, its message and the text);
-  the parent stops the others and raises it.  Such a loop is never
-  restarted: it would only raise again.
+* it sent a report on its own pipe (`evio.reports`): ``serving`` or
+  ``tick`` raised.  The parent stops the others and raises it, and never
+  restarts that loop: it would only raise again.
 * exit status 0: its loop stopped -- ``SHUTDOWN``, ``Server.stop()``, a
   stop signal of its own, or the pipe above.  Any loop stopping stops them
   all.
@@ -78,9 +75,8 @@ the others serving, and tries that slot again with the same back-off as a
 death.  Only when no loop is left running and fork fails does it stop,
 and ``serve()`` raises the ``OSError`` with a note saying so.
 
-Each report pipe also wakes the parent the moment its child exits (end of
-file), so the parent sleeps in a poller (`evio.pollers`) with nothing to
-poll; a one-second timeout covers a pipe a grandchild inherited.
+Each report pipe wakes the parent the moment its child exits (end of file),
+so it sleeps in a poller; a 1 s timeout covers a pipe a grandchild inherited.
 
 **Signals.**  On the main thread, the parent takes each stop signal (by
 default SIGINT, SIGTERM and SIGHUP) whose handler is still the default
@@ -101,17 +97,16 @@ import contextlib
 import dataclasses
 import logging
 import os
-import pickle
 import signal
 import socket
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any, Protocol
 
+from . import reports
 from .addresses import Address, Listener, bind_all
 from .events import Events
 from .pollers import READ, Poller, make_poller
@@ -127,7 +122,6 @@ BACKOFF_FIRST = 0.1
 BACKOFF_CAP = 5.0
 BACKOFF_RESET = 10.0  # a loop that lived this long starts its slot's back-off afresh
 GRACE = 10.0  # seconds the loops get to shut down before SIGKILL (or stop_timeout + 1)
-_RAISED = 70  # a child's exit status when it sent a report (EX_SOFTWARE)
 
 
 class ChildLoop(Protocol):
@@ -260,23 +254,19 @@ class _Supervisor:
                     self.deadline = float("inf")
         finally:
             self._stop("serve() is returning")
-            # Children left only after an error of our own (a handler of the
-            # caller's raised here): the pipe asks them to stop; give them
-            # the grace to close their connections, then kill the rest.
+            # Children are left only after an error of our own (a caller's
+            # handler raised): the pipe asks them to stop; after the grace, kill.
             end = time.monotonic() + self.grace
-            while self.children and time.monotonic() < end:
+            while self.children:
                 for pid in list(self.children):
+                    if time.monotonic() >= end:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGKILL)
                     with contextlib.suppress(ChildProcessError):
                         if os.waitpid(pid, os.WNOHANG)[0] == 0:
                             continue
                     self._forget(self.children.pop(pid))
-                time.sleep(0.01)
-            for pid in list(self.children):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, 0)
-                self._forget(self.children.pop(pid))
+                time.sleep(0.005)
             self._uninstall_signals()
             os.close(self.parent_r)
             self.watch.close()
@@ -331,7 +321,7 @@ class _Supervisor:
         name = f"loop {c.index} (pid {c.pid})"
         if c.chunks:
             if self.error is None:
-                self.error = _rebuild(b"".join(c.chunks), name)
+                self.error = reports.rebuild(b"".join(c.chunks), name)
             self._stop(f"{name} raised")
         elif os.waitstatus_to_exitcode(status) == 0:
             self._stop(f"{name} stopped")
@@ -340,7 +330,7 @@ class _Supervisor:
                 self.failures[c.index] = 0
             delay = self._retry(c.index)
             log.warning("%s died (%s); starting a new one %s",
-                        name, _describe(status), _when(delay))
+                        name, reports.describe(status), _when(delay))
 
     def _retry(self, index: int) -> float:
         """Schedule slot ``index`` again (LOOPS-7): at once, then 0.1 s doubling to 5 s."""
@@ -427,7 +417,7 @@ class _Supervisor:
         self.watch.register(report_r, READ)
 
     def _child(self, index: int, report: int) -> None:
-        code = _RAISED
+        code = reports.RAISED
         try:
             stops = list(self.old_handlers)  # the stop signals the parent took over
             self._uninstall_signals()  # the handlers from before serve(); no bell
@@ -447,7 +437,7 @@ class _Supervisor:
         except KeyboardInterrupt:
             code = 0  # a SIGINT of its own stopped the loop: a stop like any other
         except BaseException as e:
-            _send_report(report, e)
+            reports.send(report, e)  # LOOPS-8
         finally:
             for stream in (sys.stdout, sys.stderr):
                 with contextlib.suppress(Exception):
@@ -455,44 +445,6 @@ class _Supervisor:
             os._exit(code)
 
 
-def _send_report(fd: int, e: BaseException) -> None:
-    """LOOPS-8: the exception itself when pickle can carry it, else what can be said."""
-    text = "".join(traceback.format_exception(e))
-    kind = f"{type(e).__module__}.{type(e).__qualname__}"
-    try:
-        blob = pickle.dumps((e, kind, str(e), text))
-        pickle.loads(blob)  # some exceptions pickle but cannot be rebuilt
-    except Exception:
-        try:
-            message = str(e)
-        except Exception:
-            message = "(its message could not be read)"
-        blob = pickle.dumps((None, kind, message, text))
-    with contextlib.suppress(OSError):
-        view = memoryview(blob)
-        while view:
-            view = view[os.write(fd, view):]
-
-
-def _rebuild(blob: bytes, name: str) -> BaseException:
-    """The exception a child reported, noted with where it came from."""
-    try:
-        e, kind, message, text = pickle.loads(blob)
-    except Exception:
-        return RuntimeError(f"{name} raised, and its report could not be read")
-    error: BaseException = e if isinstance(e, BaseException) else RuntimeError(
-        f"{name} raised {kind}: {message}")
-    error.add_note(f"raised in {name}; its traceback there:\n{text}")
-    return error
-
-
 def _when(delay: float) -> str:
     return "now" if delay <= 0 else f"in {delay:.1f} s"
 
-
-def _describe(status: int) -> str:
-    code = os.waitstatus_to_exitcode(status)
-    if code < 0:
-        with contextlib.suppress(ValueError):
-            return f"killed by {signal.Signals(-code).name}"
-    return f"exit status {code}"

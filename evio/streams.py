@@ -40,10 +40,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from . import idle
 from .callbacks import Policy
 from .detach import DetachedConn
 from .events import Events, Info
-from .flow import READ_SIZE, SMALL_READ, Flow, kernel_unsent, next_read_size
+from .flow import READ_SIZE, SMALL_READ, Flow, next_read_size
 from .lifecycle import LIVE, READABLE, TALKING, WRITABLE, Conn, On, State, move
 from .linger import Linger
 from .pollers import READ, WRITE, Poller
@@ -348,10 +349,7 @@ class Streams(Flow):
             return
         del c.pending[:n]
         if c.idle_timeout is not None:
-            if n:
-                c.last_active = time.monotonic()
-            if c.pending:  # the kernel's buffer is full now (REL-4)
-                c.unsent_mark = kernel_unsent(c.sock)
+            idle.note_write(c, n)  # REL-4
         if ev.postwrite is not None and not self.policy.around(
                 self, c, "postwrite", (c.id, n, len(c.pending))):
             return
