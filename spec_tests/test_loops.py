@@ -195,6 +195,9 @@ class Tree:
     def ready(self, n: int) -> list[dict[str, Any]]:
         wait_for(lambda: len(self.seen("ready")) >= n or self.proc.poll() is not None,
                  what=f"{n} loops to call serving")
+        if self.proc.poll() is not None:  # it ended: let the readers catch up first
+            for r in self.readers:
+                r.join(DEADLINE)
         ready = self.seen("ready")
         assert len(ready) >= n, (self.lines, self.stderr)
         return ready
