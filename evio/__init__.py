@@ -16,9 +16,20 @@ evio.serve(evio.Events(data=data), "tcp://127.0.0.1:5000")
 
 from .addresses import Address, BindError, parse_address
 from .detach import DetachedConn
-from .events import Action, Events, Info, InputStream, Options, OutputLimitError
+from .events import (
+    Action,
+    Events,
+    Info,
+    InputStream,
+    OpenedReply,
+    Options,
+    OutputLimitError,
+    Reply,
+    TickReply,
+)
+from .inherit import listen_fds
 from .loop import serve
-from .pollers import Poller, available_pollers
+from .pollers import Poller, PollerName, available_pollers
 from .server import Server
 from .timers import Timer
 from .translate import translate
@@ -32,15 +43,20 @@ __all__ = [
     "Events",
     "Info",
     "InputStream",
+    "OpenedReply",
     "Options",
     "OutputLimitError",
     "Passthrough",
     "Poller",
+    "PollerName",
+    "Reply",
     "Server",
+    "TickReply",
     "Timer",
     "Translator",
     "ZlibTranslator",
     "available_pollers",
+    "listen_fds",
     "parse_address",
     "serve",
     "translate",

@@ -47,7 +47,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
-__all__ = ["Address", "BindError", "Listener", "bind_all", "parse_address"]
+from .inherit import adopt, describe
+
+__all__ = ["Address", "BindError", "Listener", "bind_all", "inherited", "parse_address"]
 
 _STREAM = {"tcp": socket.AF_UNSPEC, "tcp4": socket.AF_INET, "tcp6": socket.AF_INET6}
 _DGRAM = {"udp": socket.AF_UNSPEC, "udp4": socket.AF_INET, "udp6": socket.AF_INET6}
@@ -76,6 +78,9 @@ class Address:
             portable fallback poller.
         mode: For ``unix``: the socket file's permissions (``?mode=0660``);
             owner-only (0600) unless given.
+        fd: An inherited descriptor (``fd://N``, a socket object) that is
+            taken as it is instead of bound; -1 for an address to bind.
+            ``network``, ``host``, ``port`` and ``path`` then describe it.
     """
 
     text: str
@@ -86,6 +91,7 @@ class Address:
     reuseport: bool = False
     portable: bool = False
     mode: int = 0o600
+    fd: int = -1
 
     @property
     def is_udp(self) -> bool:
@@ -97,8 +103,9 @@ def parse_address(text: str) -> Address:
     """Parse one evio address.
 
     Args:
-        text: ``scheme://address[?reuseport=true]``, or a bare
-            ``host:port`` meaning TCP.
+        text: ``scheme://address[?reuseport=true]``, a bare ``host:port``
+            meaning TCP, or ``fd://N`` for an inherited, bound socket
+            (rule ADDR-12).
 
     Returns:
         The parsed `Address`.
@@ -117,10 +124,17 @@ def parse_address(text: str) -> Address:
     if not sep:
         scheme, rest = "tcp", text
     scheme = scheme.lower()
+    if scheme == "fd":
+        if not (rest.isascii() and rest.isdigit() and len(rest) < 10):
+            raise bad("fd:// needs a descriptor number, like fd://3")
+        fd = int(rest)
+        network, host, port, path = describe(fd, text)
+        return Address(text, network, host=host, port=port, path=path, fd=fd)
     portable = scheme.endswith("-net")
     network = scheme[: -len("-net")] if portable else scheme
     if network not in _STREAM and network not in _DGRAM and network != "unix":
-        raise bad(f"unknown scheme {scheme!r} (use tcp, tcp4, tcp6, udp, udp4, udp6 or unix)")
+        raise bad(f"unknown scheme {scheme!r} "
+                  f"(use tcp, tcp4, tcp6, udp, udp4, udp6, unix or fd)")
 
     rest, _, query = rest.partition("?")
     reuseport = False
@@ -170,6 +184,21 @@ def parse_address(text: str) -> Address:
     if network.endswith("6") and _is_ipv4_literal(host):
         raise bad(f"{host!r} is not an IPv6 host")
     return Address(text, network, host=host, port=port, reuseport=reuseport, portable=portable)
+
+
+def inherited(sock: socket.socket) -> Address:
+    """The `Address` of a bound socket object given to `evio.serve` (ADDR-12).
+
+    Raises:
+        ValueError: the socket is closed, unbound, or of a kind evio does
+            not serve.
+    """
+    fd = sock.fileno()
+    if fd < 0:
+        raise ValueError(f"cannot serve {sock!r}: the socket is closed")
+    text = f"fd://{fd}"
+    network, host, port, path = describe(fd, text)
+    return Address(text, network, host=host, port=port, path=path, fd=fd)
 
 
 def _is_ipv4_literal(host: str) -> bool:
@@ -313,7 +342,7 @@ def _plan(a: Address) -> tuple[int, Any]:
     A name that resolves to several addresses binds the first one
     ``getaddrinfo`` returns.
     """
-    if a.network == "unix":
+    if a.network == "unix" or a.fd >= 0:
         return socket.AF_UNIX, a.path
     socktype = socket.SOCK_DGRAM if a.is_udp else socket.SOCK_STREAM
     want = _STREAM.get(a.network, _DGRAM.get(a.network, socket.AF_UNSPEC))
@@ -330,6 +359,12 @@ def _plan(a: Address) -> tuple[int, Any]:
 
 
 def _bind(a: Address, plan: tuple[int, Any], backlog: int) -> Listener:
+    if a.fd >= 0:  # inherited: taken as it is (ADDR-12); its file is not ours
+        try:
+            sock = adopt(a.fd, backlog)
+        except OSError as e:
+            raise _failed(a, e, a.text, "listen on") from e
+        return Listener(a, sock, a.path if a.network == "unix" else sock.getsockname())
     if a.network == "unix":
         return _bind_unix(a, backlog)
     family, sockaddr = plan

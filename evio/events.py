@@ -26,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+from .detach import DetachedConn
+
 if TYPE_CHECKING:
     from .server import Server
 
@@ -34,9 +36,12 @@ __all__ = [
     "Events",
     "Info",
     "InputStream",
+    "OpenedReply",
     "Options",
+    "Out",
     "OutputLimitError",
     "Reply",
+    "TickReply",
     "split_reply",
 ]
 
@@ -118,7 +123,7 @@ class Options:
     idle_timeout: float | None = None
     max_pending: int | None = None
     linger_timeout: float = 2.0
-    linger_bytes: int = 1 << 20
+    linger_bytes: int = 1048576  # 1 MiB
 
     def __post_init__(self) -> None:
         lt, lb = self.linger_timeout, self.linger_bytes
@@ -171,15 +176,27 @@ class Info:
     remote_addr: Any
 
 
-Reply: TypeAlias = Any
-"""What ``opened`` and ``data`` may return; see `split_reply()`."""
+Out: TypeAlias = bytes | bytearray | memoryview
+"""Output a callback may return: bytes-like (``str`` is refused: encode it)."""
+
+Reply: TypeAlias = Out | Action | tuple[Out | None, Action | None] | None
+"""What ``data``, ``eof`` and ``drained`` may return; see `split_reply()`.
+Precise enough that a type checker refuses ``return "text"`` (rule EV-23)."""
+
+OpenedReply: TypeAlias = Reply | Options | tuple[Out | None, Options | None, Action | None]
+"""What ``opened`` may return: a `Reply`, `Options`, or ``(out, options, action)``."""
+
+TickReply: TypeAlias = float | tuple[float, Action] | Action | None
+"""What ``tick`` may return: a delay, ``(delay, action)``, an `Action`, or ``None``."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class Events:
     """The callbacks a server is made of. Every one is optional.
 
-    All callbacks run on the loop's thread, one at a time.
+    All callbacks run on the loop's thread, one at a time. Every field is
+    given by keyword (``Events(data=data)``): ``Events(data)`` is a
+    ``TypeError``, not a server whose ``serving`` is ``data`` (rule EV-23).
 
     Attributes:
         serving: ``serving(server)`` once, when every address is bound and
@@ -223,13 +240,15 @@ class Events:
     """
 
     serving: Callable[[Server], Action | None] | None = None
-    opened: Callable[[int, Info], Reply] | None = None
+    opened: Callable[[int, Info], OpenedReply] | None = None
     closed: Callable[[int, BaseException | None], Action | None] | None = None
-    detached: Callable[[int, Any], Action | None] | None = None
+    detached: Callable[[int, DetachedConn], Action | None] | None = None
+    # ``data`` gets bytes, a memoryview (reuse_input_buffer) or None (a
+    # wake): Any, so that a callback may declare just the ones it expects.
     data: Callable[[int, Any], Reply] | None = None
     prewrite: Callable[[int, int], Action | None] | None = None
     postwrite: Callable[[int, int, int], Action | None] | None = None
-    tick: Callable[[], float | tuple[float, Action] | Action | None] | None = None
+    tick: Callable[[], TickReply] | None = None
     eof: Callable[[int], Reply] | None = None
     drained: Callable[[int], Reply] | None = None
     udp_idle_timeout: float | None = 60.0
@@ -268,9 +287,11 @@ def split_reply(r: object) -> tuple[Buffer | None, Action]:
             action is None or type(action) is Action
         ):
             return (octets(out) if type(out) is memoryview else out), action or Action.NONE
+    hint = " (to send text, return text.encode())" if isinstance(r, str) or (
+        type(r) is tuple and r and isinstance(r[0], str)) else ""
     raise TypeError(
         "a callback must return None, bytes, an Action or (bytes, Action); "
-        f"got {_describe(r)}"
+        f"got {_describe(r)}{hint}"
     )
 
 

@@ -327,7 +327,7 @@ class Conn:
     fast: bool = False
     read_size: int = READ_SIZE
     linger_timeout: float = 2.0
-    linger_bytes: int = 1 << 20
+    linger_bytes: int = 1048576  # 1 MiB
     linger_until: float = 0.0
     ending: bool = False
     user_timers: list[Timer] | None = None

@@ -44,18 +44,22 @@ import functools
 import itertools
 import logging
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterable
+from typing import Literal, cast
 
 from .accept import Acceptor
-from .addresses import Listener, bind_all, parse_address
+from .addresses import Listener, bind_all, inherited, parse_address
 from .callbacks import Policy
+from .debug import instrument, slow_threshold
 from .dial import Dialer
 from .events import FOREVER, Events, split_action
+from .forking import quiet_forks, warn_if_threads
 from .loops import loop_count, supervise
-from .pollers import PORTABLE_FALLBACK, READ, Poller, make_poller
+from .pollers import PORTABLE_FALLBACK, READ, Poller, PollerName, make_poller
 from .server import Server
-from .signals import DEFAULT_STOP_SIGNALS, SignalWatch, check_stop_signals
+from .signals import DEFAULT_STOP_SIGNALS, SignalWatch, check_stop
 from .streams import Handlers, Streams
 from .timers import MAX_POLL_WAIT, Timer, Timers
 from .udp import UdpSide, check_settings, is_udp
@@ -66,10 +70,10 @@ __all__ = ["serve"]
 log = logging.getLogger("evio")
 
 
-def serve(events: Events, *addrs: str, poller: str | Poller | None = None,
-          loops: int | str = 1,
+def serve(events: Events, *addrs: str | socket.socket, poller: PollerName | Poller | None = None,
+          loops: int | Literal["auto"] = 1,
           stop_signals: Iterable[int] = DEFAULT_STOP_SIGNALS,
-          stop_timeout: float = 2.0) -> None:
+          stop_timeout: float = 2.0, slow_callback: float | None = None) -> None:
     """Bind every address and run the loop until it is asked to stop.
 
     The loop stops when a callback returns ``Action.SHUTDOWN``, when
@@ -82,7 +86,10 @@ def serve(events: Events, *addrs: str, poller: str | Poller | None = None,
     Args:
         events: The callbacks.
         *addrs: One or more addresses, e.g. ``"tcp://127.0.0.1:5000"``,
-            ``"tcp6://[::1]:0"``, ``"unix:///tmp/evio.sock"``.
+            ``"unix:///tmp/evio.sock"``; or a socket bound elsewhere
+            (ADDR-12): ``"fd://N"`` (inherited; see `evio.listen_fds`) or a
+            bound ``socket.socket``, which ``serve`` takes over (detached:
+            its ``fileno()`` becomes -1) and closes when it returns.
         poller: A backend name (``"epoll"``, ``"kqueue"``, ``"poll"``,
             ``"select"``), a `evio.Poller` instance, or ``None`` for the best
             available (``"select"`` if any address uses a ``-net`` scheme).
@@ -93,39 +100,37 @@ def serve(events: Events, *addrs: str, poller: str | Poller | None = None,
             addresses, with this process as their supervisor (see the
             spec page *Loops*); ``"auto"`` means one per CPU this process
             may use.
-        stop_signals: The signals that stop the server cleanly (rule
-            LOOP-26): SIGINT, SIGTERM and SIGHUP unless told otherwise;
-            ``()`` installs no handler at all. Only a signal that still has
-            its default handler when ``serve`` starts is taken (a handler
-            of your own is left alone), only on the main thread, and the
-            previous handlers are put back before ``serve`` returns. After
-            the shutdown, SIGINT raises ``KeyboardInterrupt``; the others
-            make ``serve`` return ``None``.
-        stop_timeout: Seconds the shutdown may spend sending pending output
-            to peers that read it (rule LOOP-18); what is still pending
-            then is dropped. ``0`` makes one non-blocking attempt only.
+        stop_signals: The signals that stop the server cleanly (LOOP-26):
+            SIGINT, SIGTERM, SIGHUP unless told otherwise; ``()`` installs no
+            handler. Only a signal with its default handler is taken (yours
+            are left alone), only on the main thread; the previous handlers
+            are put back. Then SIGINT raises ``KeyboardInterrupt``; the
+            others make ``serve`` return ``None``.
+        stop_timeout: Seconds the shutdown may spend flushing pending output
+            (LOOP-18); the rest is dropped. ``0``: one non-blocking try.
+        slow_callback: Debug mode (EV-25): warn, naming the callback and
+            its connection, of any call longer than this many seconds.
+            ``None``: ``EVIO_DEBUG`` decides (``1``: 0.1 s); unset, off.
 
     Raises:
         TypeError: ``events`` is not an `evio.Events`, or ``stop_signals``
             is not an iterable of signal numbers.
         ValueError: an address, the poller, ``loops``, a stop signal (one
-            that cannot be caught), ``stop_timeout`` or a UDP setting of
+            that cannot be caught), ``stop_timeout``, ``slow_callback`` or
+            ``EVIO_DEBUG``, or a UDP setting of
             ``events`` is not valid, or a host name cannot be resolved;
             nothing has been bound.
         BindError: a bind or listen failed (an ``OSError`` with the
             system's errno, whose message names the address and the likely
             fix: rule ADDR-11); nothing stays bound.
-        OSError: with ``loops`` > 1, ``fork`` failed while no loop was
-            running (rule LOOPS-11); while others run, a failed fork is
-            logged and retried instead.
+        OSError: ``loops`` > 1 and fork failed with no loop running (LOOPS-11).
         KeyboardInterrupt: SIGINT stopped the loop (raised after the
             shutdown, never from inside it). SIGTERM and SIGHUP make
             ``serve`` return normally instead.
         Exception: whatever ``serving`` or ``tick`` raised, after every
             connection has been closed and every descriptor released (with
-            ``loops`` > 1: raised in a loop's process and rebuilt in this
-            one with its own type, or a ``RuntimeError`` naming that type
-            when pickle cannot carry it: rule LOOPS-8).
+            ``loops`` > 1: rebuilt here, its own type or a ``RuntimeError``
+            naming it: LOOPS-8).
     """
     try:
         if not isinstance(events, Events):
@@ -133,13 +138,16 @@ def serve(events: Events, *addrs: str, poller: str | Poller | None = None,
         if not addrs:
             raise ValueError("serve() needs at least one address")
         check_settings(events)
-        sigs = check_stop_signals(stop_signals)
-        if isinstance(stop_timeout, bool) or not isinstance(stop_timeout, int | float) or not (
-                0 <= stop_timeout < float("inf")):
-            raise ValueError(f"stop_timeout must be a finite number of seconds >= 0, "
-                             f"not {stop_timeout!r}")
+        sigs, stop_timeout = check_stop(stop_signals, stop_timeout)
+        slow = slow_threshold(slow_callback)
+        if slow is not None:  # off: the record as given, no wrapper (EV-25)
+            events = instrument(events, slow)
         n = loop_count(loops)
-        parsed = [parse_address(a) for a in addrs]
+        parsed = [inherited(a) if isinstance(a, socket.socket) else parse_address(a)
+                  for a in addrs]
+        for a in addrs:  # all valid: the socket objects are ours now (ADDR-12)
+            if isinstance(a, socket.socket):
+                a.detach()
         if any(a.portable for a in parsed):
             name = poller.name if isinstance(poller, Poller) else poller
             if name is not None and name != PORTABLE_FALLBACK:
@@ -147,10 +155,12 @@ def serve(events: Events, *addrs: str, poller: str | Poller | None = None,
                     f"a -net address asks for the {PORTABLE_FALLBACK!r} poller, "
                     f"but poller={poller!r} was given"
                 )
-            poller = poller if isinstance(poller, Poller) else PORTABLE_FALLBACK
+            poller = poller if isinstance(poller, Poller) else cast(PollerName, PORTABLE_FALLBACK)
         if n > 1:  # refuses a Poller instance before anything else
-            supervise(events, parsed, n, poller, _child_loop, stop_signals=sigs,
-                      stop_timeout=float(stop_timeout))
+            warn_if_threads(n)  # EV-24: in evio's words, at the user's call
+            with quiet_forks():
+                supervise(events, parsed, n, poller, _child_loop, stop_signals=sigs,
+                          stop_timeout=float(stop_timeout))
             return
     except BaseException:
         if isinstance(poller, Poller):  # ours to close however serve() ends (POLL-6)
@@ -160,8 +170,7 @@ def serve(events: Events, *addrs: str, poller: str | Poller | None = None,
     listeners: list[Listener] = []
     try:
         listeners = bind_all(parsed)
-        loop = _Loop(events, listeners, backend, stop_signals=sigs,
-                     stop_timeout=float(stop_timeout))
+        loop = _Loop(events, listeners, backend, stop_signals=sigs, stop_timeout=stop_timeout)
     except BaseException:  # nothing stays bound, nothing stays open
         for lst in listeners:
             lst.close()
@@ -180,8 +189,7 @@ def _child_loop(events: Events, listeners: list[Listener], poller: str | None,
 class _Loop:
     """One run of `serve`: the shared pieces, and `run`. Not reusable.
 
-    It is also what a `evio.Server` handle forwards to
-    (`evio.server.LoopControl`).
+    It is also what a `evio.Server` handle forwards to (`evio.server.LoopControl`).
     """
 
     def __init__(self, events: Events, listeners: list[Listener], poller: Poller,
@@ -262,14 +270,8 @@ class _Loop:
                 raise ValueError(f"call_later: {id!r} is not an open stream connection")
         t = self.timers.at(time.monotonic() + min(delay, FOREVER),
                            functools.partial(self._user_timer, fn))
-        if c is not None:
-            tied = c.user_timers
-            if tied is None:
-                c.user_timers = [t]
-            else:
-                if len(tied) >= 8:  # fired and cancelled ones go: the list stays short
-                    tied[:] = [x for x in tied if x.fire is not None]
-                tied.append(t)
+        if c is not None:  # fired and cancelled ones go: the list stays short
+            c.user_timers = [x for x in c.user_timers or () if x.fire is not None] + [t]
         return t
 
     def _user_timer(self, fn: Callable[[], object]) -> None:

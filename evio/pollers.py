@@ -43,7 +43,7 @@ import os
 import select
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, TypeAlias
 
 # kqueue exists only on BSD and macOS; typeshed hides it elsewhere, so the
 # kqueue backend reaches it through an untyped alias.
@@ -56,11 +56,15 @@ __all__ = [
     "KqueuePoller",
     "PollPoller",
     "Poller",
+    "PollerName",
     "SelectPoller",
     "available_pollers",
     "default_poller_name",
     "make_poller",
 ]
+
+PollerName: TypeAlias = Literal["epoll", "kqueue", "poll", "select"]
+"""The poller names `evio.serve` takes (those of this machine: `available_pollers`)."""
 
 READ = 1
 """Interest in (or readiness for) reading; also set on hang-up and error."""

@@ -52,7 +52,7 @@ from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
 
-__all__ = ["DEFAULT_STOP_SIGNALS", "SignalWatch", "check_stop_signals"]
+__all__ = ["DEFAULT_STOP_SIGNALS", "SignalWatch", "check_stop", "check_stop_signals"]
 
 DEFAULT_STOP_SIGNALS: tuple[signal.Signals, ...] = tuple(
     getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
@@ -87,6 +87,22 @@ def check_stop_signals(sigs: object) -> tuple[signal.Signals, ...]:
         if sig not in out:
             out.append(sig)
     return tuple(out)
+
+
+def check_stop(sigs: object, timeout: object) -> tuple[tuple[signal.Signals, ...], float]:
+    """Validate ``serve``'s ``stop_signals`` and ``stop_timeout`` (LOOP-26, LOOP-18).
+
+    Raises:
+        TypeError: as `check_stop_signals`.
+        ValueError: as `check_stop_signals`, or ``timeout`` is not a finite
+            number of seconds >= 0.
+    """
+    out = check_stop_signals(sigs)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not (
+            0 <= timeout < float("inf")):
+        raise ValueError(f"stop_timeout must be a finite number of seconds >= 0, "
+                         f"not {timeout!r}")
+    return out, float(timeout)
 
 
 class SignalWatch:

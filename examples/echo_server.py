@@ -5,6 +5,7 @@ The smallest useful evio server, and the one ``make run`` starts::
     python examples/echo_server.py --port 5000
     python examples/echo_server.py --unixsocket /tmp/echo.sock --poller poll
     python examples/echo_server.py --loops auto     # one loop per CPU, one process each
+    systemd-socket-activate -l 127.0.0.1:5000 python examples/echo_server.py --systemd
 
 Memory: a client that sends without reading costs at most the loop's
 high-water mark (64 KiB) plus one read (64 KiB) of pending output, because
@@ -39,13 +40,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="run N loops, each in its own process, behind the same "
                              "addresses; 'auto' for one per CPU (default: 1)")
     parser.add_argument("--quiet", action="store_true", help="do not log connections")
+    parser.add_argument("--systemd", action="store_true",
+                        help="serve the sockets systemd passed (socket activation) "
+                             "instead of binding --host/--port")
     args = parser.parse_args(argv)
 
     host = f"[{args.host}]" if ":" in args.host else args.host
     addrs = [f"tcp://{host}:{args.port}"]
+    if args.systemd:
+        # LISTEN_PID / LISTEN_FDS: the sockets start at descriptor 3 (fd://3 ...)
+        addrs = evio.listen_fds(unset_environment=True)
+        if not addrs:
+            print("echo server: --systemd, but no socket was passed (LISTEN_FDS)",
+                  file=sys.stderr)
+            return 1
     if args.unixsocket:
         addrs.append(f"unix://{args.unixsocket}")
-
 
     def serving(server: evio.Server) -> None:
         where = ", ".join(str(a) for a in server.addrs)

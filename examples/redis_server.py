@@ -8,10 +8,12 @@ commands, enough for ``redis-cli``, ``redis-benchmark`` and redis-py::
     redis-cli -p 6380 set greeting hello
 
 Commands: PING [msg], ECHO msg, SET key value, GET key, DEL key [key ...],
-EXISTS key [key ...], FLUSHDB, QUIT, SHUTDOWN; what clients send on their
-own: HELLO (RESP2 and RESP3), COMMAND (COUNT, DOCS, INFO, LIST), CONFIG GET;
-and ``WGET host:port timeout``, which fetches ``http://host:port/`` with
-``server.dial`` and answers with the whole response.
+EXISTS key [key ...], FLUSHDB, QUIT, SHUTDOWN, MULTI / EXEC / DISCARD
+(redis-py's default pipeline); what clients send on their own: HELLO (RESP2
+and RESP3), COMMAND (COUNT, DOCS, INFO, LIST), CONFIG GET, CLIENT (SETNAME,
+GETNAME, SETINFO, ID), SELECT 0, INFO; and ``WGET host:port timeout``, which
+fetches ``http://host:port/`` with ``server.dial`` and answers with the
+whole response.
 
 How it fits evio's callbacks
 ----------------------------
@@ -74,6 +76,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import math
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -97,7 +100,7 @@ DEFAULT_COMMAND_TIMEOUT = 30.0
 """``--command-timeout``'s default: seconds for a command to arrive whole."""
 
 _NONE = evio.Action.NONE
-_Reply: TypeAlias = bytes | tuple[bytes | None, evio.Action] | evio.Action | evio.Options | None
+_Reply: TypeAlias = evio.Reply
 
 
 @dataclass(slots=True, eq=False)
@@ -129,6 +132,10 @@ class _Client:
     ended: bool = False  # it ended its stream: answer what it sent, then close
     timer: evio.Timer | None = None  # a command started and not finished (REDIS-21)
     late: bool = False  # that timer fired: data(id, None) answers and closes
+    multi: list[tuple[_Command, list[bytes]]] | None = None  # MULTI's queue, until EXEC
+    multi_size: int = 0  # bytes of arguments queued
+    multi_failed: bool = False  # a queued command was refused: EXEC answers EXECABORT
+    name: bytes = b""  # CLIENT SETNAME
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +192,7 @@ class RedisClone:
         where = ", ".join(str(a) for a in server.addrs)
         print(f"redis server listening on {where} (poller: {server.poller})", flush=True)
 
-    def opened(self, id: int, info: evio.Info) -> _Reply:
+    def opened(self, id: int, info: evio.Info) -> evio.OpenedReply:
         if info.addr_index >= 0:
             self.clients[id] = _Client(id, resp.Parser(max_buffer=self.max_buffer))
             # Plain bytes, not the loop's reusable buffer: a plain connection
@@ -326,30 +333,42 @@ class RedisClone:
         if c.fetch is None:
             size = 0
             try:
-                for argv in c.parser.commands(data):
-                    if len(argv) == 1 and (reply := _CONSTANT.get(argv[0])) is not None:
-                        out.append(reply)  # PING: the reply is prebuilt
-                        continue
-                    command = _BY_NAME.get(argv[0])  # PING, ping: no lower() needed
-                    if command is None:
-                        name = argv[0]  # no case-folded copy of a name no command has
-                        command = COMMANDS.get(name.lower()) if len(name) <= 16 else None
-                        if command is None:
-                            out.append(_unknown_command(argv))
+                while True:
+                    if c.multi is not None:  # inside MULTI: queue until EXEC (REDIS-21)
+                        self._transaction(c, data, out)
+                        data = None
+                        if c.multi is not None:
+                            break  # EXEC has not arrived yet
+                    for argv in c.parser.commands(data):
+                        if len(argv) == 1 and (reply := _CONSTANT.get(argv[0])) is not None:
+                            out.append(reply)  # PING: the reply is prebuilt
                             continue
-                    n, arity = len(argv), command.arity
-                    if (arity > 0 and n != arity) or n < -arity:
-                        out.append(_wrong_arguments(command.name))
-                        continue
-                    reply = command.run(self, c, argv)
-                    out.append(reply)
-                    if command.ends_batch and (c.fetch is not None or c.action is not _NONE):
-                        break
-                    size += len(reply)
-                    if size > HIGH_WATER:
-                        self._wake(c.id)  # the rest next turn, once these are written
-                        more = True
-                        break
+                        command = _BY_NAME.get(argv[0])  # PING, ping: no lower() needed
+                        if command is None:
+                            name = argv[0]  # no case-folded copy of a name no command has
+                            command = COMMANDS.get(name.lower()) if len(name) <= 16 else None
+                            if command is None:
+                                out.append(_unknown_command(argv))
+                                continue
+                        n, arity = len(argv), command.arity
+                        if (arity > 0 and n != arity) or n < -arity:
+                            out.append(_wrong_arguments(command.name))
+                            continue
+                        reply = command.run(self, c, argv)
+                        out.append(reply)
+                        if command.ends_batch and (c.fetch is not None or c.action is not _NONE
+                                                   or c.multi is not None):
+                            break
+                        size += len(reply)
+                        if size > HIGH_WATER:
+                            self._wake(c.id)  # the rest next turn, once these are written
+                            more = True
+                            break
+                    else:
+                        break  # every complete command is answered
+                    data = None  # fed already
+                    if c.multi is None:
+                        break  # a WGET, QUIT or SHUTDOWN, or the high-water mark
             except resp.ProtocolError as e:
                 # Like Redis: answer the commands before it, then the error, then close.
                 # The parser keeps ``e``; its traceback would keep this frame's
@@ -364,6 +383,99 @@ class RedisClone:
         if len(out) == 1:
             return out[0] or None
         return b"".join(out) or None
+
+    # -------------------------------------------------------- transactions
+
+    def _transaction(self, c: _Client, data: memoryview | bytes | None, out: list[bytes]) -> None:
+        """Inside MULTI: queue each command (``+QUEUED``) until EXEC or DISCARD.
+
+        As Redis does: a command refused while queuing (unknown, wrong
+        arity, one that cannot run in a transaction here) is answered with
+        its error and makes EXEC answer EXECABORT; EXEC runs the queue at
+        once, in order, and answers with the array of their replies. The
+        queue is bounded by ``max_buffer`` bytes of arguments.
+        """
+        assert c.multi is not None
+        for argv in c.parser.commands(data):
+            name = argv[0].lower() if len(argv[0]) <= 16 else b""
+            if name == b"exec" or name == b"discard":
+                if len(argv) != 1:
+                    out.append(_wrong_arguments(name.decode()))
+                    c.multi_failed = True
+                    continue
+                queued, failed = c.multi, c.multi_failed
+                c.multi, c.multi_size, c.multi_failed = None, 0, False
+                if name == b"discard":
+                    out.append(resp.OK)
+                elif failed:
+                    out.append(resp.error("EXECABORT Transaction discarded because of "
+                                          "previous errors."))
+                else:
+                    replies = [command.run(self, c, args) for command, args in queued]
+                    out.append(b"*%d\r\n" % len(replies) + b"".join(replies))
+                return
+            command = COMMANDS.get(name)
+            n = len(argv)
+            if command is None:
+                out.append(_unknown_command(argv))
+            elif (command.arity > 0 and n != command.arity) or n < -command.arity:
+                out.append(_wrong_arguments(command.name))
+            elif command.ends_batch or name == b"multi":
+                out.append(resp.error(f"ERR {command.name.upper()} is not allowed in a "
+                                      f"transaction here" if name != b"multi"
+                                      else "ERR MULTI calls can not be nested"))
+            elif c.multi_size + sum(map(len, argv)) > self.max_buffer:
+                out.append(resp.error(f"ERR transaction larger than {self.max_buffer} bytes"))
+            else:
+                c.multi.append((command, argv))
+                c.multi_size += sum(map(len, argv))
+                out.append(b"+QUEUED\r\n")
+                continue
+            c.multi_failed = True
+
+    def multi(self, c: _Client, argv: list[bytes]) -> bytes:
+        c.multi, c.multi_size, c.multi_failed = [], 0, False
+        return resp.OK
+
+    def exec_(self, c: _Client, argv: list[bytes]) -> bytes:
+        return resp.error("ERR EXEC without MULTI")
+
+    def discard(self, c: _Client, argv: list[bytes]) -> bytes:
+        return resp.error("ERR DISCARD without MULTI")
+
+    # ------------------------------------------------ what clients send first
+
+    def client(self, c: _Client, argv: list[bytes]) -> bytes:
+        sub, n = argv[1].lower(), len(argv)
+        if sub == b"setname" and n == 3:
+            if any(b <= 32 or b >= 127 for b in argv[2]):
+                return resp.error("ERR Client names cannot contain spaces, newlines or "
+                                  "special characters.")
+            c.name = argv[2]
+            return resp.OK
+        if sub == b"getname" and n == 2:
+            return resp.bulk(c.name) if c.name else c.null
+        if sub == b"setinfo" and n == 4:
+            return resp.OK  # LIB-NAME / LIB-VER: noted by Redis, nothing to do here
+        if sub == b"id" and n == 2:
+            return resp.integer(c.id)
+        if sub in (b"setname", b"getname", b"setinfo", b"id"):
+            return _wrong_arguments(f"client|{sub.decode()}")
+        return _unknown_subcommand(argv[1], "CLIENT")
+
+    def select(self, c: _Client, argv: list[bytes]) -> bytes:
+        index = resp.parse_integer(argv[1])
+        if index is None:
+            return resp.error("ERR value is not an integer or out of range")
+        return resp.OK if index == 0 else resp.error("ERR DB index is out of range")
+
+    def info(self, c: _Client, argv: list[bytes]) -> bytes:
+        text = (f"# Server\r\nredis_version:7.2.0\r\nredis_mode:standalone\r\n"
+                f"server_name:evio-redis-clone\r\nprocess_id:{os.getpid()}\r\n"
+                f"\r\n# Clients\r\nconnected_clients:{len(self.clients)}\r\n"
+                f"\r\n# Keyspace\r\n" + (f"db0:keys={len(self.db)},expires=0\r\n"
+                                           if self.db else ""))
+        return resp.bulk(text.encode())
 
     # ---------------------------------------------------------------- WGET
 
@@ -563,6 +675,12 @@ COMMANDS: dict[bytes, _Command] = {
         _Command("config", -2, RedisClone.config),
         _Command("hello", -1, RedisClone.hello),
         _Command("wget", 3, RedisClone.wget, ends_batch=True),
+        _Command("multi", 1, RedisClone.multi, ends_batch=True),
+        _Command("exec", 1, RedisClone.exec_),
+        _Command("discard", 1, RedisClone.discard),
+        _Command("client", -2, RedisClone.client),
+        _Command("select", 2, RedisClone.select),
+        _Command("info", -1, RedisClone.info),
     ]
 }
 """Every command, by its lower-case name."""

@@ -642,9 +642,10 @@ def test_one_byte_at_a_time_and_resp3_replies() -> None:
 
 @pytest.mark.rule("REDIS-12")
 def test_the_commands_clients_send_on_their_own() -> None:
-    count = b":%d\r\n" % 13
     names = [b"ping", b"echo", b"set", b"get", b"del", b"exists", b"flushdb", b"quit",
-             b"shutdown", b"command", b"config", b"hello", b"wget"]
+             b"shutdown", b"command", b"config", b"hello", b"wget", b"multi", b"exec",
+             b"discard", b"client", b"select", b"info"]
+    count = b":%d\r\n" % len(names)
     with redis_server() as server:
         s = server.connect()
         for request, reply in [
@@ -1033,3 +1034,55 @@ def test_command_line_defaults_and_signals() -> None:
             s.connect(("127.0.0.2", server.port))
         server.assert_alive()
         stop_server(server, signal.SIGINT)
+
+
+# ------------------------------------------- redis-py's defaults (REDIS-21/22)
+
+
+@pytest.mark.rule("REDIS-21", "REDIS-22")
+@pytest.mark.parametrize("poller", POLLERS)
+def test_redis_py_defaults_transactions_names_select_and_info(poller: str) -> None:
+    with redis_server("--poller", poller) as server:
+        for protocol in (3, 2):
+            r = server.client(protocol=protocol, client_name="evio-test", db=0)
+            assert r.client_getname() in ("evio-test", b"evio-test")
+            assert isinstance(r.client_id(), int)
+            pipe = r.pipeline()  # transaction=True: MULTI ... EXEC
+            for i in range(200):
+                pipe.set(f"t{i}", f"v{i}")
+                pipe.get(f"t{i}")
+            results = pipe.execute()
+            assert results[0::2] == [True] * 200
+            assert results[1::2] == [f"v{i}".encode() for i in range(200)]
+            info = r.info()
+            assert info["redis_mode"] == "standalone" and "redis_version" in info
+            assert info["db0"]["keys"] == 200
+            assert r.info("server")["redis_mode"] == "standalone"
+            with pytest.raises(redis.ResponseError, match="DB index is out of range"):
+                r.select(1)  # type: ignore[no-untyped-call]
+            assert r.flushdb() is True
+            r.close()
+
+
+@pytest.mark.rule("REDIS-21")
+def test_multi_exec_discard_and_execabort_on_the_wire() -> None:
+    with redis_server() as server:
+        s = server.connect()
+        exchange(s, b"EXEC\r\n", b"-ERR EXEC without MULTI\r\n")
+        exchange(s, b"MULTI\r\nSET a 1\r\nGET a\r\nEXEC\r\n",
+                 b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n+OK\r\n$1\r\n1\r\n")
+        exchange(s, b"MULTI\r\nSET b 2\r\nDISCARD\r\nGET b\r\n",
+                 b"+OK\r\n+QUEUED\r\n+OK\r\n$-1\r\n")
+        exchange(s, b"MULTI\r\nSET c\r\nNOPE\r\nMULTI\r\nWGET x:1 1\r\nSET c 3\r\n"
+                    b"EXEC\r\nGET c\r\n",
+                 b"+OK\r\n-ERR wrong number of arguments for 'set' command\r\n"
+                 b"-ERR unknown command 'NOPE', with args beginning with: \r\n"
+                 b"-ERR MULTI calls can not be nested\r\n"
+                 b"-ERR WGET is not allowed in a transaction here\r\n+QUEUED\r\n"
+                 b"-EXECABORT Transaction discarded because of previous errors.\r\n$-1\r\n")
+        # a transaction split across reads, a byte at a time
+        for byte in b"MULTI\r\nSET d 4\r\nEXEC\r\n":
+            s.sendall(bytes([byte]))
+        expected = b"+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n"
+        assert recv_exactly(s, len(expected)) == expected
+        exchange(s, b"CLIENT NOPE\r\n", b"-ERR unknown subcommand 'NOPE'. Try CLIENT HELP.\r\n")

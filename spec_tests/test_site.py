@@ -647,12 +647,16 @@ def test_the_site_is_publishable(site: Site, visits: dict[str, Visit]) -> None:
     sitemap = (site.dir / "sitemap.xml").read_text()
     for url in visits:
         assert url.replace(site.base, cfg["site_url"]) in sitemap, f"{url} not in sitemap.xml"
+    version = re.search(r'^__version__ = "([^"]+)"$',
+                        (ROOT / "evio" / "__init__.py").read_text(), re.M)
+    assert version is not None
     for url, v in visits.items():
-        assert project["version"] in v.probe["footer"], f"{url}: no version in the footer"
+        assert version.group(1) in v.probe["footer"], f"{url}: no version in the footer"
         if not url.endswith("spec/traceability/"):
             assert v.probe["edit_link"], f"{url}: no edit link"
     home = visits[site.base].probe["text"]
-    assert f"pip install {project['name']}" in home, "no install instructions on the home page"
+    install = f'pip install "{project["name"]} @ git+'  # not on PyPI yet: from the repository
+    assert install in home, "no install instructions on the home page"
     middle = [v for v in visits.values() if len(v.probe["prev_next"]) == 2]
     assert middle, "no page has previous/next links"
 

@@ -40,7 +40,6 @@ import html
 import posixpath
 import re
 import sys
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,9 +88,11 @@ _state = _State()
 
 
 def package_version() -> str:
-    """The version in ``pyproject.toml``."""
-    with (ROOT / "pyproject.toml").open("rb") as f:
-        return str(tomllib.load(f)["project"]["version"])
+    """The version: ``evio.__version__``, its one source (pyproject reads it too)."""
+    text = (ROOT / "evio" / "__init__.py").read_text()
+    m = re.search(r'^__version__ = "([^"]+)"$', text, re.M)
+    assert m is not None, "evio/__init__.py sets no __version__"
+    return m.group(1)
 
 
 def on_config(config: MkDocsConfig) -> MkDocsConfig:
