@@ -371,11 +371,7 @@ def _bind(a: Address, plan: tuple[int, Any], backlog: int) -> Listener:
     socktype = socket.SOCK_DGRAM if a.is_udp else socket.SOCK_STREAM
     sock = socket.socket(family, socktype)
     try:
-        if socktype == socket.SOCK_STREAM:
-            # Rebinding over TIME_WAIT connections after a restart. Never on
-            # UDP: there it lets a second socket bind the same port too, and
-            # a second server would start silently (LOOPS-3).
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, not a.is_udp)  # LOOPS-3: not UDP
         if a.reuseport:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:

@@ -62,7 +62,7 @@ replies pending stop its pipeline at `HIGH_WATER` (64 KiB) plus one batch
 (**REL-17**); a WGET keeps at most `MAX_RESPONSE` (16 MiB). A client idle
 for ``--timeout`` seconds is closed, and so is one whose command has not
 arrived whole ``--command-timeout`` seconds (30) after its first byte --
-a client trickling a command a byte at a time is never idle (REDIS-21).
+a client trickling a command a byte at a time is never idle (REDIS-23).
 The number of clients is bounded by the process's descriptor limit
 (``ulimit -n``). The keyspace is what
 clients SET: like Redis without ``maxmemory``, it has no bound of its own.
@@ -130,7 +130,7 @@ class _Client:
     null: bytes = resp.NIL  # "no value" in the client's protocol
     held: bool = False  # too many replies pending: commands wait for drained()
     ended: bool = False  # it ended its stream: answer what it sent, then close
-    timer: evio.Timer | None = None  # a command started and not finished (REDIS-21)
+    timer: evio.Timer | None = None  # a command started and not finished (REDIS-23)
     late: bool = False  # that timer fired: data(id, None) answers and closes
     multi: list[tuple[_Command, list[bytes]]] | None = None  # MULTI's queue, until EXEC
     multi_size: int = 0  # bytes of arguments queued
@@ -228,7 +228,7 @@ class RedisClone:
         return reply
 
     def _follow(self, c: _Client, answered: bool) -> None:
-        """REDIS-21: time the command the client has started, if any.
+        """REDIS-23: time the command the client has started, if any.
 
         Set when bytes of an unfinished command are held, kept while it
         stays unfinished, restarted when a command was answered, cancelled

@@ -586,7 +586,7 @@ def test_http_example_times_each_request_not_the_connection(poller: str) -> None
         stop(proc)
 
 
-@pytest.mark.rule("REDIS-21", "REL-4")
+@pytest.mark.rule("REDIS-23", "REL-4")
 def test_redis_example_closes_a_client_trickling_a_command(poller: str) -> None:
     with example("redis_server.py", "--poller", poller, "--command-timeout", "1",
                  "--timeout", "30") as (proc, port):
