@@ -371,7 +371,7 @@ def _bind(a: Address, plan: tuple[int, Any], backlog: int) -> Listener:
     socktype = socket.SOCK_DGRAM if a.is_udp else socket.SOCK_STREAM
     sock = socket.socket(family, socktype)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, not a.is_udp)  # LOOPS-3: not UDP
         if a.reuseport:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:

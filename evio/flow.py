@@ -63,6 +63,7 @@ import time
 from functools import partial
 from typing import Any
 
+from . import idle
 from .callbacks import Policy
 from .events import FOREVER, Events, Options, OutputLimitError
 from .lifecycle import LIVE, READ_SIZE, READABLE, SMALL_READ, Conn, On, State, move
@@ -91,6 +92,7 @@ _RESET = struct.pack("ii", 1, 0)
 """``SO_LINGER`` on, 0 seconds: ``close`` resets the connection at once."""
 KEEPALIVE_MAX = 32767
 """The most seconds Linux takes for ``TCP_KEEPIDLE`` and ``TCP_KEEPINTVL``."""
+
 
 
 class Flow:
@@ -161,7 +163,8 @@ class Flow:
             c.idle_timeout = float(min(options.idle_timeout, FOREVER))
             c.last_active = time.monotonic()
             self.timers.cancel(c.idle_timer)
-            c.idle_timer = self.timers.at(c.last_active + c.idle_timeout, partial(self._idle, c))
+            c.idle_timer = self.timers.at(c.last_active + c.idle_timeout,
+                                          partial(idle.check, self.timers, self.close, c))
         ka = options.tcp_keepalive
         if ka is not None and c.sock.family != socket.AF_UNIX:
             s = c.sock
@@ -173,18 +176,6 @@ class Flow:
                 s.setsockopt(socket.IPPROTO_TCP, 0x10, secs)  # TCP_KEEPALIVE
             if hasattr(socket, "TCP_KEEPINTVL"):
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, secs)
-
-    def _idle(self, c: Conn) -> None:
-        """The idle timer fired: close ``c`` if nothing moved since, else look again."""
-        c.idle_timer = None
-        if c.state not in LIVE or c.idle_timeout is None:
-            return
-        due = c.last_active + c.idle_timeout
-        if due > time.monotonic():
-            c.idle_timer = self.timers.at(due, partial(self._idle, c))
-            return
-        c.pending.clear()  # nobody is reading it: an idle peer gets nothing more
-        self.close(c, On.IDLE, TimeoutError(f"connection {c.id} idle for {c.idle_timeout}s"))
 
     def drop_timers(self, c: Conn) -> None:
         """``c`` is leaving the loop: its idle check, and every timer tied to it, go."""
@@ -345,6 +336,8 @@ class Flow:
             False if that put ``c`` over its output limit (it is closed).
         """
         c.pending += memoryview(out)[n:]
+        if c.idle_timeout is not None:
+            idle.note_write(c, 0)  # the caller noted the n bytes sent (REL-4)
         if c.max_pending is not None and len(c.pending) > c.max_pending:
             self.over_limit(c)
             return False

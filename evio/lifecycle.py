@@ -280,6 +280,9 @@ class Conn:
         idle_timeout: Seconds of silence before it is closed, or ``None``.
         last_active: ``time.monotonic()`` of the last byte read or written.
         idle_timer: The pending idle check in the loop's timer queue.
+        unsent_mark: With output pending, the bytes the kernel held unsent
+            when the loop last left output pending (-1: unknown); a smaller
+            count later means the peer read some (REL-4).
         plain: No translator, no write hooks, no reused read buffer: its
             reads take the inline path of `evio.streams.Streams.ready`.
         fast: Plain, open, and its interest is ``READ`` alone: a readable
@@ -319,6 +322,7 @@ class Conn:
     idle_timeout: float | None = None
     last_active: float = 0.0
     idle_timer: Timer | None = None
+    unsent_mark: int = -1
     plain: bool = False
     fast: bool = False
     read_size: int = READ_SIZE

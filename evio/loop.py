@@ -123,12 +123,14 @@ def serve(events: Events, *addrs: str | socket.socket, poller: PollerName | Poll
         BindError: a bind or listen failed (an ``OSError`` with the
             system's errno, whose message names the address and the likely
             fix: rule ADDR-11); nothing stays bound.
+        OSError: ``loops`` > 1 and fork failed with no loop running (LOOPS-11).
         KeyboardInterrupt: SIGINT stopped the loop (raised after the
             shutdown, never from inside it). SIGTERM and SIGHUP make
             ``serve`` return normally instead.
         Exception: whatever ``serving`` or ``tick`` raised, after every
             connection has been closed and every descriptor released (with
-            ``loops`` > 1: raised in a loop's process, rebuilt in this one).
+            ``loops`` > 1: rebuilt here, its own type or a ``RuntimeError``
+            naming it: LOOPS-8).
     """
     try:
         if not isinstance(events, Events):
@@ -157,7 +159,8 @@ def serve(events: Events, *addrs: str | socket.socket, poller: PollerName | Poll
         if n > 1:  # refuses a Poller instance before anything else
             warn_if_threads(n)  # EV-24: in evio's words, at the user's call
             with quiet_forks():
-                supervise(events, parsed, n, poller, _run_child)
+                supervise(events, parsed, n, poller, _child_loop, stop_signals=sigs,
+                          stop_timeout=float(stop_timeout))
             return
     except BaseException:
         if isinstance(poller, Poller):  # ours to close however serve() ends (POLL-6)
@@ -176,19 +179,17 @@ def serve(events: Events, *addrs: str | socket.socket, poller: PollerName | Poll
     loop.run()
 
 
-def _run_child(events: Events, listeners: list[Listener], poller: str | None,
-               index: int, loops: int, parent_fd: int) -> None:
-    """One of ``loops`` loops, in its own process (`evio.loops`). Only SIGINT
-    is taken over: SIGTERM and SIGHUP are the supervisor's to act on (LOOPS-6)."""
-    _Loop(events, listeners, make_poller(poller), index, loops, parent_fd,
-          stop_signals=(signal.SIGINT,)).run()
+def _child_loop(events: Events, listeners: list[Listener], poller: str | None,
+                index: int, loops: int, parent_fd: int, stop_timeout: float) -> _Loop:
+    """One of ``loops`` loops, for `evio.loops` to run (which takes its stop signals)."""
+    return _Loop(events, listeners, make_poller(poller), index, loops, parent_fd,
+                 stop_signals=(), stop_timeout=stop_timeout)
 
 
 class _Loop:
     """One run of `serve`: the shared pieces, and `run`. Not reusable.
 
-    It is also what a `evio.Server` handle forwards to
-    (`evio.server.LoopControl`).
+    It is also what a `evio.Server` handle forwards to (`evio.server.LoopControl`).
     """
 
     def __init__(self, events: Events, listeners: list[Listener], poller: Poller,

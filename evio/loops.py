@@ -11,27 +11,38 @@ already bound.  (So call ``serve()`` before starting threads of your own: a
 forked child gets only the thread that forked it, and any lock another
 thread held stays held.)
 
-**Binding.**  The parent binds everything before the first fork, so an
-address error is raised by ``serve()`` with no process started, as for one
-loop.  Then each loop must serve every address, and there are two ways:
+**Binding: once, shared.**  The parent binds every address exactly once,
+before the first fork, as one loop would -- so an address error, and
+"Address already in use" when another server holds the port, is raised by
+``serve()`` with no process started.  Every child inherits those sockets
+and watches all of them.  We do *not* give each loop its own socket with
+``SO_REUSEPORT``, though on Linux that makes the kernel balance, for two
+reasons learned the hard way:
 
-1. On Linux, ``SO_REUSEPORT`` lets several sockets bind one port, and the
-   kernel spreads incoming connections (and UDP remotes, by a hash of the
-   four-tuple) over them.  So the parent binds one socket *per loop* for
-   every TCP and UDP address: the first one with the port asked for, the
-   others on the port the first got (port 0 then means one port for all).
-   The kernel balances; no loop is woken for a connection it will not get.
-2. Elsewhere -- macOS and the BSDs accept ``SO_REUSEPORT`` but do not
-   balance with it -- and always for unix sockets, one listening socket is
-   inherited by every child.  Every loop is woken for a new connection;
-   one accept wins, the others see ``EAGAIN`` (`evio.accept` expects it).
+* ``SO_REUSEPORT`` lets *anyone* of the same user bind the port again; a
+  second, unrelated server started by mistake then silently takes its
+  share of the connections instead of failing to start.
+* The kernel hashes each new connection to one socket and never looks
+  back.  While a loop is dead its socket is still open (the parent holds
+  it for the replacement), so the kernel keeps handing it connections that
+  nobody accepts until the replacement comes -- and none, if the loop
+  keeps dying.  With one shared accept queue, the surviving loops take
+  every connection; a dead loop strands nothing.
 
-The parent keeps every socket open, and accepts on none, until ``serve()``
-returns.  That is what makes a restart invisible to clients: connections
-the kernel hashed to a dead loop's socket wait in its backlog until the
-replacement (which inherits that very socket) accepts them -- none is
-refused.  A unix socket file is removed once, by the parent, at the end;
-the children's copies of the listeners forget the path.
+The price is the "thundering herd": every loop polls the same listener,
+so a new connection wakes every idle loop, one ``accept`` wins and the
+others get ``EAGAIN``, which `evio.accept` expects.  With N no larger than
+the CPUs that costs a few wasted wake-ups per connection; busy loops are
+not woken at all (they are not sleeping), so the idle ones take the
+connections, which is the balancing we want.  (``EPOLLEXCLUSIVE`` wakes
+one loop, but is Linux-only and wakes the same waiter first: it balances
+worse.)  A UDP socket is
+shared the same way: each datagram is read by whichever loop reads first,
+so datagrams from one remote may be served by different loops, each
+knowing that remote by an id of its own.
+
+The parent keeps every socket open, accepting on none, until ``serve()``
+returns, and removes a unix socket file once (the children forget the path).
 
 **One pipe stops them all.**  Before forking, the parent makes one pipe.
 Each child closes the write end at once and gives the read end to its loop
@@ -45,28 +56,39 @@ the pipe is portable, and is one more descriptor the loop polls.
 
 **What a child's end means** is read from how it ended:
 
-* it sent a report on its own pipe: ``serving`` or ``tick`` raised.  The
-  report is the pickled exception and its traceback text; the parent stops
-  the others and raises it.  Such a loop is never restarted: it would only
-  raise again.
+* it sent a report on its own pipe (`evio.reports`): ``serving`` or
+  ``tick`` raised.  The parent stops the others and raises it, and never
+  restarts that loop: it would only raise again.
 * exit status 0: its loop stopped -- ``SHUTDOWN``, ``Server.stop()``, a
-  SIGINT of its own, or the pipe above.  Any loop stopping stops them all.
+  stop signal of its own, or the pipe above.  Any loop stopping stops them
+  all.
 * anything else (a signal, ``os._exit``): it died.  The parent forks a new
-  one for the same index after a back-off -- 0.1 s, doubling to 5 s for a
-  slot that keeps dying, back to 0.1 s once one has lived 10 s -- and logs
-  a warning on the ``evio`` logger.  The other loops never notice.
+  one for the same index at once the first time, and after a back-off if
+  that slot keeps dying -- 0.1 s, doubling to 5 s, back to "at once" once
+  one has lived 10 s -- and logs a warning on the ``evio`` logger.  The
+  other loops never notice, and since they share the accept queue no
+  connection waits for the replacement.
 
-Each report pipe also wakes the parent the moment its child exits (end of
-file), so the parent sleeps in a poller (`evio.pollers`) with nothing to
-poll; a one-second timeout covers a pipe a grandchild inherited.
+**When fork fails** (``EAGAIN`` at the process limit, ``ENOMEM``), the
+parent does not give up while any loop still serves: it logs why, keeps
+the others serving, and tries that slot again with the same back-off as a
+death.  Only when no loop is left running and fork fails does it stop,
+and ``serve()`` raises the ``OSError`` with a note saying so.
 
-**Signals.**  On the main thread the parent takes SIGINT and SIGTERM for
-as long as it supervises: either stops every loop.  After every child has
-been reaped the handlers are put back, and a SIGINT met with Python's
-default handler in place is raised as ``KeyboardInterrupt``, as for one
-loop.  Children get back the handlers the parent had before, and every
-child leaves by ``os._exit``: it must never return into the parent's stack
-or run its ``atexit`` hooks.
+Each report pipe wakes the parent the moment its child exits (end of file),
+so it sleeps in a poller; a 1 s timeout covers a pipe a grandchild inherited.
+
+**Signals.**  On the main thread, the parent takes each stop signal (by
+default SIGINT, SIGTERM and SIGHUP) whose handler is still the default
+one, for as long as it supervises: any of them stops every loop.  After
+every child has been reaped the handlers are put back; then SIGINT is
+raised as ``KeyboardInterrupt`` and SIGTERM or SIGHUP makes ``serve()``
+return, as for one loop.  Each child starts with the handlers the parent
+had before ``serve()``, and takes the same default-handled stop signals
+itself, to stop its loop cleanly: a Ctrl-C or a SIGTERM sent to the whole
+process group reaches every child too, and each must close its
+connections, not die half-way.  Every child leaves by ``os._exit``: it
+must never return into the parent's stack or run its ``atexit`` hooks.
 """
 
 from __future__ import annotations
@@ -75,20 +97,20 @@ import contextlib
 import dataclasses
 import logging
 import os
-import pickle
 import signal
 import socket
 import sys
 import threading
 import time
-import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
+from . import reports
 from .addresses import Address, Listener, bind_all
 from .events import Events
 from .pollers import READ, Poller, make_poller
+from .signals import DEFAULT_STOP_SIGNALS
 
 __all__ = ["AUTO", "loop_count", "supervise"]
 
@@ -99,11 +121,22 @@ AUTO = "auto"
 BACKOFF_FIRST = 0.1
 BACKOFF_CAP = 5.0
 BACKOFF_RESET = 10.0  # a loop that lived this long starts its slot's back-off afresh
-GRACE = 10.0  # seconds the loops get to shut down before SIGKILL
-_RAISED = 70  # a child's exit status when it sent a report (EX_SOFTWARE)
+GRACE = 10.0  # seconds the loops get to shut down before SIGKILL (or stop_timeout + 1)
 
-RunLoop = Callable[[Events, list[Listener], str | None, int, int, int], None]
-"""How a child runs its loop: ``(events, listeners, poller, index, loops, parent_fd)``."""
+
+class ChildLoop(Protocol):
+    """What a child runs: a loop that can be asked to stop from a signal handler."""
+
+    def run(self) -> None:
+        """Serve until stopped."""
+
+    def stop(self) -> None:
+        """Ask the loop to stop; safe in a signal handler."""
+
+
+MakeLoop = Callable[[Events, list[Listener], str | None, int, int, int, float], ChildLoop]
+"""How a child makes its loop:
+``(events, listeners, poller, index, loops, parent_fd, stop_timeout)``."""
 
 
 def loop_count(loops: object) -> int:
@@ -120,49 +153,16 @@ def loop_count(loops: object) -> int:
     return loops
 
 
-def kernel_balances(a: Address) -> bool:
-    """Whether each loop gets its own socket for ``a`` (``SO_REUSEPORT``, Linux)."""
-    return (a.network != "unix" and a.fd < 0 and sys.platform.startswith("linux")
-            and hasattr(socket, "SO_REUSEPORT"))  # an inherited socket is shared (ADDR-12)
-
-
-def bind_per_loop(parsed: list[Address], n: int) -> list[list[Listener]]:
-    """Bind every address for ``n`` loops: one list of listeners per loop.
-
-    A listener that is shared appears, as the same object, in every list.
-    All or nothing, like `evio.addresses.bind_all`.
-    """
-    first = bind_all([dataclasses.replace(a, reuseport=True) if kernel_balances(a) else a
-                      for a in parsed])
-    slots = [first]
-    try:
-        for _ in range(1, n):
-            slot: list[Listener] = []
-            slots.append(slot)
-            for lst in first:
-                a = lst.address
-                if kernel_balances(a):
-                    port = lst.sock.getsockname()[1]
-                    slot.append(bind_all([dataclasses.replace(a, port=port)])[0])
-                else:
-                    slot.append(lst)
-    except BaseException:
-        _close_all(slots)
-        raise
-    return slots
-
-
-def _close_all(slots: list[list[Listener]]) -> None:
-    seen: set[int] = set()
-    for slot in slots:
-        for lst in slot:
-            if id(lst) not in seen:
-                seen.add(id(lst))
-                lst.close()  # a unix socket file goes with its listener, once
+def _is_default(sig: int, handler: Any) -> bool:
+    """Whether ``handler`` is what Python starts with for ``sig``."""
+    return handler is signal.SIG_DFL or (
+        sig == signal.SIGINT and handler is signal.default_int_handler)
 
 
 def supervise(events: Events, parsed: list[Address], n: int,
-              poller: str | Poller | None, run: RunLoop) -> None:
+              poller: str | Poller | None, make_loop: MakeLoop,
+              stop_signals: Iterable[int] = DEFAULT_STOP_SIGNALS,
+              stop_timeout: float = 2.0) -> None:
     """`evio.serve` with ``loops`` > 1: bind, fork ``n`` loops, supervise them.
 
     Returns once every child has been reaped and every listener closed.
@@ -170,7 +170,8 @@ def supervise(events: Events, parsed: list[Address], n: int,
     Raises:
         ValueError: ``poller`` is a `evio.Poller` instance (one cannot be
             shared by processes) or an unknown name.
-        OSError: a bind failed; nothing stays bound.
+        OSError: a bind failed (nothing stays bound), or fork failed while
+            no loop was running.
         KeyboardInterrupt: SIGINT stopped the loops.
         Exception: what a loop's ``serving`` or ``tick`` raised.
     """
@@ -178,12 +179,14 @@ def supervise(events: Events, parsed: list[Address], n: int,
         raise ValueError("loops > 1 needs a poller name, not a Poller instance: "
                          "each loop's process makes its own")
     make_poller(poller).close()  # an unknown name is a ValueError before anything is bound
-    slots = bind_per_loop(parsed, n)
+    listeners = bind_all(parsed)  # LOOPS-3: once, shared by every loop
     try:
-        sup = _Supervisor(events, slots, poller, run)
+        sup = _Supervisor(events, listeners, n, poller, make_loop, tuple(stop_signals),
+                          stop_timeout)
         sup.run()
     finally:
-        _close_all(slots)
+        for lst in listeners:
+            lst.close()  # a unix socket file goes with its listener, once
     if sup.error is not None:
         raise sup.error
     if sup.interrupted:
@@ -204,12 +207,16 @@ class _Child:
 class _Supervisor:
     """The parent's side: fork, watch, restart, stop, reap. Not reusable."""
 
-    def __init__(self, events: Events, slots: list[list[Listener]],
-                 poller: str | None, run: RunLoop) -> None:
-        self.events, self.slots, self.poller, self.run_loop = events, slots, poller, run
+    def __init__(self, events: Events, listeners: list[Listener], n: int,
+                 poller: str | None, make_loop: MakeLoop,
+                 stop_signals: tuple[int, ...], stop_timeout: float) -> None:
+        self.events, self.listeners, self.n = events, listeners, n
+        self.stop_timeout = stop_timeout
+        self.grace = max(GRACE, stop_timeout + 1.0)
+        self.poller, self.make_loop, self.stop_signals = poller, make_loop, stop_signals
         self.children: dict[int, _Child] = {}  # by pid
         self.restarts: dict[int, float] = {}  # index -> when to fork it again
-        self.failures = [0] * len(slots)  # consecutive deaths, per index
+        self.failures = [0] * n  # consecutive deaths or failed forks, per index
         self.error: BaseException | None = None
         self.interrupted = False
         self.stopping = False
@@ -226,7 +233,7 @@ class _Supervisor:
     def run(self) -> None:
         try:
             self._install_signals()
-            for i in range(len(self.slots)):
+            for i in range(self.n):
                 self._spawn(i)
             while self.children or (self.restarts and not self.stopping):
                 self._wait()
@@ -234,24 +241,32 @@ class _Supervisor:
                 if self.signalled is not None:
                     self._stop(f"signal {signal.Signals(self.signalled).name}")
                 now = time.monotonic()
-                for i, due in list(self.restarts.items()):
+                for i, due in sorted(self.restarts.items()):
                     if due <= now and not self.stopping:
                         del self.restarts[i]
                         self._spawn(i)
                 if self.stopping and self.children and now >= self.deadline:
                     for pid in self.children:
                         log.warning("loop %d (pid %d) did not stop in %.0f s: killing it",
-                                    self.children[pid].index, pid, GRACE)
+                                    self.children[pid].index, pid, self.grace)
                         with contextlib.suppress(ProcessLookupError):
                             os.kill(pid, signal.SIGKILL)
                     self.deadline = float("inf")
         finally:
             self._stop("serve() is returning")
-            for pid in list(self.children):  # only after an error of our own
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                self._forget(self.children.pop(pid))
+            # Children are left only after an error of our own (a caller's
+            # handler raised): the pipe asks them to stop; after the grace, kill.
+            end = time.monotonic() + self.grace
+            while self.children:
+                for pid in list(self.children):
+                    if time.monotonic() >= end:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGKILL)
+                    with contextlib.suppress(ChildProcessError):
+                        if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                            continue
+                    self._forget(self.children.pop(pid))
+                time.sleep(0.005)
             self._uninstall_signals()
             os.close(self.parent_r)
             self.watch.close()
@@ -264,7 +279,7 @@ class _Supervisor:
         if self.stopping:
             timeout = min(timeout, max(0.0, self.deadline - time.monotonic()))
         if any(c.report < 0 for c in self.children.values()):
-            timeout = min(timeout, 0.002)  # one is exiting: reap it soon
+            timeout = min(timeout, 0.001)  # one is exiting: reap it soon
         ready = {fd for fd, _ in self.watch.poll(timeout)}
         for c in self.children.values():
             if c.report in ready:
@@ -306,19 +321,24 @@ class _Supervisor:
         name = f"loop {c.index} (pid {c.pid})"
         if c.chunks:
             if self.error is None:
-                self.error = _rebuild(b"".join(c.chunks), name)
+                self.error = reports.rebuild(b"".join(c.chunks), name)
             self._stop(f"{name} raised")
         elif os.waitstatus_to_exitcode(status) == 0:
             self._stop(f"{name} stopped")
         elif not self.stopping:
-            lived = time.monotonic() - c.started
-            if lived >= BACKOFF_RESET:
+            if time.monotonic() - c.started >= BACKOFF_RESET:
                 self.failures[c.index] = 0
-            delay = min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** self.failures[c.index])
-            self.failures[c.index] += 1
-            log.warning("%s died (%s); starting a new one in %.1f s",
-                        name, _describe(status), delay)
-            self.restarts[c.index] = time.monotonic() + delay
+            delay = self._retry(c.index)
+            log.warning("%s died (%s); starting a new one %s",
+                        name, reports.describe(status), _when(delay))
+
+    def _retry(self, index: int) -> float:
+        """Schedule slot ``index`` again (LOOPS-7): at once, then 0.1 s doubling to 5 s."""
+        tries = self.failures[index]
+        delay = 0.0 if tries == 0 else min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** (tries - 1))
+        self.failures[index] += 1
+        self.restarts[index] = time.monotonic() + delay
+        return delay
 
     def _stop(self, why: str) -> None:
         """Close the pipe every loop watches: each shuts down as for Server.stop()."""
@@ -326,7 +346,7 @@ class _Supervisor:
             return
         self.stopping = True
         self.restarts.clear()
-        self.deadline = time.monotonic() + GRACE
+        self.deadline = time.monotonic() + self.grace
         if self.children:
             log.info("stopping %d loop(s): %s", len(self.children), why)
         os.close(self.parent_w)
@@ -334,6 +354,7 @@ class _Supervisor:
     # --------------------------------------------------------------- signals
 
     def _install_signals(self) -> None:
+        """LOOPS-6: take the stop signals that still have their default handlers."""
         if threading.current_thread() is not threading.main_thread():
             return  # Python allows signal handlers only there
         r, w = socket.socketpair()
@@ -342,18 +363,20 @@ class _Supervisor:
         self.bell = (r, w)
         self.watch.register(r.fileno(), READ)
         self.old_wakeup = signal.set_wakeup_fd(w.fileno(), warn_on_full_buffer=False)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self.old_handlers[sig] = signal.signal(sig, self._on_signal)
+        for sig in self.stop_signals:
+            old = signal.getsignal(sig)
+            if _is_default(sig, old):
+                self.old_handlers[sig] = signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        if signum == signal.SIGINT and (
-                self.old_handlers.get(signum) is signal.default_int_handler):
-            self.interrupted = True
+        if signum == signal.SIGINT:
+            self.interrupted = True  # raised as KeyboardInterrupt after the shutdown
         self.signalled = signum
 
     def _uninstall_signals(self) -> None:
         for sig, old in self.old_handlers.items():
             signal.signal(sig, old)
+        self.old_handlers.clear()
         if self.bell is not None:
             signal.set_wakeup_fd(self.old_wakeup)
             for s in self.bell:
@@ -363,16 +386,29 @@ class _Supervisor:
     # ------------------------------------------------------------- the child
 
     def _spawn(self, index: int) -> None:
-        report_r, report_w = os.pipe()
         for stream in (sys.stdout, sys.stderr):  # or the child prints it again
             with contextlib.suppress(Exception):
                 stream.flush()
+        report_r = report_w = -1
         try:
+            report_r, report_w = os.pipe()  # EMFILE here is a failed start too
             pid = os.fork()
-        except BaseException:  # EAGAIN, ENOMEM: serve() fails with it
-            os.close(report_r)
-            os.close(report_w)
-            raise
+        except OSError as e:  # EAGAIN at the process limit, ENOMEM (LOOPS-11)
+            what = "fork failed" if report_w >= 0 else "no pipe for it"
+            for fd in (report_r, report_w):
+                if fd >= 0:
+                    os.close(fd)
+            if not self.children:
+                e.add_note(f"{what} for loop {index} while no loop was running: "
+                           "serve() cannot keep any loop alive")
+                log.error("cannot start loop %d: %s (%s) and no loop is running; "
+                          "stopping", index, what, e)
+                raise
+            delay = self._retry(index)
+            log.warning("cannot start loop %d: %s (%s); %d of %d loop(s) serving; "
+                        "trying again %s", index, what, e, len(self.children), self.n,
+                        _when(delay))
+            return
         if pid == 0:
             os.close(report_r)
             self._child(index, report_w)  # never returns
@@ -381,28 +417,27 @@ class _Supervisor:
         self.watch.register(report_r, READ)
 
     def _child(self, index: int, report: int) -> None:
-        code = _RAISED
+        code = reports.RAISED
         try:
+            stops = list(self.old_handlers)  # the stop signals the parent took over
             self._uninstall_signals()  # the handlers from before serve(); no bell
             self.watch.close()
             os.close(self.parent_w)  # so that only the parent's copy holds the pipe open
             for c in self.children.values():
                 if c.report >= 0:
                     os.close(c.report)
-            mine = self.slots[index]
-            for slot in self.slots:
-                for lst in slot:
-                    if all(lst is not m for m in mine):
-                        lst.sock.close()
-            for lst in mine:
+            for lst in self.listeners:
                 lst.unlink = None  # the parent removes the unix socket file, once
-            self.run_loop(self.events, mine, self.poller, index, len(self.slots),
-                          self.parent_r)
+            loop = self.make_loop(self.events, self.listeners, self.poller, index, self.n,
+                                  self.parent_r, self.stop_timeout)
+            for sig in stops:  # LOOPS-6: a stop signal stops this loop cleanly
+                signal.signal(sig, lambda signum, frame: loop.stop())
+            loop.run()
             code = 0
         except KeyboardInterrupt:
             code = 0  # a SIGINT of its own stopped the loop: a stop like any other
         except BaseException as e:
-            _send_report(report, e)
+            reports.send(report, e)  # LOOPS-8
         finally:
             for stream in (sys.stdout, sys.stderr):
                 with contextlib.suppress(Exception):
@@ -410,34 +445,6 @@ class _Supervisor:
             os._exit(code)
 
 
-def _send_report(fd: int, e: BaseException) -> None:
-    text = "".join(traceback.format_exception(e))
-    try:
-        blob = pickle.dumps((e, text))
-        pickle.loads(blob)  # some exceptions pickle but cannot be rebuilt
-    except Exception:
-        blob = pickle.dumps((None, text))
-    with contextlib.suppress(OSError):
-        view = memoryview(blob)
-        while view:
-            view = view[os.write(fd, view):]
+def _when(delay: float) -> str:
+    return "now" if delay <= 0 else f"in {delay:.1f} s"
 
-
-def _rebuild(blob: bytes, name: str) -> BaseException:
-    """The exception a child reported, noted with where it came from."""
-    try:
-        e, text = pickle.loads(blob)
-    except Exception:
-        return RuntimeError(f"{name} raised, and its report could not be read")
-    if not isinstance(e, BaseException):
-        return RuntimeError(f"{name} raised:\n{text}")
-    e.add_note(f"raised in {name}; its traceback there:\n{text}")
-    return e
-
-
-def _describe(status: int) -> str:
-    code = os.waitstatus_to_exitcode(status)
-    if code < 0:
-        with contextlib.suppress(ValueError):
-            return f"killed by {signal.Signals(-code).name}"
-    return f"exit status {code}"

@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from . import idle
 from .callbacks import Policy
 from .detach import DetachedConn
 from .events import Events, Info
@@ -347,8 +348,8 @@ class Streams(Flow):
             self._write_failed(c, len(c.pending), e)
             return
         del c.pending[:n]
-        if n and c.idle_timeout is not None:
-            c.last_active = time.monotonic()
+        if c.idle_timeout is not None:
+            idle.note_write(c, n)  # REL-4
         if ev.postwrite is not None and not self.policy.around(
                 self, c, "postwrite", (c.id, n, len(c.pending))):
             return

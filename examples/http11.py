@@ -101,6 +101,7 @@ REASONS = {
     400: "Bad Request",
     404: "Not Found",
     405: "Method Not Allowed",
+    408: "Request Timeout",
     413: "Content Too Large",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
@@ -257,6 +258,16 @@ class RequestParser:
     def buffered(self) -> int:
         """How many bytes are held, waiting for the rest of a request."""
         return len(self._buf)
+
+    @property
+    def phase(self) -> str:
+        """Where the next request stands: ``"idle"`` (nothing of it read yet),
+        ``"head"`` (part of its head read) or ``"body"`` (its head accepted,
+        part of its body missing). Meaningful after `next_request` returned
+        ``None``; the server's timeouts follow it (HTTP-19)."""
+        if self._head is not None:
+            return "body"
+        return "head" if self._buf else "idle"
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Add bytes read from the connection. Nothing is parsed yet.

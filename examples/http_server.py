@@ -24,6 +24,15 @@ Slow or silent clients: a connection silent for ``--idle-timeout`` seconds
 finished within ``--handshake-timeout`` seconds (10) -- the loop's own
 timers: ``Options(idle_timeout=...)`` and ``evio.translate(...,
 handshake_timeout=...)``, which aborts the connection.
+A client that trickles (slowloris) is not silent, so two more bounds, as
+nginx's ``client_header_timeout`` and ``client_body_timeout``: a request
+head must arrive whole within ``--header-timeout`` seconds (10) of its
+first byte, and its body within ``--body-timeout`` seconds (30) of the end
+of its head; otherwise the client gets ``408 Request Timeout`` and the
+connection closes. Each is a timer (``server.call_later``) tied to the
+connection, set when a head or a body starts and cancelled when it is
+complete; time spent with reading paused because the client does not read
+its responses does not count (that is the idle timeout's business).
 Plain HTTP sent to the HTTPS port gets a ``400 Bad Request`` saying so, as
 Go's net/http does, instead of a bare close.
 
@@ -34,7 +43,8 @@ responses to one read -- at most one 1 MiB ``/echo`` body plus about twelve
 times a 64 KiB read of small pipelined requests -- because the loop stops
 reading above the mark. So under 3 MiB per connection however it behaves
 (plus a TLS session on the HTTPS port), for at most ``--idle-timeout``
-seconds of silence; the number of connections is bounded by the process's
+seconds of silence or ``--header-timeout`` plus ``--body-timeout`` seconds
+of trickling; the number of connections is bounded by the process's
 descriptor limit (``ulimit -n``), per loop with ``--loops N``.
 
 Without ``--tlscert`` the server makes a throwaway certificate authority
@@ -48,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import email.utils
+import functools
 import shutil
 import ssl
 import sys
@@ -207,11 +218,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--handshake-timeout", type=float, default=10.0, metavar="SECONDS",
                         help="close an HTTPS connection whose TLS handshake is not done "
                              "this long after it opened (default: 10)")
+    parser.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="answer 408 and close when a request head is not whole this "
+                             "long after its first byte (default: 10; 0: never)")
+    parser.add_argument("--body-timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="answer 408 and close when a request body is not whole this "
+                             "long after its head (default: 30; 0: never)")
     args = parser.parse_args(argv)
     if not 0 <= args.idle_timeout < float("inf"):
         parser.error("--idle-timeout must be 0 or a positive number of seconds")
     if not 0 < args.handshake_timeout < float("inf"):
         parser.error("--handshake-timeout must be a positive number of seconds")
+    for name in ("header_timeout", "body_timeout"):
+        if not 0 <= getattr(args, name) < float("inf"):
+            parser.error(f"--{name.replace('_', '-')} must be 0 or a positive number of seconds")
     if args.tlskey and not args.tlscert:
         parser.error("--tlskey needs --tlscert")
     if args.no_tls and args.tlscert:
@@ -247,8 +267,43 @@ def main(argv: list[str] | None = None) -> int:
     pages: dict[tuple[str, str, str, bool], bytes] = {}  # responses to STATIC pages, this second
     date = email.utils.formatdate(usegmt=True)
     options = evio.Options(idle_timeout=args.idle_timeout or None)
+    running: list[evio.Server] = []
+    # HTTP-19: the one timer each connection may have -- for the head or the
+    # body being received -- and the connections whose timer fired, woken
+    # so that data(id, None) answers 408 and closes.
+    limits = {"head": args.header_timeout, "body": args.body_timeout}
+    deadlines: dict[int, tuple[str, evio.Timer]] = {}
+    expired: dict[int, HTTPError] = {}
+
+    def follow(id: int, parser: RequestParser, answered: bool) -> None:
+        """Set, keep or cancel ``id``'s timer for what its parser waits for."""
+        phase = parser.phase
+        current = deadlines.get(id)
+        if current is not None:
+            if current[0] == phase and not answered:
+                return  # still the same head or body: its clock keeps running
+            current[1].cancel()
+            del deadlines[id]
+        limit = limits.get(phase)
+        if limit:
+            fire = functools.partial(too_slow, id, phase, limit)
+            deadlines[id] = (phase, running[0].call_later(limit, fire, id=id))
+
+    def too_slow(id: int, phase: str, limit: float) -> None:
+        deadlines.pop(id, None)
+        server = running[0]
+        if server.paused(id):
+            # We stopped reading (the client does not read its responses):
+            # the missing bytes may be waiting in the kernel. Not its fault.
+            fire = functools.partial(too_slow, id, phase, limit)
+            deadlines[id] = (phase, server.call_later(limit, fire, id=id))
+            return
+        what = "request head" if phase == "head" else "request body"
+        expired[id] = HTTPError(408, f"{what} not received within {limit:g} s")
+        server.wake(id)  # its data(id, None) answers 408 and closes
 
     def serving(server: evio.Server) -> None:
+        running.append(server)  # kept for call_later and wake (HTTP-19)
         where = ", ".join(str(a) for a in server.addrs)
         print(f"http server listening on {where} (poller: {server.poller})", flush=True)
         if tls_index >= 0:
@@ -272,10 +327,22 @@ def main(argv: list[str] | None = None) -> int:
                 pages[key] = response
         return response
 
-    def data(id: int, data: bytes | None) -> tuple[bytes, evio.Action] | bytes | evio.Action | None:
-        if data is None:  # a wake: nobody sends one here
+    Reply = tuple[bytes, evio.Action] | bytes | evio.Action | None
+
+    def data(id: int, data: bytes | None) -> Reply:
+        if data is None:
+            # A wake: too_slow asks for one for a head or body past its time.
+            err = expired.pop(id, None)
+            if err is not None:
+                return refuse(err, date), evio.Action.CLOSE
             return None
         parser = parsers[id]
+        reply = answer_all(parser, data)
+        if type(reply) is not tuple:  # the connection stays: time what it waits for
+            follow(id, parser, reply is not None)  # an answer: a new head started
+        return reply
+
+    def answer_all(parser: RequestParser, data: bytes) -> Reply:
         # A refused request is answered after the ones before it, and the
         # connection closes: after a framing error we cannot know where the
         # next request starts.
@@ -314,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def closed(id: int, err: BaseException | None) -> None:
         parsers.pop(id, None)
+        deadlines.pop(id, None)  # its timer was tied to it: cancelled already
+        expired.pop(id, None)
 
     def tick() -> float:
         nonlocal date

@@ -13,9 +13,12 @@ woken with ``server.wake(peer)``; the loop then calls ``data(peer, None)``,
 which returns the outbox. Everything here is touched only by callbacks, on
 the loop's thread, so no lock is needed.
 
-* Bytes a client sends before its upstream has connected wait in the
-  upstream's outbox and go out as ``opened``'s reply. A client that sends
-  more than `MAX_EARLY` bytes before then is closed.
+* Nothing is read from a client before its upstream has connected: the
+  proxy pauses the client (``server.pause``) as soon as it is accepted and
+  resumes it when the upstream's ``opened`` comes, so bytes a client sends
+  meanwhile wait in the kernel's socket buffers, not here, and its sends
+  block (**REL-21**). A proxy that read them would hold them all, for as
+  long as the dial takes, for every client.
 * Back-pressure: when the side that bytes go to has more than `HIGH_WATER`
   bytes of output pending (``server.pending``), the proxy stops reading
   the side they come from (``server.pause``), and reads it again when the
@@ -31,10 +34,10 @@ the loop's thread, so no lock is needed.
 * A dial that fails (``opened`` with ``info.closing``, then ``closed`` with
   the error) closes its client the same way.
 
-Memory: a pair holds at most `MAX_EARLY` (4 MiB) while its upstream
-connects (for `DIAL_TIMEOUT` seconds at most), then, in each direction, at
-most `HIGH_WATER` (64 KiB) plus one read (64 KiB) pending and one read in
-the outbox -- under 512 KiB per pair, whoever does not read (**REL-14**).
+Memory: a pair holds nothing of the client's while its upstream connects
+(for `DIAL_TIMEOUT` seconds at most), then, in each direction, at most
+`HIGH_WATER` (64 KiB) plus one read (64 KiB) pending and one read in the
+outbox -- under 512 KiB per pair, whoever does not read (**REL-14**).
 The number of pairs is bounded by the process's descriptor limit
 (``ulimit -n``; each pair takes two).
 
@@ -52,8 +55,6 @@ from typing import TypeAlias
 
 import evio
 
-MAX_EARLY = 4 * 1024 * 1024
-"""Bytes a client may send before its upstream connects; more closes it."""
 DIAL_TIMEOUT = 10.0
 """Seconds an upstream has to accept the connection."""
 HIGH_WATER = 65536
@@ -76,6 +77,7 @@ class _Side:
     closing: bool = False  # the peer is gone: close after the outbox
     ended: bool = False  # the peer ended its stream: shut our write half after the outbox
     paused: bool = False  # we paused reading here: the peer has too much pending
+    waiting: bool = False  # a client paused until its upstream connects (REL-21)
 
     def take(self) -> bytes:
         out = b"".join(self.outbox)
@@ -118,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
             # A new client: dial its upstream. The dial returns an id at
             # once; its opened comes later, on a later turn of the loop.
             up = server.dial(args.upstream, timeout=DIAL_TIMEOUT)
-            sides[id] = _Side(id, up, open=True)
+            # Read nothing from the client until there is somewhere to send
+            # it: its bytes wait in the kernel meanwhile (REL-21).
+            sides[id] = _Side(id, up, open=True, waiting=server.pause(id))
             sides[up] = _Side(up, id, open=False)
             return None
         if info.closing:
@@ -127,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         # close at once if that client has already gone.
         side = sides[id]
         side.open = True
+        client = sides.get(side.peer)
+        if client is not None and client.waiting:
+            client.waiting = False
+            server.resume(client.id)  # its bytes may flow now
         if side.ended and not side.closing:
             server.shutdown_write(id)  # after the output returned here
         return side.take() or None, evio.Action.CLOSE if side.closing else evio.Action.NONE
@@ -149,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         peer.outbox.append(data)
         peer.pending += len(data)
         if not peer.open:
-            return evio.Action.CLOSE if peer.pending > MAX_EARLY else None
+            return None  # not reached: the client is paused until then (REL-21)
         if len(peer.outbox) == 1:
             # One wake per batch: while the outbox is not empty, a wake is
             # already on its way and its data() call will take these bytes.

@@ -60,8 +60,11 @@ as a whole holds at most two more ``--max-buffer`` beside its clients';
 replies pending stop its pipeline at `HIGH_WATER` (64 KiB) plus one batch
 (**REL-16**), and more than ``--max-output`` (256 MiB) pending closes it
 (**REL-17**); a WGET keeps at most `MAX_RESPONSE` (16 MiB). A client idle
-for ``--timeout`` seconds is closed. The number of clients is bounded by
-the process's descriptor limit (``ulimit -n``). The keyspace is what
+for ``--timeout`` seconds is closed, and so is one whose command has not
+arrived whole ``--command-timeout`` seconds (30) after its first byte --
+a client trickling a command a byte at a time is never idle (REDIS-23).
+The number of clients is bounded by the process's descriptor limit
+(``ulimit -n``). The keyspace is what
 clients SET: like Redis without ``maxmemory``, it has no bound of its own.
 
 Stop it with SHUTDOWN, Ctrl-C or SIGTERM: the loop shuts down cleanly,
@@ -93,6 +96,8 @@ HIGH_WATER = 65536
 loop's own high-water mark, so ``drained`` follows)."""
 DEFAULT_MAX_OUTPUT = 256 * 1024 * 1024
 """``--max-output``'s default: replies one client may have pending."""
+DEFAULT_COMMAND_TIMEOUT = 30.0
+"""``--command-timeout``'s default: seconds for a command to arrive whole."""
 
 _NONE = evio.Action.NONE
 _Reply: TypeAlias = evio.Reply
@@ -125,6 +130,8 @@ class _Client:
     null: bytes = resp.NIL  # "no value" in the client's protocol
     held: bool = False  # too many replies pending: commands wait for drained()
     ended: bool = False  # it ended its stream: answer what it sent, then close
+    timer: evio.Timer | None = None  # a command started and not finished (REDIS-23)
+    late: bool = False  # that timer fired: data(id, None) answers and closes
     multi: list[tuple[_Command, list[bytes]]] | None = None  # MULTI's queue, until EXEC
     multi_size: int = 0  # bytes of arguments queued
     multi_failed: bool = False  # a queued command was refused: EXEC answers EXECABORT
@@ -156,12 +163,17 @@ class RedisClone:
         max_output: Most bytes of replies one client may have pending
             (Redis's ``client-output-buffer-limit``); past it the client
             is closed. ``None``: no limit.
+        command_timeout: Seconds a command may take to arrive whole once
+            its first byte has; then the client gets an error and is
+            closed. ``None``: no bound.
     """
 
     def __init__(self, max_buffer: int = resp.DEFAULT_MAX_BUFFER, timeout: float | None = None,
-                 max_output: int | None = DEFAULT_MAX_OUTPUT) -> None:
+                 max_output: int | None = DEFAULT_MAX_OUTPUT,
+                 command_timeout: float | None = DEFAULT_COMMAND_TIMEOUT) -> None:
         self.max_buffer = max_buffer
         self.timeout = timeout
+        self.command_timeout = command_timeout
         self.max_output = max_output
         self.db: dict[bytes, bytes] = {}
         self.clients: dict[int, _Client] = {}
@@ -207,7 +219,45 @@ class RedisClone:
                     message = f"ERR Protocol error: request larger than {self.max_buffer} bytes"
                     return resp.error(message), evio.Action.CLOSE
             return None
-        return self._run(c, data)
+        if data is None and c.late:
+            message = f"ERR command not received whole within {self.command_timeout:g} seconds"
+            return resp.error(message), evio.Action.CLOSE
+        reply = self._run(c, data)
+        if self.command_timeout is not None:
+            self._follow(c, reply is not None)
+        return reply
+
+    def _follow(self, c: _Client, answered: bool) -> None:
+        """REDIS-23: time the command the client has started, if any.
+
+        Set when bytes of an unfinished command are held, kept while it
+        stays unfinished, restarted when a command was answered, cancelled
+        when nothing is held.
+        """
+        if not c.parser.buffered:
+            if c.timer is not None:
+                c.timer.cancel()
+                c.timer = None
+        elif c.timer is None or answered:
+            if c.timer is not None:
+                c.timer.cancel()
+            self._arm(c)
+
+    def _arm(self, c: _Client) -> None:
+        assert self.server is not None and self.command_timeout is not None
+        c.timer = self.server.call_later(self.command_timeout, lambda: self._too_slow(c),
+                                         id=c.id)
+
+    def _too_slow(self, c: _Client) -> None:
+        assert self.server is not None
+        c.timer = None
+        if c.fetch is not None or c.held or self.server.paused(c.id):
+            # It waits for us (a WGET, or replies it has not read): the rest
+            # of its command may be in the kernel, unread. Not its fault.
+            self._arm(c)
+            return
+        c.late = True
+        self._wake(c.id)  # its data(id, None) answers the error and closes
 
     def closed(self, id: int, err: BaseException | None) -> None:
         c = self.clients.pop(id, None)
@@ -701,6 +751,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-output", type=int, default=DEFAULT_MAX_OUTPUT, metavar="BYTES",
                         help="close a client with more replies pending than this, like "
                              "Redis's client-output-buffer-limit (default: 256 MiB; 0: no limit)")
+    parser.add_argument("--command-timeout", type=float, default=DEFAULT_COMMAND_TIMEOUT,
+                        metavar="SECONDS",
+                        help="close a client whose command is not whole this long after its "
+                             "first byte (default: 30; 0: never)")
     args = parser.parse_args(argv)
     if args.max_buffer < 1:
         parser.error("--max-buffer must be at least 1")
@@ -708,12 +762,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--timeout must be 0 or a positive number of seconds")
     if args.max_output < 0:
         parser.error("--max-output must be 0 or more")
+    if not 0 <= args.command_timeout < math.inf:
+        parser.error("--command-timeout must be 0 or a positive number of seconds")
 
     host = f"[{args.host}]" if ":" in args.host else args.host
     addrs = [f"tcp://{host}:{args.port}"]
     if args.unixsocket:
         addrs.append(f"unix://{args.unixsocket}")
-    app = RedisClone(args.max_buffer, args.timeout or None, args.max_output or None)
+    app = RedisClone(args.max_buffer, args.timeout or None, args.max_output or None,
+                     args.command_timeout or None)
     try:
         evio.serve(app.events(), *addrs, poller=args.poller)
     except (ValueError, OSError) as e:

@@ -8,6 +8,7 @@ then the server's resident memory (``VmRSS``, peak ``VmHWM``) is read from
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -15,7 +16,7 @@ import time
 from typing import Any
 
 import pytest
-from harness import TCPService, connect_to, read_until_eof, recv_exactly
+from harness import TCPService, connect_to, read_until_eof, recv_exactly, unanswered_listener
 from test_examples_more import TIMEOUT, Upstream, example, proxy, stop
 
 MiB = 1 << 20
@@ -93,6 +94,44 @@ def test_proxy_memory_is_bounded_whoever_does_not_read(poller: str, direction: s
             grown = memory(proc.pid)["VmRSS"] - before
         print(f"proxy ({poller}, {direction}): grew {grown / MiB:.1f} MiB in 3 s")
         assert grown < 10 * MiB
+        stop(proc)
+
+
+@pytest.mark.rule("REL-21")
+def test_proxy_memory_stays_flat_while_many_clients_send_to_an_upstream_still_dialing(
+        poller: str) -> None:
+    with unanswered_listener() as (_, upstream_port), \
+            proxy(f"tcp://127.0.0.1:{upstream_port}", "--poller", poller) as (proc, port):
+        with connect_to(("127.0.0.1", port), TIMEOUT) as warm:  # imports, first dial
+            warm.sendall(b"x")
+            time.sleep(0.3)
+        before = memory(proc.pid)["VmRSS"]
+        clients = [connect_to(("127.0.0.1", port), TIMEOUT) for _ in range(50)]
+        try:
+            sent = [0] * len(clients)
+
+            def flood(i: int) -> None:  # each tries to send 4 MiB
+                c = clients[i]
+                c.setblocking(False)
+                end = time.monotonic() + 2.0
+                while sent[i] < 4 * MiB and time.monotonic() < end:
+                    try:
+                        sent[i] += c.send(bytes(min(MiB, 4 * MiB - sent[i])))
+                    except BlockingIOError:
+                        time.sleep(0.02)
+
+            threads = [threading.Thread(target=flood, args=(i,)) for i in range(len(clients))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(TIMEOUT)
+            grown = memory(proc.pid)["VmRSS"] - before
+        finally:
+            for c in clients:
+                c.close()
+        print(f"proxy ({poller}): 50 clients sending while dialing: grew {grown / MiB:.1f} MiB")
+        assert grown < 10 * MiB  # what was sent waits in the kernel's buffers
+        assert sum(sent) > 0
         stop(proc)
 
 
@@ -428,6 +467,155 @@ def test_http_example_idle_and_handshake_timeouts_and_400_on_the_https_port(
         assert 0.4 < _closed_after(tls_port) < 5  # idle before the handshake
         # Trickling a handshake keeps it from idling, not from its deadline.
         assert 0.9 < _closed_after(tls_port, _HELLO_START) < 5
+        stop(proc)
+
+
+class _Trickler:
+    """A client that sends ``text`` one byte per ``step`` and never stops,
+    and notes what the server answers and when it closes."""
+
+    def __init__(self, s: Any, text: bytes) -> None:
+        self.s, self.text, self.at = s, text, 0
+        self.got = b""
+        self.closed_at: float | None = None
+        s.setblocking(False)
+
+    def step(self) -> None:
+        import ssl
+
+        if self.closed_at is not None:
+            return
+        try:
+            while chunk := self.s.recv(65536):
+                self.got += chunk
+            self.closed_at = time.monotonic()
+            return
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            pass
+        except OSError:  # reset: closed too
+            self.closed_at = time.monotonic()
+            return
+        with contextlib.suppress(BlockingIOError, ssl.SSLWantReadError,
+                                 ssl.SSLWantWriteError):
+            self.s.send(self.text[self.at % len(self.text):][:1])
+            self.at += 1
+
+
+def _tls_client(port: int) -> Any:
+    import ssl
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    s = ctx.wrap_socket(connect_to(("127.0.0.1", port), TIMEOUT))
+    return s
+
+
+@pytest.mark.rule("HTTP-19", "REL-4")
+def test_http_example_closes_tricklers_within_the_header_and_body_timeouts(
+        poller: str) -> None:
+    head = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"a" * 4000
+    body = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
+    with example("http_server.py", "--poller", poller, "--tlsport", "0",
+                 "--header-timeout", "1", "--body-timeout", "1.5",
+                 "--idle-timeout", "30") as (proc, port):
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        tls_port = int(line.split(", ")[1].split(")")[0])
+        started = time.monotonic()
+        heads = [_Trickler(connect_to(("127.0.0.1", port), TIMEOUT), head)
+                 for _ in range(40)]
+        heads += [_Trickler(_tls_client(tls_port), head) for _ in range(5)]
+        bodies = []
+        for _ in range(5):
+            b = _Trickler(connect_to(("127.0.0.1", port), TIMEOUT), b"x")
+            b.s.sendall(body)  # the head at once; then a body byte at a time
+            bodies.append(b)
+        everyone = heads + bodies
+        answered, slowest = 0, 0.0
+        try:
+            while time.monotonic() - started < 6 and any(
+                    t.closed_at is None for t in everyone):
+                for t in everyone:
+                    t.step()
+                # Meanwhile a normal client is answered at once.
+                asked = time.monotonic()
+                with connect_to(("127.0.0.1", port), TIMEOUT) as c:
+                    c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    assert read_until_eof(c).startswith(b"HTTP/1.1 200 OK")
+                answered += 1
+                slowest = max(slowest, time.monotonic() - asked)
+                time.sleep(0.1)
+        finally:
+            for t in everyone:
+                t.s.close()
+        print(f"http ({poller}): 50 tricklers; {answered} normal requests answered, "
+              f"slowest {slowest * 1000:.0f} ms")
+        for t in heads:
+            assert t.closed_at is not None and t.closed_at - started < 1 + 2.5
+            assert t.got.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), t.got[:80]
+        for t in bodies:
+            assert t.closed_at is not None and t.closed_at - started < 1.5 + 2.5
+            assert t.got.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), t.got[:80]
+            assert b"request body not received within 1.5 s" in t.got
+        assert answered >= 5
+        stop(proc)
+
+
+@pytest.mark.rule("HTTP-19")
+def test_http_example_times_each_request_not_the_connection(poller: str) -> None:
+    # Requests in two halves, 0.3 s apart, for 3 s on one connection: each
+    # head is whole well within the 1 s bound, so none is timed out.
+    with example("http_server.py", "--poller", poller, "--no-tls",
+                 "--header-timeout", "1", "--idle-timeout", "30") as (proc, port):
+        with connect_to(("127.0.0.1", port), TIMEOUT) as c:
+            f = c.makefile("rb")
+            for _ in range(6):
+                c.sendall(b"GET / HTTP/1.1\r\nHo")
+                time.sleep(0.25)
+                c.sendall(b"st: x\r\n\r\nGET / HT")  # and the start of the next
+                time.sleep(0.25)
+                c.sendall(b"TP/1.1\r\nHost: x\r\n\r\n")
+                for _ in range(2):
+                    assert f.readline() == b"HTTP/1.1 200 OK\r\n"
+                    length = 0
+                    while (line := f.readline()) != b"\r\n":
+                        if line.lower().startswith(b"content-length:"):
+                            length = int(line.split(b":")[1])
+                    assert f.read(length).startswith(b"Hello World!")
+        stop(proc)
+
+
+@pytest.mark.rule("REDIS-23", "REL-4")
+def test_redis_example_closes_a_client_trickling_a_command(poller: str) -> None:
+    with example("redis_server.py", "--poller", poller, "--command-timeout", "1",
+                 "--timeout", "30") as (proc, port):
+        started = time.monotonic()
+        tricklers = [_Trickler(connect_to(("127.0.0.1", port), TIMEOUT),
+                               b"*2\r\n$4\r\nECHO\r\n$100000\r\n" + b"a" * 1000)
+                     for _ in range(20)]
+        steady = connect_to(("127.0.0.1", port), TIMEOUT)
+        f = steady.makefile("rb")
+        try:
+            while time.monotonic() - started < 4 and any(
+                    t.closed_at is None for t in tricklers):
+                for t in tricklers:
+                    t.step()
+                # Another client, sending whole commands in two halves, is
+                # answered and never cut.
+                steady.sendall(b"*1\r\n$4\r\nPI")
+                time.sleep(0.1)
+                steady.sendall(b"NG\r\n")
+                assert f.readline() == b"+PONG\r\n"
+        finally:
+            for t in tricklers:
+                t.s.close()
+        for t in tricklers:
+            assert t.closed_at is not None and t.closed_at - started < 1 + 2.5
+            assert t.got == b"-ERR command not received whole within 1 seconds\r\n", t.got
+        steady.sendall(b"*1\r\n$4\r\nPING\r\n")
+        assert f.readline() == b"+PONG\r\n"
+        steady.close()
         stop(proc)
 
 

@@ -310,8 +310,8 @@ def test_proxy_closes_the_client_when_the_upstream_refuses() -> None:
     assert err.count("ConnectionRefusedError") == 3, err
 
 
-@pytest.mark.rule("DIAL-7")
-def test_proxy_closes_a_client_that_sends_too_much_before_the_upstream_connects() -> None:
+@pytest.mark.rule("DIAL-7", "REL-21")
+def test_proxy_reads_nothing_from_a_client_while_its_upstream_connects() -> None:
     # A listener whose backlog is full: Linux drops further SYNs, so a dial
     # to it stays in progress (the proxy's dial timeout is 10 s).
     with (
@@ -319,16 +319,64 @@ def test_proxy_closes_a_client_that_sends_too_much_before_the_upstream_connects(
         proxy(f"tcp://127.0.0.1:{upstream_port}") as (proc, port),
     ):
         with connect_to(("127.0.0.1", port), TIMEOUT) as c:
-            started = time.monotonic()
-            join = in_thread(lambda: send_ignoring_reset(c, os.urandom(6 * MiB)))
-            with contextlib.suppress(ConnectionResetError):
-                assert c.recv(1) == b""
-            join()
-            assert time.monotonic() - started < 5  # not the dial timeout
+            c.setblocking(False)
+            sent, end = 0, time.monotonic() + 1.5
+            with contextlib.suppress(BlockingIOError):
+                while time.monotonic() < end:
+                    sent += c.send(bytes(MiB))
+            assert sent > 0  # until the kernel's buffers are full: nobody reads it
+            c.setblocking(True)
+            c.settimeout(0.3)
+            with pytest.raises(TimeoutError):  # not closed either: it waits
+                c.recv(1)
         # The upstream's dial is still in progress when the proxy
         # stops: it ends as aborted.
         _, err = stop(proc)
     assert "ConnectionAbortedError" in err, err
+
+
+@pytest.mark.rule("REL-21", "DIAL-3")
+def test_proxy_sends_what_a_client_sent_while_dialing_once_the_upstream_connects() -> None:
+    payload = os.urandom(MiB)
+    with socket.socket() as lst, contextlib.ExitStack() as fillers:
+        lst.bind(("127.0.0.1", 0))
+        lst.listen(0)
+        for _ in range(16):  # fill the accept queue: the proxy's SYN is dropped
+            f = fillers.enter_context(socket.socket())
+            f.setblocking(False)
+            f.connect_ex(lst.getsockname())
+            if not select.select([], [f], [], 0.2)[1]:
+                break
+        with proxy(f"tcp://127.0.0.1:{lst.getsockname()[1]}") as (proc, port), \
+                connect_to(("127.0.0.1", port), TIMEOUT) as c:
+            def send() -> None:  # then end the stream, as `nc -N` does
+                c.sendall(payload)
+                c.shutdown(socket.SHUT_WR)
+
+            join = in_thread(send)
+            time.sleep(0.5)  # the client is sending; its upstream is still dialing
+            fillers.close()  # room in the queue: the proxy's next SYN gets in
+
+            def echo_all() -> None:
+                lst.settimeout(TIMEOUT)
+                while True:
+                    conn, _ = lst.accept()
+                    with conn:
+                        conn.settimeout(TIMEOUT)
+                        got = 0
+                        with contextlib.suppress(OSError):
+                            while chunk := conn.recv(MiB):
+                                got += len(chunk)
+                                conn.sendall(chunk)
+                        if got:
+                            return  # the proxy's: every byte echoed, then closed
+
+            upstream = in_thread(echo_all)
+            back = read_until_eof(c)
+            join()
+            upstream()
+            assert len(back) == len(payload) and back == payload
+            stop(proc)
 
 
 def send_ignoring_reset(c: socket.socket, payload: bytes) -> None:

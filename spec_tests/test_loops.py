@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import itertools
 import json
 import os
@@ -30,12 +31,37 @@ from implementation import evio, hook
 ROOT = Path(__file__).resolve().parent.parent
 
 _SERVER = r"""
-import json, os, sys, threading, time
+import errno, json, os, sys, threading, time
 import evio
 
 loops, fail = sys.argv[1], sys.argv[2]
 addrs = sys.argv[3:]
 state = {}
+
+# While the file EVIO_FORK_FAILS names exists, fork fails as at the process
+# limit: the supervisor's real fork, refused with EAGAIN.
+flag, real_fork = os.environ.get("EVIO_FORK_FAILS"), os.fork
+def failing_fork():
+    if os.path.exists(flag):
+        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+    return real_fork()
+if flag:
+    os.fork = failing_fork
+
+class Custom(Exception):
+    pass
+
+if os.environ.get("EVIO_OWN_SIGTERM"):  # a handler of the caller's own: left alone
+    import signal
+    def own(signum, frame):
+        os.write(1, b'{"own": "SIGTERM"}\n')
+        raise SystemExit(3)
+    signal.signal(signal.SIGTERM, own)
+
+class Unpicklable(Exception):
+    def __init__(self, text):
+        super().__init__(text)
+        self.lock = threading.Lock()  # pickle cannot carry a lock
 
 def say(**kw):  # one write: lines from several processes never interleave
     os.write(1, (json.dumps(kw) + "\n").encode())
@@ -46,6 +72,10 @@ def serving(server):
         addrs=[list(a) if isinstance(a, tuple) else a for a in server.addrs])
     if fail == "serving" and server.loop_index == 1:
         raise ValueError("serving failed in loop 1")
+    if fail == "custom" and server.loop_index == 1:
+        raise Custom("custom failed in loop 1")
+    if fail == "unpicklable" and server.loop_index == 1:
+        raise Unpicklable("unpicklable failed in loop 1")
 
 def tick():
     if fail == "tick" and state["server"].loop_index == 1:
@@ -89,7 +119,8 @@ except KeyboardInterrupt:
     say(end="interrupted")
 except Exception as e:
     say(end="raised", type=type(e).__name__, message=str(e),
-        notes=getattr(e, "__notes__", []))
+        notes=getattr(e, "__notes__", []), oserror=isinstance(e, OSError),
+        errno=getattr(e, "errno", None))
 else:
     say(end="returned")
 """
@@ -121,13 +152,20 @@ class Tree:
     """A ``serve(..., loops=N)`` process and what it printed."""
 
     def __init__(self, loops: int | str, *addrs: str, fail: str = "-",
-                 poller: str | None = None) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "EVIO_TEST_POLLER"}
+                 poller: str | None = None, fork_fails: Path | None = None,
+                 own_sigterm: bool = False) -> None:
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("EVIO_TEST_POLLER", "EVIO_FORK_FAILS", "EVIO_OWN_SIGTERM")}
+        if own_sigterm:
+            env["EVIO_OWN_SIGTERM"] = "1"
         if poller is not None:
             env["EVIO_TEST_POLLER"] = poller
+        if fork_fails is not None:
+            env["EVIO_FORK_FAILS"] = str(fork_fails)
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _SERVER, str(loops), fail, *addrs], cwd=ROOT, env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True)  # its own process group, for a Ctrl-C to all of it
         self.lines: list[dict[str, Any]] = []
         self.stderr = ""
         self.lock = threading.Lock()
@@ -155,6 +193,9 @@ class Tree:
     def ready(self, n: int) -> list[dict[str, Any]]:
         wait_for(lambda: len(self.seen("ready")) >= n or self.proc.poll() is not None,
                  what=f"{n} loops to call serving")
+        if self.proc.poll() is not None:  # it ended: let the readers catch up first
+            for r in self.readers:
+                r.join(DEADLINE)
         ready = self.seen("ready")
         assert len(ready) >= n, (self.lines, self.stderr)
         return ready
@@ -183,8 +224,10 @@ class Tree:
 
 @contextlib.contextmanager
 def tree(loops: int | str, *addrs: str, fail: str = "-",
-         poller: str | None = None) -> Iterator[Tree]:
-    t = Tree(loops, *addrs, fail=fail, poller=poller)
+         poller: str | None = None, fork_fails: Path | None = None,
+         own_sigterm: bool = False) -> Iterator[Tree]:
+    t = Tree(loops, *addrs, fail=fail, poller=poller, fork_fails=fork_fails,
+             own_sigterm=own_sigterm)
     try:
         yield t
     finally:
@@ -286,17 +329,61 @@ def test_a_unix_socket_is_served_by_every_loop(tmp_path: Path) -> None:
 
 
 @pytest.mark.rule("LOOPS-2", "LOOPS-3")
-def test_udp_remotes_are_spread_over_every_loop() -> None:
+def test_a_udp_socket_is_shared_by_every_loop() -> None:
     with tree(2, "udp4://127.0.0.1:0") as t:
         t.ready(2)
         bound = _addr(t)
-        answered = collections.Counter()
-        for _ in range(60):
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                s.settimeout(DEADLINE)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sleeper, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            sleeper.settimeout(DEADLINE)
+            s.settimeout(1.0)
+            sleeper.sendto(b"sleep 1.5\n", bound)  # one loop sleeps in data()
+            time.sleep(0.2)
+            answered = set()
+            for _ in range(5):  # the other reads every datagram meanwhile
                 s.sendto(b"pid\n", bound)
-                answered[int(s.recv(100).split()[0])] += 1
-        assert set(answered) == t.pids(), answered
+                answered.add(int(s.recv(100).split()[0]))
+            slept = int(sleeper.recv(100).split()[0])
+        assert len(answered) == 1 and answered | {slept} == t.pids(), (answered, slept)
+
+
+def _listening(port: int) -> int:
+    """How many TCP sockets listen on ``port`` (``/proc/net/tcp``, state 0A)."""
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for ln in lines
+               if ln.split()[1].endswith(f":{port:04X}") and ln.split()[3] == "0A")
+
+
+@pytest.mark.rule("LOOPS-3")
+def test_every_loop_accepts_from_one_socket_bound_once(poller: str) -> None:
+    with tree(2, "tcp4://127.0.0.1:0", poller=poller) as t:
+        t.ready(2)
+        port = _addr(t)[1]
+        assert _listening(port) == 1  # not one socket per loop
+        # Nobody can join it with SO_REUSEPORT either: the socket does not allow it.
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            with pytest.raises(OSError) as e:
+                s.bind(("127.0.0.1", port))
+            assert e.value.errno == errno.EADDRINUSE
+
+
+@pytest.mark.rule("LOOPS-3")
+@pytest.mark.parametrize("scheme", ["tcp4", "udp4"])
+@pytest.mark.parametrize("second", [1, 2])
+def test_a_second_server_on_the_same_address_fails_to_start(scheme: str, second: int) -> None:
+    with tree(2, f"{scheme}://127.0.0.1:0") as first:
+        first.ready(2)
+        port = _addr(first)[1]
+        with tree(second, f"{scheme}://127.0.0.1:{port}") as t:
+            end = t.end()
+            assert end["end"] == "raised" and end["oserror"], end
+            assert end["errno"] == errno.EADDRINUSE, end  # "Address already in use"
+            assert not t.seen("ready")  # nothing was started
+        assert first.proc.poll() is None  # the first one is unharmed
+        if scheme == "tcp4":
+            for _ in range(10):
+                assert int(_ask(_addr(first))[0]) in first.pids()
 
 
 # ------------------------------------------------------------------ LOOPS-4
@@ -362,31 +449,68 @@ def test_shutdown_or_stop_in_one_loop_stops_every_loop(how: bytes) -> None:
             s.close()
 
 
-@pytest.mark.rule("LOOPS-5")
-def test_sigint_to_one_loop_stops_every_loop() -> None:
+@pytest.mark.rule("LOOPS-5", "LOOPS-6")
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_signal_to_one_loop_stops_every_loop(sig: int) -> None:
     with tree(2, "tcp4://127.0.0.1:0") as t:
         t.ready(2)
-        os.kill(t.seen("ready")[1]["pid"], signal.SIGINT)
+        os.kill(t.seen("ready")[1]["pid"], sig)
         assert t.end()["end"] == "returned"
         assert len(t.seen("ready")) == 2  # stopped, not died: nothing was restarted
         _all_gone(t.pids())
 
 
 @pytest.mark.rule("LOOPS-6")
+@pytest.mark.parametrize("group", [False, True], ids=["parent", "process-group"])
 @pytest.mark.parametrize("sig, end", [(signal.SIGTERM, "returned"),
+                                      (signal.SIGHUP, "returned"),
                                       (signal.SIGINT, "interrupted")])
-def test_sigint_or_sigterm_to_the_parent_stops_every_loop(sig: int, end: str) -> None:
-    with tree(2, "tcp4://127.0.0.1:0") as t:
+def test_a_stop_signal_to_the_parent_or_its_group_stops_every_loop(
+        tmp_path: Path, poller: str, sig: int, end: str, group: bool) -> None:
+    path = tmp_path / "s.sock"
+    with tree(2, "tcp4://127.0.0.1:0", f"unix://{path}", poller=poller) as t:
         t.ready(2)
-        held = socket.create_connection(_addr(t), timeout=DEADLINE)
-        held.sendall(b"pid\n")
-        held.makefile().readline()
-        t.proc.send_signal(sig)
+        held = [socket.create_connection(_addr(t), timeout=DEADLINE) for _ in range(4)]
+        for s in held:
+            s.sendall(b"pid\n")
+            s.makefile().readline()
+        if group:  # as Ctrl-C in a terminal, or a service manager, signals every process
+            os.killpg(t.proc.pid, sig)
+        else:
+            t.proc.send_signal(sig)
         assert t.end()["end"] == end
+        assert t.proc.returncode == 0
         _all_gone(t.pids())
-        assert len(t.seen("closed")) == 1
-        assert held.recv(100) == b""
-        held.close()
+        assert len(t.seen("ready")) == 2  # stopped, not died: nothing was restarted
+        assert len(t.seen("closed")) == 4  # every connection got its closed
+        for s in held:
+            assert s.recv(100) == b""
+            s.close()
+        assert "Traceback" not in t.stderr and "died" not in t.stderr, t.stderr
+    assert not path.exists()
+
+
+@pytest.mark.rule("LOOPS-6")
+def test_a_stop_signal_with_a_handler_of_your_own_is_left_to_it(tmp_path: Path) -> None:
+    # The caller's SIGTERM handler raises SystemExit inside serve(): the
+    # loops are still stopped cleanly (every connection closed), not killed.
+    path = tmp_path / "s.sock"
+    with tree(2, "tcp4://127.0.0.1:0", f"unix://{path}", own_sigterm=True) as t:
+        t.ready(2)
+        held = [socket.create_connection(_addr(t), timeout=DEADLINE) for _ in range(4)]
+        for s in held:
+            s.sendall(b"pid\n")
+            s.makefile().readline()
+        t.proc.send_signal(signal.SIGTERM)
+        assert t.proc.wait(DEADLINE) == 3
+        wait_for(lambda: t.seen("own"), what="the caller's handler to run")
+        _all_gone(t.pids())
+        wait_for(lambda: len(t.seen("closed")) == 4, what="every connection's closed")
+        assert "Traceback" not in t.stderr or "SystemExit" in t.stderr
+        for s in held:
+            assert s.recv(100) == b""
+            s.close()
+    assert not path.exists()
 
 
 @pytest.mark.rule("LOOPS-6")
@@ -412,10 +536,10 @@ def test_the_loops_keep_the_signal_handlers_from_before_serve() -> None:
     with tree(2, "tcp4://127.0.0.1:0") as t:
         t.ready(2)
         victim = t.seen("ready")[0]
-        # Not the parent's handler (which would stop everything): SIGTERM's default.
-        os.kill(victim["pid"], signal.SIGTERM)
+        # Not a stop signal, and not the parent's handler: SIGUSR1's default ends it.
+        os.kill(victim["pid"], signal.SIGUSR1)
         t.ready(3)
-        assert "died (killed by SIGTERM)" in t.stderr
+        assert "died (killed by SIGUSR1)" in t.stderr
         assert t.seen("ready")[2]["ready"] == victim["ready"]
         assert t.proc.poll() is None and not t.seen("end")
 
@@ -429,7 +553,7 @@ def test_a_killed_loop_is_replaced_and_no_connection_is_refused() -> None:
         t.ready(2)
         victim = t.seen("ready")[1]
         os.kill(victim["pid"], signal.SIGKILL)
-        answered = collections.Counter()
+        answered: collections.Counter[int] = collections.Counter()
         end = time.monotonic() + DEADLINE
         while len(t.seen("ready")) < 3 or len(answered) < 2:
             assert time.monotonic() < end, (answered, t.lines)
@@ -447,6 +571,36 @@ def test_a_killed_loop_is_replaced_and_no_connection_is_refused() -> None:
 
 
 @pytest.mark.rule("LOOPS-7")
+def test_a_loop_crashing_again_and_again_strands_no_connection(poller: str) -> None:
+    with tree(2, "tcp4://127.0.0.1:0", poller=poller) as t:
+        ready = t.ready(2)
+        survivor = next(x["pid"] for x in ready if x["ready"] == 0)
+        stop = threading.Event()
+
+        def crash_loop() -> None:  # kill loop 1 each time it comes back
+            while not stop.is_set():
+                for x in t.seen("ready"):
+                    if x["ready"] == 1:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(x["pid"], signal.SIGKILL)
+                time.sleep(0.002)
+
+        killer = threading.Thread(target=crash_loop)
+        killer.start()
+        try:
+            time.sleep(0.1)
+            # Each new client is answered, by the survivor or a short-lived new
+            # loop 1; none waits in a queue that nobody accepts from.
+            for _ in range(40):
+                assert int(_ask(_addr(t), timeout=2.0)[0]) in t.pids()
+        finally:
+            stop.set()
+            killer.join(DEADLINE)
+        assert t.proc.poll() is None and _alive(survivor)
+        assert "died (killed by SIGKILL)" in t.stderr
+
+
+@pytest.mark.rule("LOOPS-7")
 def test_a_loop_that_keeps_dying_is_restarted_with_growing_delays() -> None:
     with tree(2, "tcp4://127.0.0.1:0") as t:
         t.ready(2)
@@ -457,8 +611,55 @@ def test_a_loop_that_keeps_dying_is_restarted_with_growing_delays() -> None:
             t.ready(n)
             starts.append(time.monotonic())
         gaps = [b - a for a, b in itertools.pairwise(starts)]
-        assert gaps[2] > gaps[0] and gaps[2] >= 0.35, gaps  # 0.1, 0.2, 0.4 s
-        assert "starting a new one in 0.4 s" in t.stderr
+        assert gaps[2] > gaps[0] and gaps[2] >= 0.15, gaps  # at once, 0.1, 0.2 s
+        assert "starting a new one now" in t.stderr
+        assert "starting a new one in 0.1 s" in t.stderr
+        assert "starting a new one in 0.2 s" in t.stderr
+
+
+@pytest.mark.rule("LOOPS-7", "LOOPS-11")
+def test_while_fork_fails_the_other_loops_serve_and_the_slot_is_filled_later(
+        tmp_path: Path, poller: str) -> None:
+    flag = tmp_path / "fork-fails"
+    with tree(2, "tcp4://127.0.0.1:0", poller=poller, fork_fails=flag) as t:
+        ready = t.ready(2)
+        victim = next(x for x in ready if x["ready"] == 1)
+        survivor = next(x["pid"] for x in ready if x["ready"] == 0)
+        flag.touch()
+        os.kill(victim["pid"], signal.SIGKILL)
+        wait_for(lambda: t.stderr.count("fork failed") >= 2, what="two failed forks")
+        assert "cannot start loop 1: fork failed" in t.stderr
+        assert "1 of 2 loop(s) serving" in t.stderr
+        # The survivor takes every new connection; none waits for loop 1.
+        for _ in range(30):
+            assert int(_ask(_addr(t), timeout=2.0)[0]) == survivor
+        assert t.proc.poll() is None and not t.seen("end")
+        flag.unlink()
+        new = t.ready(3)[2]  # retried with back-off: the slot is filled again
+        assert new["ready"] == 1 and new["pid"] != victim["pid"]
+        t.proc.send_signal(signal.SIGTERM)
+        assert t.end()["end"] == "returned"
+        _all_gone(t.pids())
+
+
+@pytest.mark.rule("LOOPS-11")
+@pytest.mark.parametrize("when", ["at-start", "after-every-loop-died"])
+def test_when_fork_fails_and_no_loop_is_running_serve_raises(
+        tmp_path: Path, when: str) -> None:
+    flag = tmp_path / "fork-fails"
+    if when == "at-start":
+        flag.touch()
+    with tree(2, "tcp4://127.0.0.1:0", fork_fails=flag) as t:
+        if when == "after-every-loop-died":
+            ready = t.ready(2)
+            flag.touch()
+            for x in ready:
+                os.kill(x["pid"], signal.SIGKILL)
+        end = t.end()
+        assert end["end"] == "raised" and end["type"] == "BlockingIOError", end
+        assert any("no loop was running" in n for n in end["notes"]), end
+        assert "no loop is running; stopping" in t.stderr
+        _all_gone(t.pids())
 
 
 # ------------------------------------------------------------------ LOOPS-8
@@ -474,6 +675,26 @@ def test_an_exception_in_one_loop_is_raised_by_serve_in_the_parent(where: str) -
         assert end["message"] == f"{where} failed in loop 1"
         assert "raised in loop 1" in end["notes"][0] and "Traceback" in end["notes"][0]
         assert len(t.seen("ready")) == 2  # the failed loop was not restarted
+        _all_gone(t.pids())
+
+
+@pytest.mark.rule("LOOPS-8")
+def test_an_exception_pickle_can_carry_keeps_its_own_type() -> None:
+    with tree(2, "tcp4://127.0.0.1:0", fail="custom") as t:
+        end = t.end()
+        assert (end["end"], end["type"], end["message"]) == (
+            "raised", "Custom", "custom failed in loop 1")
+        assert "Traceback" in end["notes"][0]
+
+
+@pytest.mark.rule("LOOPS-8")
+def test_an_exception_pickle_cannot_carry_arrives_with_its_type_name_and_traceback() -> None:
+    with tree(2, "tcp4://127.0.0.1:0", fail="unpicklable") as t:
+        end = t.end()
+        assert end["end"] == "raised" and end["type"] == "RuntimeError", end
+        assert "__main__.Unpicklable: unpicklable failed in loop 1" in end["message"]
+        assert "raised in loop 1" in end["notes"][0]
+        assert "Traceback" in end["notes"][0] and "Unpicklable" in end["notes"][0]
         _all_gone(t.pids())
 
 
@@ -549,3 +770,46 @@ def test_the_redis_clone_keeps_one_loop_and_says_why() -> None:
                              cwd=ROOT, capture_output=True, text=True, timeout=DEADLINE)
     assert refused.returncode == 2 and "unrecognized arguments: --loops" in refused.stderr
 
+
+
+@pytest.mark.rule("LOOPS-6", "LOOPS-10")
+@pytest.mark.parametrize("script", ["examples/echo_server.py", "examples/http_server.py"])
+@pytest.mark.parametrize("how", ["SIGHUP", "SIGINT to the group", "SIGTERM",
+                                 "SIGTERM to the group"])
+def test_the_examples_with_loops_stop_cleanly_on_every_stop_signal(
+        tmp_path: Path, script: str, how: str) -> None:
+    sock = tmp_path / "s.sock"
+    extra = ["--tlsport", "0"] if "http" in script else ["--quiet"]
+    p = subprocess.Popen([sys.executable, script, "--port", "0", "--loops", "2",
+                          "--unixsocket", str(sock), *extra], cwd=ROOT, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         start_new_session=True)
+    try:
+        assert p.stdout is not None
+        stdout, out = p.stdout, list[str]()
+        reader = threading.Thread(target=lambda: out.extend(iter(stdout.readline, "")),
+                                  daemon=True)
+        reader.start()
+        wait_for(lambda: "".join(out).count("listening") == 2, what="two loops listening")
+        kids = _children(p.pid)
+        scratch = [Path(line.split("CA file: ")[1].strip()).parent
+                   for line in list(out) if "CA file: " in line]
+        assert scratch or "echo" in script
+        assert sock.exists()
+        sig = getattr(signal, how.split()[0])
+        if "group" in how:
+            os.killpg(p.pid, sig)
+        else:
+            p.send_signal(sig)
+        assert p.wait(DEADLINE) == 0
+        reader.join(DEADLINE)
+        text = "".join(out)
+        assert "Traceback" not in text and "died" not in text, text
+        assert text.rstrip().endswith("server stopped"), text
+        _all_gone(kids)
+        assert not sock.exists()
+        assert all(not d.exists() for d in scratch)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait(DEADLINE)

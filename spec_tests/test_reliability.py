@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -12,7 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Recorder, echo_events, pattern, recv_exactly, running, wait_for
+from harness import (
+    DEADLINE,
+    Recorder,
+    echo_events,
+    family_of,
+    pattern,
+    recv_exactly,
+    running,
+    wait_for,
+)
 from implementation import evio
 
 Action = evio.Action
@@ -161,6 +171,43 @@ def test_idle_timeout_drops_output_nobody_reads(poller: str, addr: str) -> None:
         wait_for(lambda: rec.of("closed"), timeout=10)
     (_cid, err), = rec.of("closed")
     assert isinstance(err, TimeoutError)
+
+
+@pytest.mark.rule("REL-4")
+def test_a_slow_steady_reader_of_draining_output_is_not_idle(poller: str, addr: str) -> None:
+    # 16 MiB answer; the client reads 16 KiB every 50 ms (320 KB/s) for
+    # 2.5 s: the kernel's buffer stays too full to take more, so the loop
+    # itself moves no byte for far longer than the 0.4 s idle timeout -- but
+    # the peer is reading, so the connection is not idle. Then it stops
+    # reading: idle.
+    rec = Recorder()
+    ev = echo_events(
+        rec,
+        opened=lambda cid, info: evio.Options(idle_timeout=0.4),
+        data=lambda cid, d: b"z" * (16 * MiB),
+    )
+    with running(ev, addr, poller=poller) as r:
+        bound = r.addrs[0]
+        c = socket.socket(family_of(bound), socket.SOCK_STREAM)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # before connecting
+        c.settimeout(DEADLINE)
+        c.connect(bound)
+        c.sendall(b"go")
+        got, start = 0, time.monotonic()
+        while time.monotonic() - start < 2.5:
+            chunk = c.recv(16384)
+            assert chunk, f"closed as idle after {got} bytes, while reading"
+            got += len(chunk)
+            time.sleep(0.05)
+        assert not rec.of("closed")
+        stopped = time.monotonic()
+        wait_for(lambda: rec.of("closed"), timeout=10)  # now it does not read: idle
+        took = time.monotonic() - stopped
+        (_cid, err), = rec.of("closed")
+        assert isinstance(err, TimeoutError)
+        assert took < 0.4 + 1.5, took
+        c.close()
+    assert got < 16 * MiB  # it was still draining all along
 
 
 @pytest.mark.rule("REL-4", "EV-14")
