@@ -195,6 +195,7 @@ def throwaway_certificate(names: list[str]) -> tuple[Path, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="evio HTTP server (Hello World, TLS)")
+    # REL-6: loopback unless --host says otherwise
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to listen on (default: 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=int, default=8080,
@@ -210,11 +211,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="also serve plain HTTP on this unix socket")
     parser.add_argument("--poller", choices=evio.available_pollers(),
                         help="poller backend (default: the best available)")
+    # LOOPS-10
     parser.add_argument("--loops", type=_loops, default=1, metavar="N",
                         help="run N loops, each in its own process, behind the same "
                              "addresses; 'auto' for one per CPU (default: 1)")
     parser.add_argument("--idle-timeout", type=float, default=60.0, metavar="SECONDS",
                         help="close a connection silent this long (default: 60; 0: never)")
+    # REL-19
     parser.add_argument("--handshake-timeout", type=float, default=10.0, metavar="SECONDS",
                         help="close an HTTPS connection whose TLS handshake is not done "
                              "this long after it opened (default: 10)")

@@ -734,6 +734,7 @@ def main(argv: list[str] | None = None) -> int:
         epilog="It runs one loop, unlike the echo and HTTP examples (--loops): its data "
                "lives in one process's memory, which loops in other processes could "
                "neither see nor change.")
+    # REL-6: loopback unless --host says otherwise
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to listen on (default: 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=int, default=6380,
