@@ -158,6 +158,11 @@ def test_the_generated_page_has_a_row_per_rule_and_a_line_per_test(
             assert test.removeprefix("spec_tests/") in row, (rid, test)
     first = next(t for t in trace.tests if t.rules)
     assert f"/blob/main/{first.file}#L{first.line})" in page
+    for rid, refs in trace.citations().items():
+        (row,) = [r for r in rows if r.startswith(f"| [{rid}](")]
+        for ref in refs:
+            assert f"[{ref.where}](https://example.invalid/repo/blob/main/{ref.file}#L{ref.line})" \
+                in row, (rid, ref)
 
 
 @pytest.mark.rule("DOCS-1", "DOCS-2")
