@@ -251,3 +251,12 @@ def test_code_citations_are_read_from_comments_and_strings() -> None:
     assert [r.id for r in trace.uncited()] == ["LOOP-15"]
     assert [r.id for r in trace.unknown_citations()] == ["ZZ-9", "LOOP-2"]
     assert [r.where for r in trace.citations()["LOOP-14"]] == ["evio/x.py:2"]
+
+
+def test_contributing_maps_and_orders_every_module() -> None:
+    text = (ROOT / "CONTRIBUTING.md").read_text(encoding="utf-8")
+    table, _, rest = text.partition("## A reading order")
+    order = rest.partition("## Adding a rule")[0]
+    modules = sorted(p.name for p in (ROOT / "evio").glob("*.py"))
+    assert [m for m in modules if f"| `{m}` |" not in table] == [], "not in the module map"
+    assert [m for m in modules if f"`{m}`" not in order] == [], "not in the reading order"
