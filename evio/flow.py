@@ -374,7 +374,7 @@ class Flow:
 
     # ------------------------------------------------------ shutdown's flush
 
-    def drain(self, timeout: float, signals: SignalWatch) -> None:
+    def drain(self, timeout: float, signals: SignalWatch) -> None:  # noqa: C901 -- shutdown's one bounded flush, every case in view
         """Shutdown's flush (LOOP-18): send pending output for at most ``timeout`` s.
 
         A translated connection still open queues its goodbye first. Only

@@ -180,7 +180,7 @@ class Streams(Flow):
 
     # ------------------------------------------------------------- dispatch
 
-    def ready(self, c: Conn, mask: int) -> None:
+    def ready(self, c: Conn, mask: int) -> None:  # noqa: C901 -- the hot path, inlined: a call per branch costs per read
         """The poller reported ``c``: write what is pending, then read once.
 
         The common case -- a plain connection, open, nothing pending (its

@@ -193,7 +193,7 @@ def throwaway_certificate(names: list[str]) -> tuple[Path, Path]:
     return folder / "ca.pem", folder / "server.pem"
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: C901 -- flags and wiring, read top to bottom
     parser = argparse.ArgumentParser(description="evio HTTP server (Hello World, TLS)")
     # REL-6: loopback unless --host says otherwise
     parser.add_argument("--host", default="127.0.0.1",

@@ -301,7 +301,7 @@ class RedisClone:
 
     # ------------------------------------------------------------- clients
 
-    def _run(self, c: _Client, data: memoryview | bytes | None = None) -> _Reply:
+    def _run(self, c: _Client, data: memoryview | bytes | None = None) -> _Reply:  # noqa: C901 -- the command loop: each branch is a reason to stop
         """Run the client's complete commands, in order, until it must wait.
 
         The hot path of the server: the parser reads every complete command

@@ -223,7 +223,7 @@ class Parser:
             return command
         return None
 
-    def commands(self, data: bytes | bytearray | memoryview | None = None
+    def commands(self, data: bytes | bytearray | memoryview | None = None  # noqa: C901 -- the hot parsing loop, one pass over the buffer
                  ) -> Iterator[list[bytes]]:
         """Yield every complete command buffered now, in order, in one pass.
 
@@ -384,7 +384,7 @@ class Parser:
         self._taken = 0
         raise e
 
-    def _parse(self) -> list[bytes] | None:
+    def _parse(self) -> list[bytes] | None:  # noqa: C901 -- a resumable parser: one branch per state
         """Read on from ``_pos``, keeping partial state, to the end of the next
         command; ``None`` when the input runs out first."""
         buf = self._buf
@@ -492,7 +492,7 @@ _ESCAPES = {ord("n"): 0x0A, ord("r"): 0x0D, ord("t"): 0x09, ord("b"): 0x08, ord(
 _QUOTE, _APOSTROPHE, _BACKSLASH = 0x22, 0x27, 0x5C
 
 
-def split_inline(line: bytes) -> list[bytes]:
+def split_inline(line: bytes) -> list[bytes]:  # noqa: C901 -- Redis's sdssplitargs, case by case
     """Split an inline command into words, the way Redis's ``sdssplitargs`` does.
 
     Words are separated by whitespace. ``"..."`` may hold spaces and the
