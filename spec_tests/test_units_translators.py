@@ -93,6 +93,13 @@ def _pair(contexts: Contexts) -> tuple[TLSTranslator, TLSTranslator]:
             TLSTranslator(client_ctx, server_side=False, server_hostname="localhost"))
 
 
+def _connected(contexts: Contexts) -> tuple[TLSTranslator, TLSTranslator]:
+    """A server and a client translator that have completed their handshake."""
+    server, client = _pair(contexts)
+    _pump(server, client, client.start())
+    return server, client
+
+
 def _chunks(data: bytes, size: int) -> Iterator[bytes]:
     for i in range(0, len(data), size):
         yield data[i:i + size]
@@ -145,22 +152,16 @@ def test_tls_carries_data_both_ways_however_the_records_are_split(
 
 
 @pytest.mark.rule("TLS-7")
-def test_one_receive_decrypts_every_whole_record_it_is_given(
-    contexts: Contexts
-) -> None:
-    server, client = _pair(contexts)
-    _pump(server, client, client.start())
+def test_one_receive_decrypts_every_whole_record_it_is_given(contexts: Contexts) -> None:
+    server, client = _connected(contexts)
     records = b"".join(client.send(b"r%d;" % i) for i in range(50))
     plain, _ = server.receive(records)
     assert plain == b"".join(b"r%d;" % i for i in range(50))
 
 
 @pytest.mark.rule("TLS-5")
-def test_close_notify_ends_the_peer_cleanly(
-    contexts: Contexts
-) -> None:
-    server, client = _pair(contexts)
-    _pump(server, client, client.start())
+def test_close_notify_ends_the_peer_cleanly(contexts: Contexts) -> None:
+    server, client = _connected(contexts)
     goodbye = client.close()
     assert goodbye, "close() writes a close_notify"
     plain, _ = server.receive(goodbye)
@@ -169,9 +170,7 @@ def test_close_notify_ends_the_peer_cleanly(
 
 
 @pytest.mark.rule("TLS-4")
-def test_plain_text_on_a_tls_port_is_an_ssl_error(
-    contexts: Contexts
-) -> None:
+def test_plain_text_on_a_tls_port_is_an_ssl_error(contexts: Contexts) -> None:
     server, _client = _pair(contexts)
     with pytest.raises(ssl.SSLError):
         server.receive(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -179,9 +178,7 @@ def test_plain_text_on_a_tls_port_is_an_ssl_error(
 
 
 @pytest.mark.rule("TLS-4")
-def test_an_end_of_stream_during_the_handshake_is_an_ssl_eof_error(
-    contexts: Contexts
-) -> None:
+def test_an_end_of_stream_during_the_handshake_is_an_ssl_eof_error(contexts: Contexts) -> None:
     server, client = _pair(contexts)
     hello = client.start()
     server.receive(hello[: len(hello) // 2])
@@ -189,9 +186,7 @@ def test_an_end_of_stream_during_the_handshake_is_an_ssl_eof_error(
 
 
 @pytest.mark.rule("TLS-4")
-def test_an_untrusted_certificate_fails_the_client_handshake(
-    contexts: Contexts
-) -> None:
+def test_an_untrusted_certificate_fails_the_client_handshake(contexts: Contexts) -> None:
     from evio.tls import TLSTranslator, client_context
 
     server_ctx, _ = contexts
