@@ -118,6 +118,7 @@ def _path(target: str) -> str:
     return target.partition("?")[0].partition("#")[0]
 
 
+# HTTP-12: the routes
 def respond(req: Request, date: str) -> bytes:
     """The response to one request that the parser accepted."""
     common = [("Server", "evio"), ("Date", date)]
@@ -134,6 +135,7 @@ def respond(req: Request, date: str) -> bytes:
                            keep_alive=req.keep_alive, request=req)
 
 
+# HTTP-14: a refused request closes the connection
 def refuse(err: HTTPError, date: str) -> bytes:
     """The response to a request the parser refused; the connection closes.
 
@@ -194,6 +196,7 @@ def throwaway_certificate(names: list[str]) -> tuple[Path, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:  # noqa: C901 -- flags and wiring, read top to bottom
+    # HTTP-16
     parser = argparse.ArgumentParser(description="evio HTTP server (Hello World, TLS)")
     # REL-6: loopback unless --host says otherwise
     parser.add_argument("--host", default="127.0.0.1",
@@ -345,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 -- flags and wirin
             follow(id, parser, reply is not None)  # an answer: a new head started
         return reply
 
+    # HTTP-13: pipelined requests answered in order
     def answer_all(parser: RequestParser, data: bytes) -> Reply:
         # A refused request is answered after the ones before it, and the
         # connection closes: after a framing error we cannot know where the
@@ -395,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 -- flags and wirin
             pages.clear()  # built with the old date
         return 0.2
 
+    # HTTP-15: TLS on the HTTPS listener only
     def https(id: int, info: evio.Info) -> TLSTranslator:
         assert context is not None
         return HTTPSTranslator(context, server_side=True)
