@@ -38,6 +38,7 @@ __all__ = ["ACCEPT_BATCH", "ACCEPT_RETRY_DELAY", "Acceptor"]
 
 log = logging.getLogger("evio")
 
+# LOOP-29
 ACCEPT_BATCH = 128
 """At most this many connections are accepted per readiness report, so a
 flood of new connections cannot starve the ones already open."""
@@ -75,6 +76,7 @@ class Acceptor:
         self.handlers[fd] = (self.accept, (index, lst))
         self.poller.register(fd, READ)
 
+    # LOOP-3: accept until EAGAIN
     def accept(self, entry: tuple[int, Listener], mask: int) -> None:
         """A listener is ready: accept up to `ACCEPT_BATCH` connections."""
         index, lst = entry
@@ -100,6 +102,7 @@ class Acceptor:
             if stopping():
                 return
 
+    # LOOP-5: EMFILE/ENFILE back-off
     def _back_off(self, lfd: int) -> None:
         """Stop watching a listener for `ACCEPT_RETRY_DELAY` seconds."""
         self.poller.unregister(lfd)

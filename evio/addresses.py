@@ -99,7 +99,7 @@ class Address:
         return self.network in _DGRAM
 
 
-def parse_address(text: str) -> Address:
+def parse_address(text: str) -> Address:  # ADDR-1, ADDR-2, ADDR-4, ADDR-5, ADDR-6  # noqa: C901 -- one branch per case of the grammar
     """Parse one evio address.
 
     Args:
@@ -209,7 +209,7 @@ def _is_ipv4_literal(host: str) -> bool:
     return True
 
 
-def _split_host_port(rest: str, bad: Callable[[str], ValueError]) -> tuple[str, int]:
+def _split_host_port(rest: str, bad: Callable[[str], ValueError]) -> tuple[str, int]:  # ADDR-3
     if rest.startswith("["):
         close = rest.find("]")
         if close < 0 or not rest[close + 1 :].startswith(":"):
@@ -306,7 +306,7 @@ class Listener:
     bound: object
     unlink: str | None = None
 
-    def close(self) -> None:
+    def close(self) -> None:  # ADDR-10: remove the unix socket file we created
         """Close the socket and remove the unix socket file it created."""
         self.sock.close()
         if self.unlink is not None:
@@ -315,7 +315,7 @@ class Listener:
             self.unlink = None
 
 
-def bind_all(addresses: list[Address], backlog: int = 1024) -> list[Listener]:
+def bind_all(addresses: list[Address], backlog: int = 1024) -> list[Listener]:  # ADDR-7, ADDR-8
     """Resolve every address, then bind every one, in order; all or nothing.
 
     Raises:
@@ -392,7 +392,7 @@ def _bind(a: Address, plan: tuple[int, Any], backlog: int) -> Listener:
     return Listener(a, sock, sock.getsockname())
 
 
-def _bind_unix(a: Address, backlog: int) -> Listener:
+def _bind_unix(a: Address, backlog: int) -> Listener:  # ADDR-9, REL-5: unix path, file mode 0600
     path = a.path
     abstract = path.startswith("@")
     target = "\0" + path[1:] if abstract else path

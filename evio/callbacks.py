@@ -76,6 +76,7 @@ class Side(Protocol[C]):
         """Whether ``c`` can still take output."""
 
 
+# EV-1: every callback optional
 class Policy:
     """Calls the user's callbacks; see the module docstring.
 
@@ -96,6 +97,7 @@ class Policy:
 
     # ------------------------------------------------- connection callbacks
 
+    # EV-7: the action applies after its output
     def act(self, side: Side[Any], c: Any, action: Action, where: str = "data") -> None:
         """Apply an action the connection callback ``where`` returned."""
         if action is _CLOSE:
@@ -107,6 +109,7 @@ class Policy:
         elif action is _ABORT:
             side.abort(c)
 
+    # LOOP-12
     def data(self, side: Side[Any], c: Any, payload: Any) -> None:
         """``data(id, payload)`` (``payload`` None for a wake); act on the answer."""
         fn = self._data
@@ -152,6 +155,7 @@ class Policy:
         if action is not _NONE:
             self.act(side, c, action, where)
 
+    # LOOP-4: opened once per connection
     def opened(self, side: Side[Any], c: Any, info: Any) -> None:
         """``opened(id, info)``: options first, then output, then the action."""
         fn = self.ev.opened
@@ -173,6 +177,7 @@ class Policy:
         if action is not _NONE:
             self.act(side, c, action, "opened")
 
+    # EV-10, EV-20, LOOP-21: prewrite/postwrite
     def around(self, side: Side[Any], c: Any, where: str, args: tuple[int, ...]) -> bool:
         """``prewrite`` or ``postwrite``; False if ``c`` did not survive it."""
         cb = self.ev.prewrite if where == "prewrite" else self.ev.postwrite
@@ -186,6 +191,7 @@ class Policy:
             self.act(side, c, action, where)
         return side.live(c)
 
+    # EV-9, EV-13: log, close this connection only
     def failed(self, side: Side[Any], c: Any, where: str, e: Exception) -> None:
         """A connection callback raised: log it, let the side end the connection."""
         log.error("%s raised for connection %d; closing it", where, c.id, exc_info=e)
@@ -193,6 +199,7 @@ class Policy:
 
     # ------------------------------------------- callbacks with no connection
 
+    # EV-11, EV-18, EV-21, LOOP-15: closed once per opened
     def closed(self, cid: int, err: BaseException | None) -> None:
         """``closed(id, err)``: a raise is logged; only ``SHUTDOWN`` has an effect."""
         fn = self.ev.closed
@@ -215,6 +222,7 @@ class Policy:
                 log.exception("opened raised for failed dial %d; ignored", cid)
         self.closed(cid, err)
 
+    # EV-19
     def detached(self, cid: int, conn: Any) -> bool:
         """``detached(id, conn)``; False if it raised (the caller closes ``conn``)."""
         fn = self.ev.detached
@@ -227,11 +235,13 @@ class Policy:
         self.server_action(action)
         return True
 
+    # EV-12: serving raising ends the loop
     def serving(self, server: Any) -> None:
         """``serving(server)``; a raise propagates and ends `evio.serve`."""
         if self.ev.serving is not None:
             self.server_action(split_action(self.ev.serving(server), "serving"))
 
+    # EV-12, EV-17, TICK-1
     def tick(self) -> float | None:
         """``tick()``: the delay to the next one, or None to stop ticking.
 
@@ -242,6 +252,7 @@ class Policy:
         self.server_action(action)
         return delay
 
+    # LOOP-17: SHUTDOWN from any callback
     def server_action(self, action: Action) -> None:
         """An action from a callback that has no connection to act on."""
         if action is _SHUTDOWN:

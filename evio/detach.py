@@ -73,6 +73,7 @@ class DetachedConn:
                     self._pending = bytes(view[sent:]) if sent else self._pending
                     view.release()
 
+    # DETACH-3: blocking reads, buffered bytes first
     def recv(self, bufsize: int = 65536) -> bytes:
         """Read up to ``bufsize`` bytes; ``b""`` means the peer ended its stream."""
         self.flush()
@@ -90,6 +91,7 @@ class DetachedConn:
         self.flush()
         return self.socket.send(data)
 
+    # DETACH-4: sends after the pending output
     def sendall(self, data: Any) -> None:
         """Send all of ``data``."""
         self.flush()

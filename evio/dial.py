@@ -96,6 +96,7 @@ class Dial:
         return a.path if a.network == "unix" else (a.host, a.port)
 
 
+# DIAL-2, UDP-7: stream schemes only
 def dial_address(text: str) -> Address:
     """Parse a dial address: any stream address with a host and port.
 
@@ -207,6 +208,7 @@ class Dialer:
             raise RuntimeError(f"cannot dial {addr!r}: the server has shut down")
         return cid
 
+    # WAKE-5
     def woken(self, cid: int) -> bool:
         """A wake for a dial in progress is kept until it opens."""
         d = self.dials.get(cid)
@@ -252,6 +254,7 @@ class Dialer:
         d.timer = None
         self.failed(d, On.DIAL_FAILED, TimeoutError(f"dial {d.address.text!r} timed out"))
 
+    # DIAL-6: addresses tried in order
     def _next(self, d: Dial) -> None:
         """Start connecting to the next target, or fail with the last error."""
         while d.targets:
@@ -291,6 +294,7 @@ class Dialer:
         self.failed(d, On.DIAL_FAILED, d.error or OSError(errno.EHOSTUNREACH,
                                                           "no address to dial"))
 
+    # DIAL-3: opened once connected
     def connected(self, d: Dial, mask: int) -> None:
         """The socket of a dial in progress became writable: did it connect?"""
         sock = d.sock
@@ -322,6 +326,7 @@ class Dialer:
         assert c is not None
         self.streams.begin(c, remote, d.woken)
 
+    # DIAL-4, DIAL-5: one opened and one closed per id
     def failed(self, d: Dial, on: On, err: BaseException) -> None:
         """Report a dial that will not connect: opened (closing), then closed."""
         if d.done:
@@ -341,6 +346,7 @@ class Dialer:
         """Shutdown: fail a dial in progress with ``ConnectionAbortedError``."""
         self.failed(self.dials[cid], On.SHUTDOWN, ConnectionAbortedError("the server shut down"))
 
+    # DIAL-7: unconnected dials closed on shutdown
     def close(self) -> None:
         """Stop the resolver threads (answers still coming are dropped)."""
         if self.resolver is not None:

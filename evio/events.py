@@ -156,6 +156,7 @@ class OutputLimitError(BufferError):
     """
 
 
+# EV-14: frozen
 @dataclass(frozen=True, slots=True)
 class Info:
     """What ``opened`` learns about a connection.
@@ -260,6 +261,7 @@ class Events:
 _NO_OUTPUT = (None, Action.NONE)
 
 
+# EV-3: what data may return
 def split_reply(r: object) -> tuple[Buffer | None, Action]:
     """Unpack what ``data`` (or ``opened``, without options) returned.
 
@@ -308,6 +310,7 @@ def octets(view: memoryview) -> memoryview:
     return view.cast("B") if view.c_contiguous else memoryview(view.tobytes())
 
 
+# EV-4: what opened may return
 def split_opened(r: object) -> tuple[Buffer | None, Options | None, Action]:
     """Unpack what ``opened`` returned: anything `split_reply()` takes,
     an `Options`, or ``(out, options, action)``.
@@ -327,6 +330,7 @@ def split_opened(r: object) -> tuple[Buffer | None, Options | None, Action]:
     return out, None, action
 
 
+# EV-5: action-only callbacks
 def split_action(r: object, who: str) -> Action:
     """An action-only answer (``serving``, ``closed``, ``prewrite`` ...).
 
@@ -340,6 +344,7 @@ def split_action(r: object, who: str) -> Action:
     raise TypeError(f"{who} must return None or an evio.Action; got {_describe(r)}")
 
 
+# TICK-2, TICK-3, TICK-4
 def split_tick(r: object) -> tuple[float | None, Action]:
     """Unpack what ``tick`` returned into ``(delay or None, action)``.
 
@@ -369,6 +374,7 @@ def split_tick(r: object) -> tuple[float | None, Action]:
     return float(min(delay, FOREVER)), action
 
 
+# EV-6: TypeError naming the value
 def _describe(r: object) -> str:
     text = repr(r)
     if len(text) > 60:
@@ -376,6 +382,7 @@ def _describe(r: object) -> str:
     return f"{type(r).__name__} {text}"
 
 
+# EV-15
 class InputStream:
     """Reassembles messages that arrive split across reads.
 

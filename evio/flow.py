@@ -115,7 +115,7 @@ class Flow:
 
     # ------------------------------------------------------------- interest
 
-    def sync(self, c: Conn) -> None:
+    def sync(self, c: Conn) -> None:  # LOOP-9, REL-9: interest follows pending output
         """Derive the wanted interest from state; tell the poller if it changed."""
         pending = len(c.pending)
         state = c.state
@@ -130,7 +130,7 @@ class Flow:
                         if c.state in LIVE:
                             self.sync(c)
                         return
-            elif pending > c.high_water:
+            elif pending > c.high_water:  # REL-2: stop reading above the high-water mark
                 c.reading_paused = True
                 if state is _OPEN:
                     move(c, On.ABOVE_HIGH)
@@ -152,6 +152,7 @@ class Flow:
 
     # -------------------------------------------------------------- options
 
+    # LOOP-6: opened's options
     def configure(self, c: Conn, options: Options) -> None:
         """Apply the `Options` ``opened`` returned."""
         c.reuse_input = options.reuse_input_buffer
@@ -188,6 +189,7 @@ class Flow:
 
     # -------------------------------------------------------- pause, resume
 
+    # REL-7
     def pause(self, cid: int) -> bool:
         """`evio.Server.pause`: stop reading ``cid`` until `resume`."""
         c = self.by_id.get(cid)
@@ -279,7 +281,7 @@ class Flow:
         A translator may call it an error (a TLS handshake cut short); with
         an ``eof`` callback, an untranslated connection stays writable.
         """
-        if c.translator is None and c.state is _OPEN and self.ev.eof is not None:
+        if c.translator is None and c.state is _OPEN and self.ev.eof is not None:  # TR-10
             self.peer_ended(c)  # half-close: go on writing
             return
         err = None
@@ -288,12 +290,14 @@ class Flow:
             c.peer_said_goodbye = True  # gone: a goodbye it cannot take is no new error
         self.finish(c, On.PEER_EOF, err)
 
+    # REL-11
     def peer_ended(self, c: Conn) -> None:
         """The peer ended its stream on an open connection with ``eof`` set."""
         move(c, On.HALF_CLOSE)
         side: Any = self  # a Streams
         self.policy.call(side, c, "eof")
 
+    # REL-12
     def shutdown_write(self, cid: int) -> bool:
         """`evio.Server.shutdown_write`: FIN once nothing is pending."""
         c = self.by_id.get(cid)
@@ -329,6 +333,7 @@ class Flow:
 
     # --------------------------------------------------------- output limit
 
+    # REL-10: over max_pending closes the connection
     def keep(self, c: Conn, out: Any, n: int) -> bool:
         """The socket took ``n`` bytes of ``out``: keep the rest pending.
 
@@ -352,6 +357,7 @@ class Flow:
             return
         self.close(c, On.IO_ERROR, e)
 
+    # REL-10
     def over_limit(self, c: Conn) -> None:
         """More than ``max_pending`` bytes are pending: close ``c`` now."""
         n, limit = len(c.pending), c.max_pending
@@ -360,6 +366,7 @@ class Flow:
             f"connection {c.id}: {n} bytes of output pending, over its limit of {limit} "
             f"(Options.max_pending)"))
 
+    # REL-8
     def drained(self, c: Conn) -> None:
         """Output fell to the low-water mark after the high-water mark: ``drained``."""
         side: Any = self  # a Streams
@@ -367,7 +374,7 @@ class Flow:
 
     # ------------------------------------------------------ shutdown's flush
 
-    def drain(self, timeout: float, signals: SignalWatch) -> None:
+    def drain(self, timeout: float, signals: SignalWatch) -> None:  # noqa: C901 -- shutdown's one bounded flush, every case in view
         """Shutdown's flush (LOOP-18): send pending output for at most ``timeout`` s.
 
         A translated connection still open queues its goodbye first. Only

@@ -210,6 +210,7 @@ class _Record(Protocol):
     state: State
 
 
+# LOOP-20
 def move(rec: _Record, event: On) -> State:
     """Apply ``event`` to a connection (or dial) record, as the table says.
 

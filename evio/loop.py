@@ -73,7 +73,7 @@ log = logging.getLogger("evio")
 def serve(events: Events, *addrs: str | socket.socket, poller: PollerName | Poller | None = None,
           loops: int | Literal["auto"] = 1,
           stop_signals: Iterable[int] = DEFAULT_STOP_SIGNALS,
-          stop_timeout: float = 2.0, slow_callback: float | None = None) -> None:
+          stop_timeout: float = 2.0, slow_callback: float | None = None) -> None:  # LOOP-1
     """Bind every address and run the loop until it is asked to stop.
 
     The loop stops when a callback returns ``Action.SHUTDOWN``, when
@@ -232,7 +232,7 @@ class _Loop:
         """`evio.Server.dial`: any thread."""
         return self.dialer.request(addr, timeout)
 
-    def pending(self, id: int) -> int:
+    def pending(self, id: int) -> int:  # REL-3
         """`evio.Server.pending`: the loop's thread."""
         c = self.streams.by_id.get(id)
         return len(c.pending) if c is not None else 0
@@ -292,7 +292,7 @@ class _Loop:
         """`evio.Server.abort`: the loop's thread."""
         return self.streams.end_later(id, abort=True)
 
-    def stop(self) -> None:
+    def stop(self) -> None:  # LOOP-22
         """`evio.Server.stop`: any thread, or a signal handler. Never blocks."""
         self.stopping = True
         self.waker.nudge()
@@ -307,7 +307,7 @@ class _Loop:
 
     # ------------------------------------------------------------------ run
 
-    def run(self) -> None:
+    def run(self) -> None:  # EV-2: every callback on the serve() thread
         """Run the loop until it is asked to stop; see the module docstring."""
         try:
             self._run()
@@ -316,7 +316,7 @@ class _Loop:
         if self.signals.interrupted:
             raise KeyboardInterrupt
 
-    def _run(self) -> None:
+    def _run(self) -> None:  # LOOP-2, LOOP-16, TICK-5: timeout from the next timer
         """The phases, in the order of the spec page; shutdown in a ``finally``."""
         try:
             # start

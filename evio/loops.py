@@ -139,7 +139,7 @@ MakeLoop = Callable[[Events, list[Listener], str | None, int, int, int, float], 
 ``(events, listeners, poller, index, loops, parent_fd, stop_timeout)``."""
 
 
-def loop_count(loops: object) -> int:
+def loop_count(loops: object) -> int:  # LOOPS-1
     """The number of loops ``loops`` asks for.
 
     Raises:
@@ -159,7 +159,7 @@ def _is_default(sig: int, handler: Any) -> bool:
         sig == signal.SIGINT and handler is signal.default_int_handler)
 
 
-def supervise(events: Events, parsed: list[Address], n: int,
+def supervise(events: Events, parsed: list[Address], n: int,  # LOOPS-2
               poller: str | Poller | None, make_loop: MakeLoop,
               stop_signals: Iterable[int] = DEFAULT_STOP_SIGNALS,
               stop_timeout: float = 2.0) -> None:
@@ -340,7 +340,7 @@ class _Supervisor:
         self.restarts[index] = time.monotonic() + delay
         return delay
 
-    def _stop(self, why: str) -> None:
+    def _stop(self, why: str) -> None:  # LOOPS-5
         """Close the pipe every loop watches: each shuts down as for Server.stop()."""
         if self.stopping:
             return
@@ -416,7 +416,7 @@ class _Supervisor:
         self.children[pid] = _Child(index, pid, report_r, time.monotonic())
         self.watch.register(report_r, READ)
 
-    def _child(self, index: int, report: int) -> None:
+    def _child(self, index: int, report: int) -> None:  # LOOPS-4, LOOPS-9
         code = reports.RAISED
         try:
             stops = list(self.old_handlers)  # the stop signals the parent took over

@@ -77,6 +77,7 @@ translates only the rare report that carries another bit.)"""
 Ready = list[tuple[int, int]]
 
 
+# POLL-4: never round a positive timeout to 0
 def _timeout_ms(timeout: float | None) -> int:
     """Seconds (or ``None`` for "forever") as whole milliseconds, rounded up.
 
@@ -88,6 +89,7 @@ def _timeout_ms(timeout: float | None) -> int:
     return max(0, math.ceil(timeout * 1000))
 
 
+# POLL-1
 class Poller:
     """The interface every backend implements.
 
@@ -113,6 +115,7 @@ class Poller:
         """Replace the directions watched for an already registered ``fd``."""
         raise NotImplementedError
 
+    # POLL-3
     def unregister(self, fd: int) -> None:
         """Stop watching ``fd``. Unknown or already-closed descriptors are ignored."""
         raise NotImplementedError
@@ -130,6 +133,7 @@ class Poller:
     def close(self) -> None:
         """Release the backend's own descriptor, if it has one."""
 
+    # POLL-9
     def waiter(self) -> Callable[[float | None], Ready]:
         """What the loop calls once per turn instead of `poll`.
 
@@ -307,6 +311,7 @@ FD_SETSIZE = 1024
 """``select`` cannot watch descriptors numbered this or higher."""
 
 
+# POLL-7: descriptors at FD_SETSIZE and above refused
 class SelectPoller(Poller):
     """``select``: the most portable and the most limited backend.
 
@@ -358,6 +363,7 @@ class SelectPoller(Poller):
             ready[fd] = READ | WRITE
         return list(ready.items())
 
+    # POLL-8
     def _drop_bad(self) -> None:
         for fd in list(self._r | self._w):
             try:
@@ -384,6 +390,7 @@ PORTABLE_FALLBACK = "select"
 """The backend a ``-net`` address selects: the one every platform has."""
 
 
+# POLL-5
 def available_pollers() -> list[str]:
     """Names of the backends this machine has, best first."""
     return [name for name in ("epoll", "kqueue", "poll", "select") if _PROBES[name]()]

@@ -108,6 +108,7 @@ class Server:
         """
         return self._loop.wake(id)
 
+    # DIAL-1: any thread; UDP-7: not udp
     def dial(self, addr: str, timeout: float | None = None) -> int:
         """Open an outbound connection on the loop. Safe from any thread.
 
@@ -156,6 +157,7 @@ class Server:
         """
         return self._loop.paused(id)
 
+    # UDP-9: no flow control for UDP remotes
     def pause(self, id: int) -> bool:
         """Stop reading from stream connection ``id`` until `resume`.
 

@@ -127,6 +127,7 @@ class SignalWatch:
         self._old_fd = -1
         self._old: dict[signal.Signals, Any] = {}
 
+    # LOOP-23, LOOP-24
     def install(self) -> int | None:
         """On the main thread: set up; returns the descriptor to watch for reading."""
         if threading.current_thread() is not threading.main_thread():

@@ -180,7 +180,7 @@ class Streams(Flow):
 
     # ------------------------------------------------------------- dispatch
 
-    def ready(self, c: Conn, mask: int) -> None:
+    def ready(self, c: Conn, mask: int) -> None:  # noqa: C901 -- the hot path, inlined: a call per branch costs per read
         """The poller reported ``c``: write what is pending, then read once.
 
         The common case -- a plain connection, open, nothing pending (its
@@ -246,7 +246,7 @@ class Streams(Flow):
         ):
             self.sync(c)
 
-    def read(self, c: Conn) -> None:
+    def read(self, c: Conn) -> None:  # LOOP-11: one bounded read per turn
         """Read once; hand the bytes to ``data`` (through the translator, if any)."""
         view = None
         try:
@@ -277,7 +277,7 @@ class Streams(Flow):
             if view is not None:
                 view.release()  # the view is valid only during the call
 
-    def woken(self, cid: int) -> bool:
+    def woken(self, cid: int) -> bool:  # TR-9, WAKE-2, WAKE-3, WAKE-4
         """Deliver a wake as ``data(id, None)``; False if ``cid`` is not ours."""
         c = self.by_id.get(cid)
         if c is None:
@@ -299,7 +299,7 @@ class Streams(Flow):
                 return  # held back (a handshake in progress), or the translator failed
         self.write(c, out)
 
-    def write(self, c: Conn, out: Any) -> None:
+    def write(self, c: Conn, out: Any) -> None:  # LOOP-8: send at once if nothing is queued
         """Queue wire bytes behind anything pending, trying to send them at once."""
         if c.pending:
             if c.state in WRITABLE:
@@ -334,7 +334,7 @@ class Streams(Flow):
         if ev.postwrite is not None:
             self.policy.around(self, c, "postwrite", (c.id, n, len(c.pending)))
 
-    def flush(self, c: Conn) -> None:
+    def flush(self, c: Conn) -> None:  # LOOP-7, LOOP-10: write when writable, prewrite first
         """The socket is writable: send as much pending output as it takes."""
         ev = self.ev
         if ev.prewrite is not None and not self.policy.around(
@@ -417,6 +417,7 @@ class Streams(Flow):
         if not keep_socket:
             c.sock.close()
 
+    # DETACH-1
     def detach(self, c: Conn, where: str) -> None:
         """``Action.DETACH`` from ``where``: hand the socket, and the output
         still pending, to ``detached``; if ``detached`` raises, it is closed."""

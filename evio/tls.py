@@ -45,6 +45,7 @@ __all__ = ["TLSTranslator", "client_context", "server_context"]
 _READ = 65536
 
 
+# TLS-3
 def server_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
     """A server-side context with our defaults (TLS 1.2 or newer).
 
@@ -59,6 +60,7 @@ def server_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
     return ctx
 
 
+# TLS-6
 def client_context(cafile: str | None = None) -> ssl.SSLContext:
     """A client-side context that verifies peers (system CAs, or ``cafile``)."""
     ctx = ssl.create_default_context(cafile=cafile)
@@ -105,6 +107,7 @@ class TLSTranslator(Translator):
             self._handshake()  # writes the client hello
         return self._out.read()
 
+    # TLS-1
     def _handshake(self) -> None:
         try:
             self._tls.do_handshake()
@@ -118,6 +121,7 @@ class TLSTranslator(Translator):
         for plain in held:
             self._tls.write(plain)
 
+    # TLS-4
     def receive(self, wire: bytes) -> tuple[bytes, bytes]:
         self._in.write(wire)
         if not self._ready:
@@ -145,7 +149,7 @@ class TLSTranslator(Translator):
         return b"".join(chunks), self._out.read()
 
     def send(self, plain: bytes) -> bytes:
-        if not self._ready:
+        if not self._ready:  # TLS-2: held until the handshake completes
             self._held.append(plain)
             return b""
         self._tls.write(plain)
@@ -156,6 +160,7 @@ class TLSTranslator(Translator):
             return ssl.SSLEOFError("the peer ended the stream during the TLS handshake")
         return None  # after the handshake a missing close_notify is tolerated
 
+    # TLS-5
     def close(self) -> bytes:
         if self._ready:
             # close_notify is written; we do not wait for the peer's.

@@ -61,6 +61,7 @@ Should = Callable[[int, Info], bool]
 Factory = Callable[[int, Info], Translator]
 
 
+# TR-1
 def translate(events: Events, should: Should | None, factory: Factory, *,
               handshake_timeout: float | None = None) -> Events:
     """Return events whose chosen connections' bytes pass through translators.
@@ -135,6 +136,7 @@ class Pump:
         self.factory = factory
         self.handshake_timeout = handshake_timeout
 
+    # TR-2, TR-3, TR-8
     def setup(self, c: Conn, info: Info) -> Exception | None:
         """Ask ``should``; make and start the translator. The error, if any."""
         try:
@@ -158,6 +160,7 @@ class Pump:
             self.streams.abort(c, TimeoutError(
                 f"connection {c.id}: handshake not done in {self.handshake_timeout}s"))
 
+    # TR-4
     def receive(self, c: Conn, wire: Any) -> None:
         """Wire bytes in; its reply out; plaintext to ``data``."""
         tr = c.translator
@@ -196,6 +199,7 @@ class Pump:
             self.failed(c, tr, e)
             return b""
 
+    # TR-5
     def goodbye(self, c: Conn) -> bytes:
         """Detach the translator and return its goodbye (a TLS ``close_notify``)."""
         tr, c.translator = c.translator, None
@@ -213,6 +217,7 @@ class Pump:
         except Exception as e:
             return e
 
+    # TR-7
     def failed(self, c: Conn, tr: Translator, e: Exception) -> None:
         """The peer broke the translated protocol: send the alert, close with ``e``."""
         log.debug("translator for connection %d failed: %r", c.id, e)

@@ -85,6 +85,7 @@ class Passthrough(Translator):
     """The identity translator: useful as a template and in tests."""
 
 
+# ZLIB-1
 class ZlibTranslator(Translator):
     """A zlib stream in both directions.
 
@@ -103,6 +104,7 @@ class ZlibTranslator(Translator):
         self._d = zlib.decompressobj()
         self._max = max_plain
 
+    # ZLIB-2
     def receive(self, wire: bytes) -> tuple[bytes, bytes]:
         # Ask for one byte more than allowed: getting it is the only sure
         # sign (zlib may hold output back with no input left unconsumed).

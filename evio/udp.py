@@ -165,6 +165,7 @@ class UdpSide:
             if stopping():
                 return
 
+    # UDP-1, UDP-2, UDP-11
     def _datagram(self, index: int, lst: Listener, remote: Any, n: int, now: float) -> None:
         """One datagram of ``n`` bytes: ``opened`` for a new remote, then ``data``."""
         key = (lst.sock.fileno(), remote)
@@ -198,6 +199,7 @@ class UdpSide:
 
     # ---------------------------------------------------------- the Side
 
+    # UDP-3, UDP-5
     def send(self, peer: Peer, out: Any) -> None:
         """Send ``out`` as one datagram; one that does not fit now is dropped."""
         policy = self.policy
@@ -216,6 +218,7 @@ class UdpSide:
         if self.ev.postwrite is not None:
             policy.around(self, peer, "postwrite", (peer.id, n, 0))
 
+    # UDP-4
     def end(self, peer: Peer) -> None:
         """``CLOSE``: forget the remote."""
         self.forget(peer.id, None)
@@ -224,6 +227,7 @@ class UdpSide:
         """``Action.ABORT``: nothing is pending for a remote; as ``CLOSE``."""
         self.end(peer)
 
+    # DETACH-5: for UDP, DETACH acts as CLOSE
     def detach(self, peer: Peer, where: str) -> None:
         """``Action.DETACH``: a remote has no socket of its own to hand over,
         so it acts as ``CLOSE``."""
@@ -241,6 +245,7 @@ class UdpSide:
         """Whether the remote is still known."""
         return peer.id in self.peers
 
+    # UDP-10, REL-18: forget idle remotes
     def _sweep(self) -> None:
         """Forget every remote silent for ``udp_idle_timeout``; look again later."""
         self.sweep = None
@@ -268,6 +273,7 @@ class UdpSide:
                 self.most_heard = 0
                 self.post(give_back)
 
+    # UDP-6
     def forget(self, cid: int, err: BaseException | None) -> None:
         """Forget a remote and call ``closed``; its next datagram opens a new id."""
         peer = self.peers.pop(cid, None)

@@ -74,6 +74,7 @@ class Waker:
 
     # ------------------------------------------------------- any thread
 
+    # WAKE-1
     def wake(self, cid: int) -> bool:
         """Queue ``cid`` to be woken and ring the bell. False once closed."""
         with self._lock:
@@ -151,6 +152,7 @@ class Waker:
             self._rung = False
         return ids, jobs
 
+    # WAKE-6
     def drain(self) -> None:
         """Read the descriptor until it is empty, so it stops being ready."""
         if self._efd >= 0:

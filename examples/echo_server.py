@@ -29,6 +29,7 @@ import evio
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="evio echo server")
+    # REL-6: loopback unless --host says otherwise
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to listen on (default: 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=int, default=5000, help="TCP port (default: 5000)")
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also listen on this unix socket")
     parser.add_argument("--poller", choices=evio.available_pollers(),
                         help="poller backend (default: the best available)")
+    # LOOPS-10
     parser.add_argument("--loops", type=_loops, default=1, metavar="N",
                         help="run N loops, each in its own process, behind the same "
                              "addresses; 'auto' for one per CPU (default: 1)")

@@ -228,6 +228,7 @@ class _Head(NamedTuple):
     keep_alive: bool
 
 
+# HTTP-1, HTTP-9: framing independent of reads; an error is final
 class RequestParser:
     """Turns the bytes of one connection into `Request` records.
 
@@ -320,6 +321,7 @@ class RequestParser:
             self._continue = False
             raise
 
+    # HTTP-10
     def take_interim(self) -> bytes:
         """The ``100 Continue`` response to send now, once, or ``b""``.
 
@@ -334,6 +336,7 @@ class RequestParser:
 
     # ---------------------------------------------------------------- head
 
+    # HTTP-4: the head's size bound
     def _read_head(self) -> _Head | Request | None:
         buf = self._buf
         # The fast path (see _FAST_HEAD): a whole, plain head at the front.
@@ -424,6 +427,7 @@ class RequestParser:
             elif name in _FRAMING:
                 chosen.setdefault(name, []).append(value)
 
+        # HTTP-7
         # RFC 9112 section 3.2: exactly one Host in HTTP/1.1, never two.
         if hosts > 1:
             raise HTTPError(400, "more than one Host header")
@@ -431,6 +435,7 @@ class RequestParser:
             raise HTTPError(400, "HTTP/1.1 request without a Host header")
         if not chosen:
             return _Head(method, target, version, headers, 0, version == "HTTP/1.1")
+        # HTTP-6
         # RFC 9112 section 6.1; see "Transfer-Encoding" in the module notes.
         if "transfer-encoding" in chosen:
             raise HTTPError(501, "Transfer-Encoding is not supported; send Content-Length")
@@ -438,6 +443,7 @@ class RequestParser:
         if length > self.max_body:
             raise HTTPError(413, f"body of {length} bytes exceeds {self.max_body} bytes")
 
+        # HTTP-8
         # RFC 9112 section 9.3: persistence.
         tokens = _tokens(chosen.get("connection"))
         if version == "HTTP/1.1":
@@ -469,6 +475,7 @@ def _request(head: _Head, body: bytes) -> Request:
     return Request(head.method, head.target, head.version, head.headers, body, head.keep_alive)
 
 
+# HTTP-2
 def _request_line(line: bytes) -> tuple[str, str, str]:
     """Split and check ``method SP request-target SP HTTP-version``."""
     parts = line.split(b" ")
@@ -486,6 +493,7 @@ def _request_line(line: bytes) -> tuple[str, str, str]:
     return method.decode("ascii"), target.decode("ascii"), version.decode("ascii")
 
 
+# HTTP-3
 def _field(line: bytes) -> tuple[str, str]:
     if line[:1] in (b" ", b"\t"):
         # RFC 9112 section 5.2: obsolete line folding may be refused with 400.
@@ -506,6 +514,7 @@ def _tokens(values: list[str] | None) -> set[str]:
     return {t.strip().lower() for v in values for t in v.split(",")}
 
 
+# HTTP-5
 def _content_length(values: list[str]) -> int:
     """RFC 9110 section 8.6: 1*DIGIT; a repeated or listed value must agree."""
     lengths: set[int] = set()
@@ -523,6 +532,7 @@ def _content_length(values: list[str]) -> int:
     return lengths.pop() if lengths else 0
 
 
+# HTTP-11
 def encode_response(
     status: int,
     body: bytes = b"",

@@ -118,6 +118,7 @@ def _path(target: str) -> str:
     return target.partition("?")[0].partition("#")[0]
 
 
+# HTTP-12: the routes
 def respond(req: Request, date: str) -> bytes:
     """The response to one request that the parser accepted."""
     common = [("Server", "evio"), ("Date", date)]
@@ -134,6 +135,7 @@ def respond(req: Request, date: str) -> bytes:
                            keep_alive=req.keep_alive, request=req)
 
 
+# HTTP-14: a refused request closes the connection
 def refuse(err: HTTPError, date: str) -> bytes:
     """The response to a request the parser refused; the connection closes.
 
@@ -193,8 +195,10 @@ def throwaway_certificate(names: list[str]) -> tuple[Path, Path]:
     return folder / "ca.pem", folder / "server.pem"
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: C901 -- flags and wiring, read top to bottom
+    # HTTP-16
     parser = argparse.ArgumentParser(description="evio HTTP server (Hello World, TLS)")
+    # REL-6: loopback unless --host says otherwise
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to listen on (default: 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=int, default=8080,
@@ -210,11 +214,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="also serve plain HTTP on this unix socket")
     parser.add_argument("--poller", choices=evio.available_pollers(),
                         help="poller backend (default: the best available)")
+    # LOOPS-10
     parser.add_argument("--loops", type=_loops, default=1, metavar="N",
                         help="run N loops, each in its own process, behind the same "
                              "addresses; 'auto' for one per CPU (default: 1)")
     parser.add_argument("--idle-timeout", type=float, default=60.0, metavar="SECONDS",
                         help="close a connection silent this long (default: 60; 0: never)")
+    # REL-19
     parser.add_argument("--handshake-timeout", type=float, default=10.0, metavar="SECONDS",
                         help="close an HTTPS connection whose TLS handshake is not done "
                              "this long after it opened (default: 10)")
@@ -342,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             follow(id, parser, reply is not None)  # an answer: a new head started
         return reply
 
+    # HTTP-13: pipelined requests answered in order
     def answer_all(parser: RequestParser, data: bytes) -> Reply:
         # A refused request is answered after the ones before it, and the
         # connection closes: after a framing error we cannot know where the
@@ -392,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
             pages.clear()  # built with the old date
         return 0.2
 
+    # HTTP-15: TLS on the HTTPS listener only
     def https(id: int, info: evio.Info) -> TLSTranslator:
         assert context is not None
         return HTTPSTranslator(context, server_side=True)

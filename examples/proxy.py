@@ -86,8 +86,9 @@ class _Side:
         return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: C901 -- flags, then the callbacks as closures over one state
     parser = argparse.ArgumentParser(description="evio TCP proxy: relay each client to upstream")
+    # REL-6: loopback unless --host says otherwise
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to listen on (default: 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
@@ -179,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             other.paused = False
             server.resume(other.id)
 
+    # REL-15: pass the half-close through
     def eof(id: int) -> None:
         # This side ended its stream: pass the half-close on. The other
         # side's write half is shut once its outbox is sent; this side stays

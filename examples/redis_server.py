@@ -301,7 +301,7 @@ class RedisClone:
 
     # ------------------------------------------------------------- clients
 
-    def _run(self, c: _Client, data: memoryview | bytes | None = None) -> _Reply:
+    def _run(self, c: _Client, data: memoryview | bytes | None = None) -> _Reply:  # noqa: C901 -- the command loop: each branch is a reason to stop
         """Run the client's complete commands, in order, until it must wait.
 
         The hot path of the server: the parser reads every complete command
@@ -433,6 +433,7 @@ class RedisClone:
                 continue
             c.multi_failed = True
 
+    # REDIS-21
     def multi(self, c: _Client, argv: list[bytes]) -> bytes:
         c.multi, c.multi_size, c.multi_failed = [], 0, False
         return resp.OK
@@ -445,6 +446,7 @@ class RedisClone:
 
     # ------------------------------------------------ what clients send first
 
+    # REDIS-22
     def client(self, c: _Client, argv: list[bytes]) -> bytes:
         sub, n = argv[1].lower(), len(argv)
         if sub == b"setname" and n == 3:
@@ -530,6 +532,7 @@ class RedisClone:
 
     # ------------------------------------------------------------ commands
 
+    # REDIS-7
     def ping(self, c: _Client, argv: list[bytes]) -> bytes:
         if len(argv) > 2:
             return _wrong_arguments("ping")
@@ -538,6 +541,7 @@ class RedisClone:
     def echo(self, c: _Client, argv: list[bytes]) -> bytes:
         return resp.bulk(argv[1])
 
+    # REDIS-8
     def set(self, c: _Client, argv: list[bytes]) -> bytes:
         if len(argv) > 3:
             return resp.error("ERR syntax error")  # no EX, NX, ... here
@@ -562,10 +566,12 @@ class RedisClone:
         self.db.clear()
         return resp.OK
 
+    # REDIS-10
     def quit(self, c: _Client, argv: list[bytes]) -> bytes:
         c.action = evio.Action.CLOSE
         return resp.OK
 
+    # REDIS-11
     def shutdown(self, c: _Client, argv: list[bytes]) -> bytes:
         if any(a.upper() not in (b"NOSAVE", b"SAVE", b"NOW", b"FORCE") for a in argv[1:]):
             return resp.error("ERR syntax error")
@@ -590,6 +596,7 @@ class RedisClone:
             return _help("COMMAND", "COUNT", "DOCS [name ...]", "INFO [name ...]", "LIST")
         return _unknown_subcommand(argv[1], "COMMAND")
 
+    # REDIS-12
     def hello(self, c: _Client, argv: list[bytes]) -> bytes:
         resp3 = c.resp3
         if len(argv) > 1:
@@ -637,6 +644,7 @@ class RedisClone:
             return _help("CONFIG", "GET <pattern> [<pattern> ...]")
         return _unknown_subcommand(argv[1], "CONFIG")
 
+    # REDIS-16, REDIS-17
     def wget(self, c: _Client, argv: list[bytes]) -> bytes:
         assert self.server is not None
         target = argv[1].decode("utf-8", "backslashreplace")
@@ -695,6 +703,7 @@ CONFIG = {"save": "", "appendonly": "no"}
 """What CONFIG GET reports: a server that persists nothing (redis-benchmark asks)."""
 
 
+# REDIS-9
 def _unknown_command(argv: list[bytes]) -> bytes:
     # Redis's exact wording: at most 128 bytes of the name; arguments
     # quoted, each followed by a space, until 128 bytes of them are shown.
@@ -729,11 +738,13 @@ def _reason(err: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # REDIS-19
     parser = argparse.ArgumentParser(
         description="evio Redis clone",
         epilog="It runs one loop, unlike the echo and HTTP examples (--loops): its data "
                "lives in one process's memory, which loops in other processes could "
                "neither see nor change.")
+    # REL-6: loopback unless --host says otherwise
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to listen on (default: 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=int, default=6380,

@@ -120,6 +120,7 @@ _COUNT_LINE_MAX = 22  # "-" + 19 digits + "\r\n"
 _STAR, _DOLLAR, _CR, _LF = 0x2A, 0x24, 0x0D, 0x0A
 
 
+# REDIS-3, REDIS-5
 class ProtocolError(Exception):
     """The input is not RESP. ``str(e)`` is Redis's message, e.g.
     ``Protocol error: invalid multibulk length``; a server answers it as
@@ -143,6 +144,7 @@ def _show(byte: int) -> str:
     return chr(byte) if 0x20 <= byte < 0x7F else f"\\x{byte:02x}"
 
 
+# REDIS-1, REDIS-2: framing independent of reads
 class Parser:
     """Turns the bytes of one connection into commands.
 
@@ -223,7 +225,7 @@ class Parser:
             return command
         return None
 
-    def commands(self, data: bytes | bytearray | memoryview | None = None
+    def commands(self, data: bytes | bytearray | memoryview | None = None  # noqa: C901 -- the hot parsing loop, one pass over the buffer
                  ) -> Iterator[list[bytes]]:
         """Yield every complete command buffered now, in order, in one pass.
 
@@ -384,7 +386,7 @@ class Parser:
         self._taken = 0
         raise e
 
-    def _parse(self) -> list[bytes] | None:
+    def _parse(self) -> list[bytes] | None:  # noqa: C901 -- a resumable parser: one branch per state
         """Read on from ``_pos``, keeping partial state, to the end of the next
         command; ``None`` when the input runs out first."""
         buf = self._buf
@@ -406,6 +408,7 @@ class Parser:
                 if found is None:
                     return None
                 n, after = found
+                # REDIS-4: limits checked on the header, before anything is stored
                 if n > self.max_args:
                     raise _invalid_multibulk()
                 self._pos = after
@@ -492,7 +495,8 @@ _ESCAPES = {ord("n"): 0x0A, ord("r"): 0x0D, ord("t"): 0x09, ord("b"): 0x08, ord(
 _QUOTE, _APOSTROPHE, _BACKSLASH = 0x22, 0x27, 0x5C
 
 
-def split_inline(line: bytes) -> list[bytes]:
+# REDIS-1: inline commands
+def split_inline(line: bytes) -> list[bytes]:  # noqa: C901 -- Redis's sdssplitargs, case by case
     """Split an inline command into words, the way Redis's ``sdssplitargs`` does.
 
     Words are separated by whitespace. ``"..."`` may hold spaces and the
@@ -573,6 +577,7 @@ def _text(value: str | bytes) -> bytes:
     return value.encode("utf-8", "backslashreplace") if isinstance(value, str) else value
 
 
+# REDIS-6: the RESP2 encoder
 def simple(text: str | bytes) -> bytes:
     """``+text``: a status reply such as ``+PONG``.
 

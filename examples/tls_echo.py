@@ -81,6 +81,7 @@ def throwaway_certificate(directory: Path) -> tuple[Path, Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="evio TLS echo server (ssl.SSLObject pumped by the loop, no threads)")
+    # REL-6: loopback unless --host says otherwise
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to listen on (default: 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=int, default=4443, help="TLS port (default: 4443)")
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="do not log connections")
     parser.add_argument("--idle-timeout", type=float, default=60.0, metavar="SECONDS",
                         help="close a connection silent this long (default: 60; 0: never)")
+    # REL-19
     parser.add_argument("--handshake-timeout", type=float, default=10.0, metavar="SECONDS",
                         help="close a connection whose TLS handshake is not done this long "
                              "after it opened (default: 10)")

@@ -36,6 +36,7 @@ import evio
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="evio UDP echo server")
+    # REL-6: loopback unless --host says otherwise
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to listen on (default: 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=int, default=5001, help="UDP port (default: 5001)")

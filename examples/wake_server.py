@@ -68,6 +68,7 @@ def non_negative(text: str) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="evio wake server: echoes lines; 'exec' is answered later, from a thread")
+    # REL-6: loopback unless --host says otherwise
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to listen on (default: 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=int, default=5000, help="TCP port (default: 5000)")

@@ -158,6 +158,11 @@ def test_the_generated_page_has_a_row_per_rule_and_a_line_per_test(
             assert test.removeprefix("spec_tests/") in row, (rid, test)
     first = next(t for t in trace.tests if t.rules)
     assert f"/blob/main/{first.file}#L{first.line})" in page
+    for rid, refs in trace.citations().items():
+        (row,) = [r for r in rows if r.startswith(f"| [{rid}](")]
+        for ref in refs:
+            assert f"[{ref.where}](https://example.invalid/repo/blob/main/{ref.file}#L{ref.line})" \
+                in row, (rid, ref)
 
 
 @pytest.mark.rule("DOCS-1", "DOCS-2")
@@ -199,3 +204,59 @@ def test_mentions_become_links_outside_code_links_and_headings() -> None:
         '<a class="rule-ref" href="../other/#ZZ-2">ZZ-2</a>, UTF-8, ZZ-1.5 and ZZ-12.</p>'
         "<pre>a -- b</pre>"
     )
+
+
+# ---------------------------------------------------------------- the code
+#
+# Code cites the rules it implements (``# LOOP-14: ...``); ruletrace reads the
+# ids from the comments and strings of evio/ and examples/.
+
+
+def test_every_library_contract_rule_is_cited_in_code(trace: ruletrace.Trace) -> None:
+    uncited = trace.uncited()
+    assert not uncited, (
+        f"{len(uncited)} contract rules of the library's pages are cited nowhere in "
+        f"{' or '.join(d + '/' for d in ruletrace.CODE_DIRS)} (name the id in a comment "
+        "where the rule is implemented, e.g. '# LOOP-14: ...'):\n"
+        + _bullets([f"{r.id} ({r.where})" for r in uncited])
+    )
+
+
+def test_every_id_cited_in_code_is_defined(trace: ruletrace.Trace) -> None:
+    assert trace.code, "no rule id is cited anywhere in the code"
+    unknown = trace.unknown_citations()
+    assert not unknown, "code cites rule ids that no spec page defines:\n" + _bullets(
+        [f"{r.id!r} at {r.where}" for r in unknown]
+    )
+
+
+_CODE_SOURCE = '''
+# LOOP-14: stop reading; LOOP-14 again on the line counts once
+def f():
+    """Implements ZZ-9 (undefined) and UTF-8 (no such prefix)."""
+    return "LOOP-2"  # LOOP-2.5 is a version, /LOOP-3 a path
+'''
+
+
+def test_code_citations_are_read_from_comments_and_strings() -> None:
+    refs = ruletrace.parse_code_file(_CODE_SOURCE, "evio/x.py", frozenset({"LOOP", "ZZ"}))
+    assert [(r.id, r.line) for r in refs] == [("LOOP-14", 2), ("ZZ-9", 4), ("LOOP-2", 5)]
+    trace = ruletrace.Trace(
+        rules=[ruletrace.RuleDef("LOOP-14", "docs/spec/loop.md", 1),
+               ruletrace.RuleDef("LOOP-15", "docs/spec/loop.md", 2),
+               ruletrace.RuleDef("LOOP-16", "docs/spec/loop.md", 3, ruletrace.CHOICE),
+               ruletrace.RuleDef("DOCS-1", "docs/spec/site.md", 1)],
+        code=refs,
+    )
+    assert [r.id for r in trace.uncited()] == ["LOOP-15"]
+    assert [r.id for r in trace.unknown_citations()] == ["ZZ-9", "LOOP-2"]
+    assert [r.where for r in trace.citations()["LOOP-14"]] == ["evio/x.py:2"]
+
+
+def test_contributing_maps_and_orders_every_module() -> None:
+    text = (ROOT / "CONTRIBUTING.md").read_text(encoding="utf-8")
+    table, _, rest = text.partition("## A reading order")
+    order = rest.partition("## Adding a rule")[0]
+    modules = sorted(p.name for p in (ROOT / "evio").glob("*.py"))
+    assert [m for m in modules if f"| `{m}` |" not in table] == [], "not in the module map"
+    assert [m for m in modules if f"`{m}`" not in order] == [], "not in the reading order"

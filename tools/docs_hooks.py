@@ -164,6 +164,14 @@ def rule_text(rule: ruletrace.RuleDef, link: str = "") -> str:
     return " ".join(words).replace("|", "\\|").replace("](#", f"]({link}#")
 
 
+def _code_link(ref: ruletrace.CodeRef, repo_url: str | None, branch: str) -> str:
+    """``streams.py:249``, linked to that line in the repository when there is one."""
+    shown = f"{ref.file}:{ref.line}"
+    if not repo_url:
+        return shown
+    return f"[{shown}]({repo_url.rstrip('/')}/blob/{branch}/{ref.file}#L{ref.line})"
+
+
 def trace_page(
     trace: ruletrace.Trace,
     repo_url: str | None,
@@ -174,18 +182,20 @@ def trace_page(
 
     Args:
         trace: What ``ruletrace.collect`` returned.
-        repo_url: Where the sources are browsed (tests link to their line
-            there), or ``None`` for no links.
+        repo_url: Where the sources are browsed (tests and the code lines
+            that cite a rule link to their line there), or ``None`` for no
+            links.
         branch: The branch the links point into.
         order: Docs files in reading order; spec pages follow it (those it
             does not name come last, by name).
 
     Returns:
         One section per spec page, one table row per rule, each test with the
-        pollers it runs on.
+        pollers it runs on, and the code lines that cite the rule.
     """
     defined = trace.defined()
     table = trace.table()
+    cited = trace.citations()
     by_name = {t.name: t for t in trace.tests}
     traced = sum(1 for owners in table.values() if owners)
     here = posixpath.dirname(TRACE_PAGE)
@@ -194,7 +204,8 @@ def trace_page(
         "",
         "This page is generated each time the site is built, by `tools/ruletrace.py`",
         "reading the spec pages and the `@pytest.mark.rule(...)` markers in",
-        "`spec_tests/`; nobody writes it by hand. "
+        "`spec_tests/` and the rule ids cited in the comments of `evio/` and",
+        "`examples/`; nobody writes it by hand. "
         f"**{len(table)} rules** on {len(trace.pages)} spec pages, "
         f"**{len(trace.tests)} tests**; {traced} rules are checked by at least one test"
         f" and {len(table) - traced} by none.",
@@ -202,6 +213,8 @@ def trace_page(
         "*Every poller* means the test runs once for each poller the machine",
         "offers (epoll, kqueue, poll, select: whichever exist there); *default",
         "poller* means it runs on the one `serve()` picks, or needs no loop.",
+        "The code column links to the lines that cite each rule: where it is",
+        "implemented.",
         "`python3 tools/trace_rules.py --names` prints the same table in a terminal.",
         "",
     ]
@@ -213,7 +226,10 @@ def trace_page(
     for page in pages:
         link = posixpath.relpath(_src_uri(page), here)
         out += [f"## {_title(page)}", "", f"Rules defined on [{_title(page)}]({link}).", ""]
-        out += ["| rule, and what it says | tests, and the pollers each runs on |", "| --- | --- |"]
+        out += [
+            "| rule, and what it says | tests, and the pollers each runs on | code |",
+            "| --- | --- | --- |",
+        ]
         for rid, rule in defined.items():
             if rule.page != page:
                 continue
@@ -229,8 +245,9 @@ def trace_page(
                     shown = f"[{shown}]({url})"
                 tests.append(f"{shown} ({_pollers_text(test.pollers)})")
             cell = "<br>".join(tests) if tests else "**no test**"
+            code = "<br>".join(_code_link(ref, repo_url, branch) for ref in cited[rid]) or "none"
             said = rule_text(rule, link)
-            out.append(f"| [{rid}]({link}#{rid}){{#{rid}}}<br>{said} | {cell} |")
+            out.append(f"| [{rid}]({link}#{rid}){{#{rid}}}<br>{said} | {cell} | {code} |")
         out.append("")
     return "\n".join(out)
 

@@ -37,6 +37,15 @@ Two decisions:
 2. The tracing check itself (``test_traceability.py``) names no rule and is
    exempt from the rule that every test must name one.
 
+The third side is the code. Where a rule is implemented, a comment (or a
+docstring) names its id -- ``# LOOP-14: stop reading`` -- the way h11 cites
+its RFC. We read ``evio/`` and ``examples/`` with :mod:`tokenize` and keep
+every id, in a comment or a string, whose prefix is one the spec pages use
+(so ``UTF-8`` is not mistaken for a rule). Every contract rule of a library
+page (`LIBRARY_PAGES` excludes the site, HTTP, Redis, wire-target and
+conformance pages, whose rules are carried out by the examples and tools)
+must be cited somewhere there, and every id cited must be defined.
+
 This module is shared by ``spec_tests/test_traceability.py`` (the checks)
 and ``tools/trace_rules.py`` (the table for closing notes). It imports
 nothing from ``spec_tests``.
@@ -45,7 +54,9 @@ nothing from ``spec_tests``.
 from __future__ import annotations
 
 import ast
+import io
 import re
+import tokenize
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,11 +64,14 @@ from pathlib import Path
 __all__ = [
     "CHOICE",
     "CHOICE_TAG",
+    "CODE_DIRS",
     "CONTRACT",
     "EVERY_POLLER",
     "EXEMPT_TEST_FILES",
+    "NOT_LIBRARY_PAGES",
     "RULE_DEF_RE",
     "RULE_ID_RE",
+    "CodeRef",
     "Problem",
     "RuleDef",
     "RuleRef",
@@ -65,6 +79,7 @@ __all__ = [
     "TracedTest",
     "collect",
     "markdown_table",
+    "parse_code_file",
     "parse_spec_page",
     "parse_test_file",
     "repo_root",
@@ -92,6 +107,18 @@ EVERY_POLLER = "every"
 
 EXEMPT_TEST_FILES = frozenset({"test_traceability.py"})
 """Test files that need not name a rule (the tracing check itself)."""
+
+CODE_DIRS = ("evio", "examples")
+"""Where rule ids are cited in code (``*.py`` directly under each)."""
+
+NOT_LIBRARY_PAGES = frozenset(
+    {"index.md", "site.md", "http.md", "redis.md", "wire-targets.md", "conformance.md"}
+)
+"""Spec pages whose rules are not the library's: the docs site, the HTTP and
+Redis examples, the wire targets and the conformance run. Their rules may be
+cited in code but need not be; every contract rule of any other page must."""
+
+_CITED_RE = re.compile(r"(?<![\w/#.-])([A-Z][A-Z0-9]*)-(\d+)(?![\w-]|\.\d)")
 
 _FENCE_RE = re.compile(r"^\s*(`{3,}|~{3,})")
 
@@ -177,6 +204,26 @@ class TracedTest:
 
 
 @dataclass(frozen=True, slots=True)
+class CodeRef:
+    """A rule id cited in a comment or a string of the code.
+
+    Attributes:
+        id: The rule id, e.g. ``"LOOP-14"``.
+        file: The source file, relative to the repository root.
+        line: 1-based line of the citation.
+    """
+
+    id: str
+    file: str
+    line: int
+
+    @property
+    def where(self) -> str:
+        """``file:line``."""
+        return f"{self.file}:{self.line}"
+
+
+@dataclass(frozen=True, slots=True)
 class Problem:
     """Something in a test file that prevents tracing.
 
@@ -200,6 +247,7 @@ class Trace:
         refs: Every rule id named by a marker call.
         tests: Every test function found.
         problems: Marker calls whose arguments are not string literals.
+        code: Every rule id cited in `CODE_DIRS`, in file then line order.
     """
 
     rules: list[RuleDef] = field(default_factory=list)
@@ -207,6 +255,7 @@ class Trace:
     refs: list[RuleRef] = field(default_factory=list)
     tests: list[TracedTest] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    code: list[CodeRef] = field(default_factory=list)
 
     def defined(self) -> dict[str, RuleDef]:
         """Map each rule id to its first definition."""
@@ -224,6 +273,30 @@ class Trace:
         """Marker arguments that no spec page defines."""
         defined = self.defined()
         return [ref for ref in self.refs if ref.id not in defined]
+
+    def citations(self) -> dict[str, list[CodeRef]]:
+        """Map every defined rule id to the code lines that cite it."""
+        out: dict[str, list[CodeRef]] = {rid: [] for rid in self.defined()}
+        for ref in self.code:
+            if ref.id in out:
+                out[ref.id].append(ref)
+        return out
+
+    def uncited(self) -> list[RuleDef]:
+        """Contract rules of the library's pages that no code cites."""
+        cited = {ref.id for ref in self.code}
+        return [
+            rule
+            for rule in self.defined().values()
+            if rule.kind == CONTRACT
+            and Path(rule.page).name not in NOT_LIBRARY_PAGES
+            and rule.id not in cited
+        ]
+
+    def unknown_citations(self) -> list[CodeRef]:
+        """Ids cited in code that no spec page defines."""
+        defined = self.defined()
+        return [ref for ref in self.code if ref.id not in defined]
 
     def duplicates(self) -> dict[str, list[RuleDef]]:
         """Rule ids defined more than once, with every definition."""
@@ -527,6 +600,44 @@ def parse_test_file(
 
 
 # --------------------------------------------------------------------------
+# Code
+
+
+def parse_code_file(source: str, file: str, prefixes: frozenset[str]) -> list[CodeRef]:
+    """Collect the rule ids one source file cites.
+
+    Args:
+        source: The file's Python source.
+        file: The name to record for it (relative to the repository root).
+        prefixes: The id prefixes the spec pages use (``LOOP``, ``REL``...);
+            an id-shaped word with another prefix is not a citation.
+
+    Returns:
+        One :class:`CodeRef` per id in a comment or a string (docstrings
+        included), in line order; an id written twice on a line counts once.
+
+    Raises:
+        SyntaxError: If the source does not tokenize.
+    """
+    out: list[CodeRef] = []
+    seen: set[tuple[str, int]] = set()
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    except tokenize.TokenError as e:
+        raise SyntaxError(f"{file}: {e}") from e
+    for tok in tokens:
+        if tok.type not in (tokenize.COMMENT, tokenize.STRING):
+            continue
+        for lineno, text in enumerate(tok.string.splitlines(), start=tok.start[0]):
+            for m in _CITED_RE.finditer(text):
+                rid = f"{m.group(1)}-{m.group(2)}"
+                if m.group(1) in prefixes and (rid, lineno) not in seen:
+                    seen.add((rid, lineno))
+                    out.append(CodeRef(rid, file, lineno))
+    return out
+
+
+# --------------------------------------------------------------------------
 # The whole tree
 
 
@@ -542,8 +653,9 @@ def collect(root: Path | None = None) -> Trace:
         root: The repository root; defaults to :func:`repo_root`.
 
     Returns:
-        A :class:`Trace` with the rule definitions from ``docs/spec/*.md``
-        and the markers and tests from ``spec_tests/``.
+        A :class:`Trace` with the rule definitions from ``docs/spec/*.md``,
+        the markers and tests from ``spec_tests/`` and the citations in
+        `CODE_DIRS`.
     """
     root = repo_root() if root is None else root
     trace = Trace()
@@ -563,6 +675,11 @@ def collect(root: Path | None = None) -> Trace:
         trace.refs += refs
         trace.tests += tests
         trace.problems += problems
+    prefixes = frozenset(rule.id.rsplit("-", 1)[0] for rule in trace.rules)
+    for folder in CODE_DIRS:
+        for path in sorted((root / folder).glob("*.py")):
+            rel = path.relative_to(root).as_posix()
+            trace.code += parse_code_file(path.read_text(encoding="utf-8"), rel, prefixes)
     return trace
 
 
