@@ -211,7 +211,7 @@ def test_the_loop_makes_every_transition_of_the_table_and_no_other(poller: str) 
             c, _cid = newest(small_socket(server.addrs[0]))
             c.sendall(b"flood")
             assert recv_exactly(c, len(big)) == big
-        for _ in range(3):
+        for _ in range(8):  # on a loaded machine the flush may finish at once
             if (State.FLUSHING, On.HOOK_RAISED, State.CLOSED) in seen:
                 break
             c, cid = newest(small_socket(server.addrs[0]))

@@ -590,9 +590,19 @@ def test_a_loop_crashing_again_and_again_strands_no_connection(poller: str) -> N
         try:
             time.sleep(0.1)
             # Each new client is answered, by the survivor or a short-lived new
-            # loop 1; none waits in a queue that nobody accepts from.
+            # loop 1; none waits in a queue that nobody accepts from (that one
+            # would time out). A client a new loop 1 had accepted when it was
+            # killed dies with it: a reset or an end of stream, never a wait.
+            answered = 0
             for _ in range(40):
-                assert int(_ask(_addr(t), timeout=2.0)[0]) in t.pids()
+                try:
+                    words = _ask(_addr(t), timeout=2.0)
+                except ConnectionResetError:
+                    continue
+                if words:
+                    assert int(words[0]) in t.pids()
+                    answered += 1
+            assert answered >= 30, f"only {answered} of 40 clients answered"
         finally:
             stop.set()
             killer.join(DEADLINE)
