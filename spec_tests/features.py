@@ -39,6 +39,7 @@ PREFIXES: dict[str, str] = {
     "REDIS": "redis-example",
     "DOCS": "site",
     "CONF": "conformance-suite",
+    "TIMER": "timers",
 }
 """Rule prefix -> the feature every test of such a rule needs."""
 
@@ -63,6 +64,11 @@ EXTRA: dict[str, str] = {
     "examples": "the example programs (echo, wake, proxy, udp, http, tls, redis) "
                 "run on the implementation as child processes",
     "fork": "loops > 1: a supervisor forks worker processes",
+    "linger": "a closing TCP connection lingers (LOOP-14) and Action.ABORT resets it",
+    "bind-errors": "evio.BindError: one OSError subclass naming the address that failed",
+    "inherited-sockets": "serve() takes bound sockets and fd://N; evio.listen_fds",
+    "debug-mode": "serve(slow_callback=...) and EVIO_DEBUG report slow callbacks",
+    "typed-api": "Events is keyword-only and the package's annotations catch bad returns",
 }
 """Features a test names with ``@pytest.mark.feature(...)``."""
 

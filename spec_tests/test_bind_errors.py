@@ -24,6 +24,8 @@ import pytest
 from harness import Recorder, echo_events, running
 from implementation import evio
 
+pytestmark = pytest.mark.feature("bind-errors")
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

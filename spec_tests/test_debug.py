@@ -19,6 +19,8 @@ import pytest
 from harness import recv_exactly
 from implementation import evio
 
+pytestmark = pytest.mark.feature("debug-mode")
+
 
 def sleepy_data(cid: int, d: bytes) -> bytes:
     if d == b"slow":

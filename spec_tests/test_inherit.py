@@ -26,6 +26,8 @@ import pytest
 from harness import DEADLINE, Recorder, echo_events, recv_exactly, running
 from implementation import evio
 
+pytestmark = pytest.mark.feature("inherited-sockets")
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

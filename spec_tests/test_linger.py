@@ -21,6 +21,8 @@ import pytest
 from harness import Recorder, echo_events, running, small_socket, wait_for
 from implementation import evio
 
+pytestmark = pytest.mark.feature("linger")
+
 Action = evio.Action
 
 REPLY = bytes(range(256)) * 800  # 204,800 bytes

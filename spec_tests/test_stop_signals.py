@@ -26,6 +26,8 @@ import pytest
 from harness import DEADLINE, connect_to, recv_exactly
 from implementation import evio
 
+pytestmark = pytest.mark.feature("stop-signals")
+
 ROOT = Path(__file__).resolve().parent.parent
 BIG = 4 * 1024 * 1024
 

@@ -21,6 +21,8 @@ import pytest
 from harness import Recorder, echo_events, recv_all, running, wait_for
 from implementation import evio
 
+pytestmark = pytest.mark.feature("typed-api")
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
