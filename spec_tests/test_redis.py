@@ -1160,6 +1160,7 @@ def test_command_line_defaults_and_signals() -> None:
 # ------------------------------------------- redis-py's defaults (REDIS-21/22)
 
 
+@pytest.mark.feature("examples")  # it starts the Redis example
 @pytest.mark.rule("REDIS-21", "REDIS-22")
 @pytest.mark.parametrize("poller", POLLERS)
 def test_redis_py_defaults_transactions_names_select_and_info(poller: str) -> None:
@@ -1185,6 +1186,7 @@ def test_redis_py_defaults_transactions_names_select_and_info(poller: str) -> No
             r.close()
 
 
+@pytest.mark.feature("examples")  # it starts the Redis example
 @pytest.mark.rule("REDIS-21")
 def test_multi_exec_discard_and_execabort_on_the_wire() -> None:
     with redis_server() as server:
