@@ -53,7 +53,7 @@ REFERENCE = "evio"
 """The reference target's name: its column comes first."""
 
 SHORT = {"pass": "pass", "fail": "fail", "xfail": "xfail", "partial": "part",
-         "not-applicable": "n/a", "skip": "skip", "not-run": "--"}
+         "not-applicable": "n/a", "skip": "skip", "not-run": "–"}
 """How a verdict is written in a table cell (partial adds "k/n")."""
 
 
@@ -89,7 +89,7 @@ def _title(page: str) -> str:
 def cell(v: dict[str, Any] | None) -> str:
     """A verdict as a short table cell."""
     if v is None:
-        return "--"
+        return "–"
     status = str(v.get("status", "not-run"))
     text = SHORT.get(status, status)
     if status == "partial":
