@@ -472,3 +472,17 @@ class TCPService:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(DEADLINE)
+
+
+def read_to_end(c: socket.socket) -> tuple[bytes, bool]:
+    """Everything until the end of stream, and whether it ended in a reset."""
+    got = bytearray()
+    c.settimeout(10)
+    while True:
+        try:
+            chunk = c.recv(65536)
+        except ConnectionResetError:
+            return bytes(got), True
+        if not chunk:
+            return bytes(got), False
+        got += chunk

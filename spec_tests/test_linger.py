@@ -13,12 +13,11 @@ for ``Options.linger_timeout`` / ``linger_bytes`` and no longer.
 
 from __future__ import annotations
 
-import socket
 import time
 from typing import Any
 
 import pytest
-from harness import Recorder, echo_events, running, small_socket, wait_for
+from harness import Recorder, echo_events, read_to_end, running, small_socket, wait_for
 from implementation import evio
 
 pytestmark = pytest.mark.feature("linger")
@@ -28,17 +27,6 @@ Action = evio.Action
 REPLY = bytes(range(256)) * 800  # 204,800 bytes
 
 
-def _read_all(c: socket.socket) -> tuple[bytes, bool]:
-    got = bytearray()
-    c.settimeout(10)
-    while True:
-        try:
-            chunk = c.recv(4096)
-        except ConnectionResetError:
-            return bytes(got), True
-        if not chunk:
-            return bytes(got), False
-        got += chunk
 
 
 @pytest.mark.rule("LOOP-14")
@@ -60,7 +48,7 @@ def test_a_reply_with_close_arrives_whole_though_the_peer_sent_more(
             first = c.recv(1)  # the reply is on its way: the server reads no more
             c.sendall(b"0123456789")  # 10 bytes it will never read
             time.sleep(0.05)
-            rest, was_reset = _read_all(c)
+            rest, was_reset = read_to_end(c)
             got = first + rest
             assert not was_reset, f"reset after {len(got)} of {len(REPLY)} bytes"
             assert got == REPLY, f"{len(got)} of {len(REPLY)} bytes"
@@ -132,7 +120,7 @@ def test_action_abort_drops_the_output_and_resets(poller: str, addr: str) -> Non
     with running(echo_events(rec, data=data), addr, poller=poller) as r:
         c = r.connect()
         c.sendall(b"hi")
-        got, was_reset = _read_all(c)
+        got, was_reset = read_to_end(c)
         wait_for(lambda: rec.of("closed") == [(1, None)], what="closed")
     assert got == b""
     if not addr.startswith("unix"):

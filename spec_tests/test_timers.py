@@ -21,6 +21,7 @@ import pytest
 from harness import (
     Recorder,
     echo_events,
+    read_to_end,
     recv_all,
     recv_exactly,
     running,
@@ -37,18 +38,6 @@ Action = evio.Action
 BIG = 4 * 1024 * 1024
 
 
-def _read_to_end(c: socket.socket) -> tuple[bytes, bool]:
-    """Everything until the end of stream; and whether it ended in a reset."""
-    got = bytearray()
-    c.settimeout(10)
-    while True:
-        try:
-            chunk = c.recv(65536)
-        except ConnectionResetError:
-            return bytes(got), True
-        if not chunk:
-            return bytes(got), False
-        got += chunk
 
 
 @pytest.mark.rule("TIMER-1", "TIMER-2")
@@ -179,7 +168,7 @@ def test_close_from_another_connection_sends_its_output_first(poller: str, addr:
         b = r.connect()
         b.sendall(b"close 1")
         assert recv_exactly(b, 4) == b"done"
-        got, was_reset = _read_to_end(a)
+        got, was_reset = read_to_end(a)
         assert not was_reset
         assert got == bytes(range(256)) * (BIG // 256)
         wait_for(lambda: rec.of("closed") == [(1, None)], what="closed 1")
@@ -231,7 +220,7 @@ def test_abort_drops_pending_output_and_resets(poller: str, addr: str) -> None:
         b.sendall(b"abort 1")
         assert recv_exactly(b, 4) == b"done"
         wait_for(lambda: rec.of("closed") == [(1, None)], what="closed 1")
-        got, was_reset = _read_to_end(a)
+        got, was_reset = read_to_end(a)
         assert len(got) < BIG, "aborted, yet every pending byte arrived"
         if not addr.startswith("unix"):
             assert was_reset, "a TCP abort should reset the connection"
@@ -315,7 +304,7 @@ def test_a_handshake_not_done_in_time_is_aborted(poller: str, addr: str) -> None
         wait_for(lambda: [i for i, _ in rec.of("closed")] == [1], what="the timeout")
         [(_, err)] = rec.of("closed")
         assert isinstance(err, TimeoutError)
-        _read_to_end(silent)  # ended, by a reset or an end of stream
+        read_to_end(silent)  # ended, by a reset or an end of stream
         time.sleep(0.5)
         polite.sendall(b"still")
         assert recv_exactly(polite, 5) == b"still"
