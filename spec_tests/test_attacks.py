@@ -294,19 +294,17 @@ def test_the_udp_example_gives_a_floods_memory_back(poller: str) -> None:
         before = memory(proc.pid)["VmRSS"]
         _udp_flood(port, 300_000)
         peak = memory(proc.pid)["VmRSS"]
-        # Forgotten within a second or two of silence; then wait until RSS settles.
-        time.sleep(3.0)
+        assert peak - before > 10 * MiB  # the flood did make remotes
+        # Forgotten a second after the last datagram (UDP-10) and given back
+        # on the turn after; a loaded machine may take longer to get there,
+        # so wait for it (up to TIMEOUT), not for a fixed time.
         end = time.monotonic() + TIMEOUT
-        last, steady_since = memory(proc.pid)["VmRSS"], time.monotonic()
-        while time.monotonic() - steady_since < 1.0:
-            assert time.monotonic() < end, "RSS never settled"
+        last = peak
+        while last - before >= 3 * MiB and time.monotonic() < end:
             time.sleep(0.25)
-            now = memory(proc.pid)["VmRSS"]
-            if now != last:
-                last, steady_since = now, time.monotonic()
+            last = memory(proc.pid)["VmRSS"]
         print(f"udp_echo ({poller}): RSS {before / MiB:.1f} MiB before, {peak / MiB:.1f} at "
               f"the end of the flood, {last / MiB:.1f} once idle")
-        assert peak - before > 10 * MiB  # the flood did make remotes
         # Measured +0.6 to +1.7 MiB; before the loop stopped keeping its
         # last clock reading and list of reports from the flood, +2.7 to
         # +4.7 MiB.
