@@ -10,7 +10,7 @@ Four echo servers, each in its own process pinned to CPU 0:
 
 * ``evio plain``   -- ``evio.serve`` with ``data`` returning its input;
 * ``evio TLS``     -- the same callbacks under ``evio.translate`` with
-  ``evio.tls.TLSTranslator`` (``ssl.SSLObject`` over two ``MemoryBIO``\\ s);
+  ``evio._translate.TLSTranslator`` (``ssl.SSLObject`` over two ``MemoryBIO``\\ s);
 * ``asyncio plain`` -- an ``asyncio.Protocol`` whose ``data_received``
   writes its input back;
 * ``asyncio TLS``  -- the same protocol under ``loop.create_server(...,
@@ -87,7 +87,7 @@ BASELINES = ("evio plain", "asyncio TLS")
 
 def serve_evio(context: ssl.SSLContext | None) -> None:
     import evio
-    from evio.tls import TLSTranslator
+    from evio import TLSTranslator
 
     stop = False
 
@@ -149,7 +149,7 @@ def child(kind: str, cert: str, cpu: int) -> None:
         # Our parent pinned itself to the client's CPU, and we inherited that.
         os.sched_setaffinity(0, {cpu})
     sys.path.insert(0, str(ROOT))  # run from a checkout: import this evio
-    from evio.tls import server_context
+    from evio import server_context
 
     context = server_context(cert) if kind.endswith("TLS") else None
     if kind.startswith("evio"):

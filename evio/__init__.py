@@ -14,9 +14,11 @@ evio.serve(evio.Events(data=data), "tcp://127.0.0.1:5000")
 ```
 """
 
-from .addresses import Address, BindError, parse_address
-from .detach import DetachedConn
-from .events import (
+from types import FunctionType as _FunctionType
+
+from ._addresses import Address, BindError, parse_address
+from ._detach import DetachedConn
+from ._events import (
     Action,
     Events,
     Info,
@@ -27,14 +29,20 @@ from .events import (
     Reply,
     TickReply,
 )
-from .inherit import listen_fds
-from .loop import serve
-from .pollers import READ, WRITE, Poller, PollerName, available_pollers
-from .server import Server
-from .timers import Timer
-from .tls import TLSTranslator, client_context, server_context
-from .translate import translate
-from .translators import Passthrough, Translator, ZlibTranslator
+from ._inherit import listen_fds
+from ._loop import serve
+from ._pollers import READ, WRITE, Poller, PollerName, available_pollers
+from ._server import Server
+from ._timers import Timer
+from ._translate import (
+    Passthrough,
+    TLSTranslator,
+    Translator,
+    ZlibTranslator,
+    client_context,
+    server_context,
+    translate,
+)
 
 __all__ = [
     "READ",
@@ -69,3 +77,12 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+# The modules behind these names are private; name each class and function
+# after the package that is its API, so reprs, tracebacks, pickles and
+# help() say ``evio.Events``, not ``evio._events.Events``.
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type | _FunctionType):
+        _obj.__module__ = __name__
+del _name, _obj

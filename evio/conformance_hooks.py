@@ -20,10 +20,11 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-from . import dial, lifecycle
-from .addresses import SUN_PATH_MAX
-from .pollers import _BACKENDS as _POLLER_CLASSES
-from .pollers import Poller, make_poller
+from . import _dial as dial
+from . import _lifecycle as lifecycle
+from ._addresses import SUN_PATH_MAX
+from ._pollers import _BACKENDS as _POLLER_CLASSES
+from ._pollers import Poller, make_poller
 
 __all__ = ["lifecycle", "make_poller", "poller_classes", "resolver", "sun_path_max"]
 

@@ -352,7 +352,7 @@ def test_udp_remotes_from_300k_sources_are_forgotten(poller: str) -> None:
         # What stays is a few arenas of CPython's allocator (1 MiB each) that
         # a live object allocated during the flood keeps: the loop's next
         # timer entry, this server's counters (measured +3 to +5 MiB; without
-        # evio.memory's give-back, +12 to +18 MiB).
+        # evio._reclaim's give-back, +12 to +18 MiB).
         assert after - before < 8 * MiB
     finally:
         proc.terminate()

@@ -86,10 +86,10 @@ def test_evio_debug_turns_it_on_and_it_is_off_by_default(
     assert any("sleepy_data" in m for m in _run(poller, caplog))
 
 
-@pytest.mark.impl_detail  # evio.debug is this implementation's module
+@pytest.mark.impl_detail  # evio._debug is this implementation's module
 @pytest.mark.rule("EV-25")
 def test_bad_thresholds_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    from evio.debug import DEFAULT_THRESHOLD, slow_threshold
+    from evio._debug import DEFAULT_THRESHOLD, slow_threshold
 
     monkeypatch.delenv("EVIO_DEBUG", raising=False)
     assert slow_threshold(None) is None

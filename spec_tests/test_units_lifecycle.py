@@ -1,4 +1,4 @@
-"""Socket-free unit tests of the lifecycle move (evio/lifecycle.py ``move``).
+"""Socket-free unit tests of the lifecycle move (evio/_lifecycle.py ``move``).
 
 Every change of a connection's state goes through ``move``, which allows
 exactly the rows of the ``LIFECYCLE`` table (LOOP-20). Here it is driven on a
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from evio.lifecycle import State
+    from evio._lifecycle import State
 
 pytestmark = [pytest.mark.impl_detail, pytest.mark.timeout(10)]
 
@@ -31,7 +31,7 @@ class _Record:
 
 @pytest.mark.rule("LOOP-20")
 def test_every_row_of_the_table_is_a_move() -> None:
-    from evio.lifecycle import LIFECYCLE, move
+    from evio._lifecycle import LIFECYCLE, move
 
     for row in LIFECYCLE:
         rec = _Record(1, row.source)
@@ -41,7 +41,7 @@ def test_every_row_of_the_table_is_a_move() -> None:
 
 @pytest.mark.rule("LOOP-20")
 def test_every_change_the_table_does_not_have_is_refused() -> None:
-    from evio.lifecycle import LIFECYCLE, LifecycleError, On, State, move
+    from evio._lifecycle import LIFECYCLE, LifecycleError, On, State, move
 
     rows = {(t.source, t.event) for t in LIFECYCLE}
     refused = 0
@@ -61,7 +61,7 @@ def test_every_change_the_table_does_not_have_is_refused() -> None:
 
 @pytest.mark.rule("LOOP-20")
 def test_leaving_open_ends_the_inline_read_path() -> None:
-    from evio.lifecycle import On, State, move
+    from evio._lifecycle import On, State, move
 
     staying = _Record(1, State.OPEN)
     move(staying, On.BYTES_READ)
@@ -73,7 +73,7 @@ def test_leaving_open_ends_the_inline_read_path() -> None:
 
 @pytest.mark.rule("LOOP-20")
 def test_observers_see_each_move_until_they_stop() -> None:
-    from evio.lifecycle import On, State, move, observe
+    from evio._lifecycle import On, State, move, observe
 
     seen: list[tuple[int, object, object, object]] = []
     stop = observe(lambda *change: seen.append(change))

@@ -1,4 +1,4 @@
-"""Socket-free unit tests of the reply splitters (evio/events.py).
+"""Socket-free unit tests of the reply splitters (evio/_events.py).
 
 What a callback returns is taken apart by small pure functions before the
 loop acts on it: ``split_reply`` (``data``), ``split_opened``,
@@ -37,7 +37,7 @@ Action = evio.Action
 def test_split_reply_takes_every_shape_data_may_return(
     reply: object, out: bytes | None, action: str
 ) -> None:
-    from evio.events import split_reply
+    from evio._events import split_reply
 
     if isinstance(reply, str):
         reply = Action[reply]
@@ -50,7 +50,7 @@ def test_split_reply_takes_every_shape_data_may_return(
 
 @pytest.mark.rule("EV-3")
 def test_a_memoryview_of_any_shape_is_sent_byte_for_byte() -> None:
-    from evio.events import split_reply
+    from evio._events import split_reply
 
     ints = array.array("i", [1, 2, 3])
     wide = memoryview(ints)
@@ -69,7 +69,7 @@ def test_a_memoryview_of_any_shape_is_sent_byte_for_byte() -> None:
     "reply", ["text", ("text", None), 42, (b"x",), (b"x", 1), [b"x"], (b"x", None, None)]
 )
 def test_any_other_reply_is_a_type_error_naming_it(reply: object) -> None:
-    from evio.events import split_reply
+    from evio._events import split_reply
 
     with pytest.raises(TypeError) as e:
         split_reply(reply)
@@ -80,7 +80,7 @@ def test_any_other_reply_is_a_type_error_naming_it(reply: object) -> None:
 
 @pytest.mark.rule("EV-4")
 def test_split_opened_takes_options_and_the_three_tuple() -> None:
-    from evio.events import split_opened
+    from evio._events import split_opened
 
     opts = evio.Options(tcp_keepalive=5)
     assert split_opened(opts) == (None, opts, Action.NONE)
@@ -94,7 +94,7 @@ def test_split_opened_takes_options_and_the_three_tuple() -> None:
 
 @pytest.mark.rule("EV-5", "EV-6")
 def test_split_action_takes_none_or_an_action_only() -> None:
-    from evio.events import split_action
+    from evio._events import split_action
 
     assert split_action(None, "closed") is Action.NONE
     assert split_action(Action.SHUTDOWN, "closed") is Action.SHUTDOWN
@@ -105,7 +105,7 @@ def test_split_action_takes_none_or_an_action_only() -> None:
 
 @pytest.mark.rule("TICK-2", "TICK-3")
 def test_split_tick_takes_a_delay_a_pair_an_action_or_none() -> None:
-    from evio.events import split_tick
+    from evio._events import split_tick
 
     assert split_tick(None) == (None, Action.NONE)
     assert split_tick(Action.SHUTDOWN) == (None, Action.SHUTDOWN)
@@ -125,7 +125,7 @@ def test_split_tick_takes_a_delay_a_pair_an_action_or_none() -> None:
     ],
 )
 def test_split_tick_refuses_bad_delays_and_shapes(reply: object, error: type[Exception]) -> None:
-    from evio.events import split_tick
+    from evio._events import split_tick
 
     with pytest.raises(error, match="tick"):
         split_tick(reply)

@@ -1,4 +1,4 @@
-"""Socket-free unit tests of the loop's deadline queue (evio/timers.py).
+"""Socket-free unit tests of the loop's deadline queue (evio/_timers.py).
 
 The queue is sans-I/O: it is handed "now" and calls what is due, so it is
 tested here with a made-up clock, beside the socket tests of the same rules
@@ -25,7 +25,7 @@ def _never() -> bool:
 
 @pytest.mark.rule("LOOP-16")
 def test_due_timers_fire_earliest_first_and_ties_in_the_order_set() -> None:
-    from evio.timers import Timers
+    from evio._timers import Timers
 
     q = Timers()
     log: list[str] = []
@@ -40,7 +40,7 @@ def test_due_timers_fire_earliest_first_and_ties_in_the_order_set() -> None:
 
 @pytest.mark.rule("LOOP-16", "TICK-2")
 def test_a_timer_set_while_timers_run_waits_for_the_next_call() -> None:
-    from evio.timers import Timers
+    from evio._timers import Timers
 
     q = Timers()
     log: list[str] = []
@@ -62,7 +62,7 @@ def test_a_timer_set_while_timers_run_waits_for_the_next_call() -> None:
 
 @pytest.mark.rule("LOOP-16")
 def test_stopping_ends_the_call_and_leaves_the_rest_queued() -> None:
-    from evio.timers import Timers
+    from evio._timers import Timers
 
     q = Timers()
     log: list[str] = []
@@ -74,7 +74,7 @@ def test_stopping_ends_the_call_and_leaves_the_rest_queued() -> None:
 
 @pytest.mark.rule("TIMER-2")
 def test_cancel_is_true_once_and_a_cancelled_timer_never_fires() -> None:
-    from evio.timers import Timers
+    from evio._timers import Timers
 
     q = Timers()
     log: list[str] = []
@@ -91,7 +91,7 @@ def test_cancel_is_true_once_and_a_cancelled_timer_never_fires() -> None:
 def test_the_head_of_the_queue_is_always_a_live_timer() -> None:
     # The loop reads its poll timeout off heap[0] without a call (LOOP-2):
     # a cancelled head must not make it wake early for nothing.
-    from evio.timers import Timers
+    from evio._timers import Timers
 
     q = Timers()
     first = q.at(1.0, lambda: None)
@@ -104,7 +104,7 @@ def test_the_head_of_the_queue_is_always_a_live_timer() -> None:
 
 @pytest.mark.rule("TIMER-2")
 def test_many_cancelled_timers_do_not_pile_up() -> None:
-    from evio.timers import Timers
+    from evio._timers import Timers
 
     q = Timers()
     live = q.at(10_000.0, lambda: None)
@@ -117,7 +117,7 @@ def test_many_cancelled_timers_do_not_pile_up() -> None:
 
 @pytest.mark.rule("TIMER-2")
 def test_a_timer_outside_a_queue_can_be_cancelled() -> None:
-    from evio.timers import Timer
+    from evio._timers import Timer
 
     t = Timer(1.0, lambda: None)
     assert t.cancel() is True and t.cancel() is False and t.fire is None

@@ -1,4 +1,4 @@
-"""Socket-free unit tests of the translators (evio/translators.py, evio/tls.py).
+"""Socket-free unit tests of the translators (evio/_translate.py, evio/_translate.py).
 
 A translator is sans-I/O: bytes in, bytes out, in both directions. Here two
 of them talk to each other through plain variables -- a zlib pair, and a TLS
@@ -20,7 +20,7 @@ import pytest
 from implementation import evio
 
 if TYPE_CHECKING:
-    from evio.tls import TLSTranslator
+    from evio import TLSTranslator
 
 pytestmark = [pytest.mark.impl_detail, pytest.mark.timeout(20)]
 
@@ -29,7 +29,7 @@ trustme = pytest.importorskip("trustme")
 
 @pytest.mark.rule("TR-4")
 def test_passthrough_passes_bytes_through_unchanged() -> None:
-    from evio.translators import Passthrough
+    from evio import Passthrough
 
     p = Passthrough()
     assert p.start() == b"" and p.handshake_done
@@ -71,7 +71,7 @@ def test_corrupt_or_expanding_zlib_input_is_an_error() -> None:
 
 @pytest.fixture(scope="module")
 def contexts(tmp_path_factory: pytest.TempPathFactory) -> Contexts:
-    from evio.tls import client_context, server_context
+    from evio import client_context, server_context
 
     tmp: Path = tmp_path_factory.mktemp("tls")
     ca = trustme.CA()
@@ -86,7 +86,7 @@ Contexts = tuple[ssl.SSLContext, ssl.SSLContext]
 
 
 def _pair(contexts: Contexts) -> tuple[TLSTranslator, TLSTranslator]:
-    from evio.tls import TLSTranslator
+    from evio import TLSTranslator
 
     server_ctx, client_ctx = contexts
     return (TLSTranslator(server_ctx, server_side=True),
@@ -187,7 +187,7 @@ def test_an_end_of_stream_during_the_handshake_is_an_ssl_eof_error(contexts: Con
 
 @pytest.mark.rule("TLS-4")
 def test_an_untrusted_certificate_fails_the_client_handshake(contexts: Contexts) -> None:
-    from evio.tls import TLSTranslator, client_context
+    from evio import TLSTranslator, client_context
 
     server_ctx, _ = contexts
     server = TLSTranslator(server_ctx, server_side=True)

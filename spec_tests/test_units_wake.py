@@ -1,4 +1,4 @@
-"""Socket-free unit tests of the doorbell's mailbox (evio/wake.py ``Waker``).
+"""Socket-free unit tests of the doorbell's mailbox (evio/_wake.py ``Waker``).
 
 The loop asks the doorbell for everything rung since the last time
 (``take``); other threads ring it (``wake``, ``post``). On Linux the bell is
@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from evio.wake import Waker
+    from evio._wake import Waker
 
 pytestmark = [pytest.mark.impl_detail, pytest.mark.timeout(10)]
 
 
 @pytest.fixture
 def bell() -> Iterator[Waker]:
-    from evio.wake import Waker
+    from evio._wake import Waker
 
     w = Waker()
     yield w

@@ -1,4 +1,4 @@
-"""Draw the connection lifecycle table and diagram from ``evio.lifecycle.LIFECYCLE``.
+"""Draw the connection lifecycle table and diagram from ``evio._lifecycle.LIFECYCLE``.
 
 The spec page ``docs/spec/loop.md`` holds the rendered table and diagram
 between ``<!-- lifecycle:begin -->`` and ``<!-- lifecycle:end -->``; the
@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from evio.lifecycle import LIFECYCLE, On, State, Transition  # noqa: E402
+from evio._lifecycle import LIFECYCLE, On, State, Transition  # noqa: E402
 
 PAGE = ROOT / "docs" / "spec" / "loop.md"
 BEGIN, END = "<!-- lifecycle:begin -->", "<!-- lifecycle:end -->"

@@ -9,7 +9,7 @@ block, and each is moved off the loop's critical path:
 1. **Name resolution.**  ``getaddrinfo`` is a blocking library call (it may
    wait seconds for DNS).  A host that is not already a numeric address is
    resolved on a small pool of worker threads; the answer comes back to the
-   loop through the wake doorbell (`evio.wake`).  Numeric addresses and
+   loop through the wake doorbell (`evio._wake`).  Numeric addresses and
    unix paths skip the pool.
 2. **Connecting.**  A non-blocking ``connect`` returns ``EINPROGRESS`` at
    once; the socket becomes *writable* when the handshake ends, either way,
@@ -42,13 +42,13 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
 
-from .addresses import Address, parse_address
-from .callbacks import Policy
-from .events import Info
-from .lifecycle import Conn, On, State, move
-from .pollers import WRITE, Poller
-from .timers import Timer, Timers
-from .wake import Waker
+from ._addresses import Address, parse_address
+from ._callbacks import Policy
+from ._events import Info
+from ._lifecycle import Conn, On, State, move
+from ._pollers import WRITE, Poller
+from ._timers import Timer, Timers
+from ._wake import Waker
 
 __all__ = ["Dial", "Dialer", "dial_address", "needs_resolving", "resolve", "targets_now"]
 
@@ -148,7 +148,7 @@ def resolve(a: Address) -> list[tuple[int, Any]]:
 
 
 class _Streams(Protocol):
-    """What the dialer asks of `evio.streams.Streams` once a dial connects."""
+    """What the dialer asks of `evio._streams.Streams` once a dial connects."""
 
     def adopt(self, sock: socket.socket, index: int, cid: int | None = None) -> Conn | None: ...
 

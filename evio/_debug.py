@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from .events import Events
+from ._events import Events
 
 __all__ = ["DEFAULT_THRESHOLD", "instrument", "slow_threshold"]
 

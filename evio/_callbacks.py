@@ -9,7 +9,7 @@ up written several times and drift apart (was ``closed`` called?  was the
 shutdown noticed?).  So every call into user code goes through a `Policy`,
 which
 
-1. calls the callback and unpacks its answer (`evio.events.split_reply`
+1. calls the callback and unpacks its answer (`evio._events.split_reply`
    and friends; a wrong shape is a ``TypeError``, handled like a raise);
 2. on a raise, logs it and hands the exception to the connection's *side*
    (`Side.raised`): a stream connection finishes with it as ``closed``'s
@@ -36,7 +36,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
-from .events import Action, Events, Options, split_action, split_opened, split_reply, split_tick
+from ._events import Action, Events, Options, split_action, split_opened, split_reply, split_tick
 
 __all__ = ["Policy", "Side"]
 

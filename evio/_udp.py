@@ -34,7 +34,7 @@ What is different, and why:
   from (a remote heard again moves to the end), so both are cheap: the
   least recently heard is always first.  Once a sweep has forgotten every
   remote of a table that had grown large, the memory is given back on the
-  next turn (`evio.memory`: freed is not the same as returned).
+  next turn (`evio._reclaim`: freed is not the same as returned).
 * ``wake`` and ``dial`` do not apply; ``DETACH`` has no socket to hand over
   (the socket is shared by every remote) and acts as ``CLOSE``.
 """
@@ -48,12 +48,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .addresses import Listener
-from .callbacks import Policy
-from .events import Events, Info, Options
-from .memory import GIVE_BACK_AT, give_back
-from .pollers import READ, Poller
-from .timers import Timer, Timers
+from ._addresses import Listener
+from ._callbacks import Policy
+from ._events import Events, Info, Options
+from ._pollers import READ, Poller
+from ._reclaim import GIVE_BACK_AT, give_back
+from ._timers import Timer, Timers
 
 __all__ = ["UDP_BATCH", "UDP_MAX", "UdpSide", "is_udp"]
 
@@ -104,7 +104,7 @@ def check_settings(events: Events) -> None:
 
 
 class UdpSide:
-    """The loop's UDP listeners and the remotes they know (a `evio.callbacks.Side`).
+    """The loop's UDP listeners and the remotes they know (a `evio._callbacks.Side`).
 
     Args:
         events: The callbacks.
@@ -149,7 +149,7 @@ class UdpSide:
         index, lst = entry
         stopping = self.policy.stopping
         # One clock read per batch, not per datagram; a local, not kept on
-        # self, so the last one of a flood does not outlive it (evio.memory).
+        # self, so the last one of a flood does not outlive it (`evio._reclaim`).
         now = time.monotonic()
         for _ in range(UDP_BATCH):
             try:
@@ -260,7 +260,7 @@ class UdpSide:
             self.forget(oldest.id, None)
         if not self.by_remote:
             # Dicts never shrink as keys go: free their tables once all are
-            # gone; after a flood, give the memory back (evio.memory).
+            # gone; after a flood, give the memory back (`evio._reclaim`).
             # clear(), not new dicts: a new one would land in one of the
             # flood's arenas and keep it.
             self.peers.clear()

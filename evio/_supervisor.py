@@ -31,7 +31,7 @@ reasons learned the hard way:
 
 The price is the "thundering herd": every loop polls the same listener,
 so a new connection wakes every idle loop, one ``accept`` wins and the
-others get ``EAGAIN``, which `evio.accept` expects.  With N no larger than
+others get ``EAGAIN``, which `evio._accept` expects.  With N no larger than
 the CPUs that costs a few wasted wake-ups per connection; busy loops are
 not woken at all (they are not sleeping), so the idle ones take the
 connections, which is the balancing we want.  (``EPOLLEXCLUSIVE`` wakes
@@ -56,7 +56,7 @@ the pipe is portable, and is one more descriptor the loop polls.
 
 **What a child's end means** is read from how it ended:
 
-* it sent a report on its own pipe (`evio.reports`): ``serving`` or
+* it sent a report on its own pipe (`evio._reports`): ``serving`` or
   ``tick`` raised.  The parent stops the others and raises it, and never
   restarts that loop: it would only raise again.
 * exit status 0: its loop stopped -- ``SHUTDOWN``, ``Server.stop()``, a
@@ -98,19 +98,16 @@ import dataclasses
 import logging
 import os
 import signal
-import socket
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable
-from types import FrameType
-from typing import Any, Protocol
+from typing import Protocol
 
-from . import reports
-from .addresses import Address, Listener, bind_all
-from .events import Events
-from .pollers import READ, Poller, make_poller
-from .signals import DEFAULT_STOP_SIGNALS
+from . import _reports as reports
+from ._addresses import Address, Listener, bind_all
+from ._events import Events
+from ._pollers import READ, Poller, make_poller
+from ._signals import DEFAULT_STOP_SIGNALS, SignalWatch
 
 __all__ = ["AUTO", "loop_count", "supervise"]
 
@@ -153,12 +150,6 @@ def loop_count(loops: object) -> int:  # LOOPS-1
     return loops
 
 
-def _is_default(sig: int, handler: Any) -> bool:
-    """Whether ``handler`` is what Python starts with for ``sig``."""
-    return handler is signal.SIG_DFL or (
-        sig == signal.SIGINT and handler is signal.default_int_handler)
-
-
 def supervise(events: Events, parsed: list[Address], n: int,  # LOOPS-2
               poller: str | Poller | None, make_loop: MakeLoop,
               stop_signals: Iterable[int] = DEFAULT_STOP_SIGNALS,
@@ -181,7 +172,8 @@ def supervise(events: Events, parsed: list[Address], n: int,  # LOOPS-2
     make_poller(poller).close()  # an unknown name is a ValueError before anything is bound
     listeners = bind_all(parsed)  # LOOPS-3: once, shared by every loop
     try:
-        sup = _Supervisor(events, listeners, n, poller, make_loop, tuple(stop_signals),
+        sup = _Supervisor(events, listeners, n, poller, make_loop,
+                          tuple(signal.Signals(s) for s in stop_signals),
                           stop_timeout)
         sup.run()
     finally:
@@ -189,7 +181,7 @@ def supervise(events: Events, parsed: list[Address], n: int,  # LOOPS-2
             lst.close()  # a unix socket file goes with its listener, once
     if sup.error is not None:
         raise sup.error
-    if sup.interrupted:
+    if sup.signals.interrupted:
         raise KeyboardInterrupt
 
 
@@ -209,7 +201,7 @@ class _Supervisor:
 
     def __init__(self, events: Events, listeners: list[Listener], n: int,
                  poller: str | None, make_loop: MakeLoop,
-                 stop_signals: tuple[int, ...], stop_timeout: float) -> None:
+                 stop_signals: tuple[signal.Signals, ...], stop_timeout: float) -> None:
         self.events, self.listeners, self.n = events, listeners, n
         self.stop_timeout = stop_timeout
         self.grace = max(GRACE, stop_timeout + 1.0)
@@ -218,13 +210,11 @@ class _Supervisor:
         self.restarts: dict[int, float] = {}  # index -> when to fork it again
         self.failures = [0] * n  # consecutive deaths or failed forks, per index
         self.error: BaseException | None = None
-        self.interrupted = False
         self.stopping = False
         self.deadline = 0.0  # when stopping: SIGKILL whoever is left after this
-        self.signalled: int | None = None
-        self.old_handlers: dict[int, Any] = {}
-        self.old_wakeup = -1
-        self.bell: tuple[socket.socket, socket.socket] | None = None
+        # LOOPS-6: the stop signals, taken as one loop takes them (`evio._signals`);
+        # a signal only marks itself there, and `run` acts on it.
+        self.signals = SignalWatch(lambda: None, stop_signals)
         self.watch = make_poller(None)  # the children's report pipes, and the bell
         self.parent_r, self.parent_w = os.pipe()
 
@@ -238,8 +228,8 @@ class _Supervisor:
             while self.children or (self.restarts and not self.stopping):
                 self._wait()
                 self._reap()
-                if self.signalled is not None:
-                    self._stop(f"signal {signal.Signals(self.signalled).name}")
+                if self.signals.received is not None:
+                    self._stop(f"signal {self.signals.received.name}")
                 now = time.monotonic()
                 for i, due in sorted(self.restarts.items()):
                     if due <= now and not self.stopping:
@@ -290,9 +280,9 @@ class _Supervisor:
                     self.watch.unregister(c.report)
                     os.close(c.report)
                     c.report = -1
-        if self.bell is not None and self.bell[0].fileno() in ready:
-            with contextlib.suppress(BlockingIOError):
-                self.bell[0].recv(4096)
+        bell = self.signals.fileno()
+        if bell is not None and bell in ready:
+            self.signals.drain(None, READ)
 
     def _reap(self) -> None:
         for pid in list(self.children):
@@ -355,33 +345,14 @@ class _Supervisor:
 
     def _install_signals(self) -> None:
         """LOOPS-6: take the stop signals that still have their default handlers."""
-        if threading.current_thread() is not threading.main_thread():
-            return  # Python allows signal handlers only there
-        r, w = socket.socketpair()
-        r.setblocking(False)
-        w.setblocking(False)
-        self.bell = (r, w)
-        self.watch.register(r.fileno(), READ)
-        self.old_wakeup = signal.set_wakeup_fd(w.fileno(), warn_on_full_buffer=False)
-        for sig in self.stop_signals:
-            old = signal.getsignal(sig)
-            if _is_default(sig, old):
-                self.old_handlers[sig] = signal.signal(sig, self._on_signal)
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        if signum == signal.SIGINT:
-            self.interrupted = True  # raised as KeyboardInterrupt after the shutdown
-        self.signalled = signum
+        bell = self.signals.install()  # None off the main thread: no handlers there
+        if bell is not None:
+            self.watch.register(bell, READ)
 
     def _uninstall_signals(self) -> None:
-        for sig, old in self.old_handlers.items():
-            signal.signal(sig, old)
-        self.old_handlers.clear()
-        if self.bell is not None:
-            signal.set_wakeup_fd(self.old_wakeup)
-            for s in self.bell:
-                s.close()
-            self.bell = None
+        # The bell stays registered: in a child, ``watch`` is the parent's
+        # epoll set too (fork shares it), and closing the bell is enough.
+        self.signals.uninstall()
 
     # ------------------------------------------------------------- the child
 
@@ -419,7 +390,7 @@ class _Supervisor:
     def _child(self, index: int, report: int) -> None:  # LOOPS-4, LOOPS-9
         code = reports.RAISED
         try:
-            stops = list(self.old_handlers)  # the stop signals the parent took over
+            stops = self.signals.taken()  # the stop signals the parent took over
             self._uninstall_signals()  # the handlers from before serve(); no bell
             self.watch.close()
             os.close(self.parent_w)  # so that only the parent's copy holds the pipe open

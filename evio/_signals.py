@@ -160,6 +160,10 @@ class SignalWatch:
             self.interrupted = True
         self._stop()
 
+    def taken(self) -> tuple[signal.Signals, ...]:
+        """The signals `install` took over (those that had their default handler)."""
+        return tuple(self._old)
+
     def fileno(self) -> int | None:
         """The descriptor `install` returned, or ``None``."""
         return self._pair[0].fileno() if self._pair is not None else None

@@ -10,13 +10,13 @@ types, and a handle that imported the loop would close a circle).
 
 Three methods are safe from any thread -- `Server.wake`,
 `Server.dial` and `Server.stop` -- because each only rings the
-loop's doorbell (`evio.wake`) and leaves the work to the loop.
+loop's doorbell (`evio._wake`) and leaves the work to the loop.
 `Server.call_later`, `Server.close` and `Server.abort` give the loop's
 own thread what it needs to act on *any* connection at a time of its
 choosing, without a deadline table scanned from ``tick`` or a wake to
 itself.
 `Server.stop` goes further: it is safe inside a signal handler, so it
-never waits for a lock (see `evio.wake.Waker.nudge`).  The rest belong to
+never waits for a lock (see `evio._wake.Waker.nudge`).  The rest belong to
 the loop's thread.
 """
 
@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from .timers import Timer
+    from ._timers import Timer
 
 __all__ = ["LoopControl", "Server"]
 

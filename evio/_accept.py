@@ -13,12 +13,12 @@ completed and nobody has taken.  Two traps:
   or ``ENFILE`` while the connection stays queued, so a level-triggered
   poller reports the listener ready again at once -- a 100%-CPU loop that
   accepts nothing.  We stop watching that listener for
-  `ACCEPT_RETRY_DELAY` seconds (a timer in `evio.timers`) and keep serving
+  `ACCEPT_RETRY_DELAY` seconds (a timer in `evio._timers`) and keep serving
   the connections we have; the listener is watched again when the timer
   fires.  An error that concerns only the one connection (the peer gave up
   before we took it) is skipped.
 
-Each accepted socket goes to `evio.streams.Streams`, which owns it from
+Each accepted socket goes to `evio._streams.Streams`, which owns it from
 then on.
 """
 
@@ -29,10 +29,10 @@ import logging
 import time
 from functools import partial
 
-from .addresses import Listener
-from .pollers import READ, Poller
-from .streams import Handlers, Streams
-from .timers import Timers
+from ._addresses import Listener
+from ._pollers import READ, Poller
+from ._streams import Handlers, Streams
+from ._timers import Timers
 
 __all__ = ["ACCEPT_BATCH", "ACCEPT_RETRY_DELAY", "Acceptor"]
 

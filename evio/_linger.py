@@ -31,7 +31,7 @@ none of this -- their bytes are in the peer's queue the moment ``send``
 returns -- and close at once.
 
 Everything about a connection's last moments after its output is sent is
-here; `evio.streams` calls `Linger.start` where it used to close.
+here; `evio._streams` calls `Linger.start` where it used to close.
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ import time
 from collections.abc import Callable
 from functools import partial
 
-from .lifecycle import Conn, State
-from .pollers import Poller
-from .timers import Timers
+from ._lifecycle import Conn, State
+from ._pollers import Poller
+from ._timers import Timers
 
 __all__ = ["Linger", "settled", "unsent"]
 
@@ -98,7 +98,7 @@ class Linger:
             return
         self.timers.cancel(c.idle_timer)  # the linger has its own bound
         self.poller.unregister(c.fd)
-        c.interest = -1  # `evio.flow.UNWATCHED`: off the poller until it closes
+        c.interest = -1  # `evio._streams.UNWATCHED`: off the poller until it closes
         c.linger_until = time.monotonic() + c.linger_timeout
         c.idle_timer = self.timers.at(time.monotonic() + _FIRST, partial(self._check, c, _FIRST))
 

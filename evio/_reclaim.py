@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-A UDP server makes a small record per remote address (`evio.udp`), and a
+A UDP server makes a small record per remote address (`evio._udp`), and a
 flood of spoofed sources makes hundreds of thousands of them, then forgets
 them all once they fall silent.  Every object is freed, yet the process
 keeps most of the memory the flood took.  Where it stays (measured on

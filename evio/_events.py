@@ -26,10 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from .detach import DetachedConn
+from ._detach import DetachedConn
 
 if TYPE_CHECKING:
-    from .server import Server
+    from ._server import Server
 
 __all__ = [
     "Action",
@@ -235,9 +235,9 @@ class Events:
         udp_max_remotes: Most UDP remotes known at once; a new remote past
             it makes the least recently heard one forgotten first.
         translation: ``(should, factory, handshake_timeout)``, set by
-            `evio.translate`: which stream connections pass through a
+            `evio._translate`: which stream connections pass through a
             translator, how to make one, and how long its handshake may
-            take. Leave it ``None`` and use `evio.translate`.
+            take. Leave it ``None`` and use `evio._translate`.
     """
 
     serving: Callable[[Server], Action | None] | None = None

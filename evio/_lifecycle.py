@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol, cast
 
-from .pollers import READ
-from .timers import Timer
-from .translators import Translator
+from ._pollers import READ
+from ._timers import Timer
+from ._translate import Translator
 
 __all__ = ["ABORT_ROWS", "FLOW_ROWS", "LIFECYCLE", "LIVE", "READABLE", "READ_SIZE", "SMALL_READ",
            "TALKING", "WRITABLE", "Conn", "LifecycleError", "On", "State", "Transition", "move",
@@ -261,11 +261,11 @@ class Conn:
         state: Where it is in `LIFECYCLE`.
         dialed: It came from `evio.Server.dial`.
         pending: Output not yet taken by the socket, oldest first.
-        interest: The mask the poller was last told (`evio.pollers.READ`,
+        interest: The mask the poller was last told (`evio._pollers.READ`,
             ``WRITE``).
         reuse_input: ``data`` gets a view into the loop's read buffer.
         err: The error ``closed`` will report.
-        translator: Its `evio.translators.Translator`, if translated.
+        translator: Its `evio._translate.Translator`, if translated.
         peer_said_goodbye: The peer ended a translated connection (a TLS
             ``close_notify``, or its end of stream): a write that fails
             because it has gone reports ``err``, not a new error.
@@ -285,14 +285,14 @@ class Conn:
             when the loop last left output pending (-1: unknown); a smaller
             count later means the peer read some (REL-4).
         plain: No translator, no write hooks, no reused read buffer: its
-            reads take the inline path of `evio.streams.Streams.ready`.
+            reads take the inline path of `evio._streams.Streams.ready`.
         fast: Plain, open, and its interest is ``READ`` alone: a readable
-            report takes the inline path.  `evio.flow.Flow.sync` sets it
+            report takes the inline path.  `evio._streams.Streams.sync` sets it
             with the interest, and `move` clears it when the connection
             leaves *open*.
         read_size: What its next read asks for (a plain connection's
             shrinks after small reads: `SMALL_READ`).
-        linger_timeout: Most seconds a lingering close waits (`evio.linger`).
+        linger_timeout: Most seconds a lingering close waits (`evio._linger`).
         linger_bytes: Most bytes it discards before closing anyway (counts
             down while it lingers).
         linger_until: When its lingering close gives up.

@@ -14,7 +14,7 @@ as idle (the trap a hostile-client session found).
 
 So when output is pending, every partial send notes how much the kernel
 still holds unsent (`note_write`: ``SIOCOUTQ`` on Linux, via
-`evio.linger.unsent`); when the idle timer finds nothing moved by the
+`evio._linger.unsent`); when the idle timer finds nothing moved by the
 loop, it asks again (`check`), and a smaller count means the peer has been
 reading: the connection is not idle, and the count starts afresh.  A peer
 that has stopped reading leaves the count where it was and is closed, its
@@ -24,7 +24,7 @@ the idle timer fires, so the fast path pays nothing but one ``ioctl`` per
 send that leaves output pending.
 
 Everything that decides whether a connection is idle lives here;
-`evio.flow` arms the timer and `evio.streams` notes the writes.
+`evio._streams` arms the timer and `evio._streams` notes the writes.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ import time
 from collections.abc import Callable
 from functools import partial
 
-from .lifecycle import LIVE, Conn, On
-from .linger import unsent
-from .timers import Timers
+from ._lifecycle import LIVE, Conn, On
+from ._linger import unsent
+from ._timers import Timers
 
 __all__ = ["check", "note_write"]
 

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
-from .inherit import adopt, describe
+from ._inherit import adopt, describe
 
 __all__ = ["Address", "BindError", "Listener", "bind_all", "inherited", "parse_address"]
 

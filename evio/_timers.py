@@ -26,7 +26,7 @@ proportional to the live timers.
 The same queue serves the application: `evio.Server.call_later` puts a
 user's function on it and hands back its `Timer`, whose `Timer.cancel`
 is the cheap cancellation above.  A timer may be tied to a connection; the
-connection cancels it when it closes (`evio.streams`).
+connection cancels it when it closes (`evio._streams`).
 
 Everything here runs on the loop's thread: no locks.
 """

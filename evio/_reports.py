@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 A forked loop ends in one of three ways, and the supervisor
-(`evio.loops`) must tell them apart to decide between "stop everything",
+(`evio._supervisor`) must tell them apart to decide between "stop everything",
 "raise this" and "start another": an exit status of 0 is a stop, a signal
 or another status is a death, and an exception from ``serving`` or
 ``tick`` is sent as a *report* on the loop's own pipe before it exits with

@@ -10,22 +10,22 @@ tells it:
 1. **start** -- parse every address, bind every listener, call ``serving``,
    fire the first ``tick``.
 2. **timeout** -- the poll may block until the earliest thing that is due
-   (`evio.timers`: the next tick, a dial's timeout, an idle connection's
+   (`evio._timers`: the next tick, a dial's timeout, an idle connection's
    check, a backed-off listener's retry); with nothing due it blocks
    without a limit.  A loop with no timer and no traffic never wakes.
-3. **poll** -- one call into the backend (`evio.pollers`).
+3. **poll** -- one call into the backend (`evio._pollers`).
 4. **dispatch** -- each ready descriptor is looked up in one table,
-   descriptor -> handler: a listener accepts (`evio.accept`) or reads
-   datagrams (`evio.udp`),
+   descriptor -> handler: a listener accepts (`evio._accept`) or reads
+   datagrams (`evio._udp`),
    a connection writes what is pending and reads once, a dial in progress
-   learns whether it connected (`evio.dial`), the doorbell notes that it
+   learns whether it connected (`evio._dial`), the doorbell notes that it
    rang.
 5. **wakes** -- if the doorbell rang, drain it, run the jobs other threads
    posted (dials) and call ``data(id, None)`` for each woken id
-   (`evio.wake`).
+   (`evio._wake`).
 6. **timers** -- fire every timer that is due.
 7. **shutdown** -- when a callback returned ``SHUTDOWN``, `evio.Server.stop`
-   was called, a stop signal arrived (`evio.signals`), or a ``serving`` or
+   was called, a stop signal arrived (`evio._signals`), or a ``serving`` or
    ``tick`` raised: accepting stops, pending output is flushed for at most
    ``stop_timeout`` seconds (the loop polls for writability only), every
    connection is closed (each with its ``closed`` call), listeners are
@@ -35,7 +35,7 @@ tells it:
 Everything about one kind of connection lives in its own module; the loop
 owns only the shared pieces -- the poller, the dispatch table, the timer
 queue, the doorbell, the one stop flag -- and hands them out.  Every user
-callback is called through `evio.callbacks.Policy`.
+callback is called through `evio._callbacks.Policy`.
 """
 
 from __future__ import annotations
@@ -49,21 +49,21 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Literal, cast
 
-from .accept import Acceptor
-from .addresses import Listener, bind_all, inherited, parse_address
-from .callbacks import Policy
-from .debug import instrument, slow_threshold
-from .dial import Dialer
-from .events import FOREVER, Events, split_action
-from .forking import quiet_forks, warn_if_threads
-from .loops import loop_count, supervise
-from .pollers import PORTABLE_FALLBACK, READ, Poller, PollerName, make_poller
-from .server import Server
-from .signals import DEFAULT_STOP_SIGNALS, SignalWatch, check_stop
-from .streams import Handlers, Streams
-from .timers import MAX_POLL_WAIT, Timer, Timers
-from .udp import UdpSide, check_settings, is_udp
-from .wake import Waker
+from ._accept import Acceptor
+from ._addresses import Listener, bind_all, inherited, parse_address
+from ._callbacks import Policy
+from ._debug import instrument, slow_threshold
+from ._dial import Dialer
+from ._events import FOREVER, Events, split_action
+from ._forking import quiet_forks, warn_if_threads
+from ._pollers import PORTABLE_FALLBACK, READ, Poller, PollerName, make_poller
+from ._server import Server
+from ._signals import DEFAULT_STOP_SIGNALS, SignalWatch, check_stop
+from ._streams import Handlers, Streams
+from ._supervisor import loop_count, supervise
+from ._timers import MAX_POLL_WAIT, Timer, Timers
+from ._udp import UdpSide, check_settings, is_udp
+from ._wake import Waker
 
 __all__ = ["serve"]
 
@@ -181,7 +181,7 @@ def serve(events: Events, *addrs: str | socket.socket, poller: PollerName | Poll
 
 def _child_loop(events: Events, listeners: list[Listener], poller: str | None,
                 index: int, loops: int, parent_fd: int, stop_timeout: float) -> _Loop:
-    """One of ``loops`` loops, for `evio.loops` to run (which takes its stop signals)."""
+    """One of ``loops`` loops, for `evio._supervisor` to run (which takes its stop signals)."""
     return _Loop(events, listeners, make_poller(poller), index, loops, parent_fd,
                  stop_signals=(), stop_timeout=stop_timeout)
 
@@ -189,7 +189,7 @@ def _child_loop(events: Events, listeners: list[Listener], poller: str | None,
 class _Loop:
     """One run of `serve`: the shared pieces, and `run`. Not reusable.
 
-    It is also what a `evio.Server` handle forwards to (`evio.server.LoopControl`).
+    It is also what a `evio.Server` handle forwards to (`evio._server.LoopControl`).
     """
 
     def __init__(self, events: Events, listeners: list[Listener], poller: Poller,
@@ -209,7 +209,7 @@ class _Loop:
         self.stop_timeout = stop_timeout
         self.tick_due = 0.0
         # Made once: a bound method per tick would be a new object each time,
-        # and the one pending after a burst keeps its arena (evio.memory).
+        # and the one pending after a burst keeps its arena (`evio._reclaim`).
         self._next_tick = self._tick
         ids = itertools.count(1)  # next() is atomic: dial() draws ids from any thread
         self.policy = Policy(events, self._stop_here, self._is_stopping)
@@ -333,7 +333,7 @@ class _Loop:
                 # dispatch
                 # (The timeout and the list of reports are not kept past their
                 # turn: a float or a list kept from a burst would keep a block
-                # of the allocator the burst filled, `evio.memory`.)
+                # of the allocator the burst filled, `evio._reclaim`.)
                 for fd, mask in poll(max(0.0, min(due[0][0] - now, MAX_POLL_WAIT))
                                      if due else None):
                     try:
