@@ -30,9 +30,9 @@ import time
 from functools import partial
 
 from ._addresses import Listener
-from ._pollers import READ, Poller
-from ._streams import Handlers, Streams
-from ._timers import Timers
+from ._pollers import READ
+from ._streams import Streams
+from ._wiring import Parts
 
 __all__ = ["ACCEPT_BATCH", "ACCEPT_RETRY_DELAY", "Acceptor"]
 
@@ -56,18 +56,16 @@ class Acceptor:
     """The loop's stream listeners.
 
     Args:
+        parts: The loop's parts (its poller, its deadline queue for backing
+            off, its dispatch table).
         streams: Takes each accepted socket.
-        poller: The loop's poller.
-        timers: The loop's deadline queue (for backing off).
-        handlers: The loop's dispatch table.
     """
 
-    def __init__(self, streams: Streams, poller: Poller, timers: Timers,
-                 handlers: Handlers) -> None:
+    def __init__(self, parts: Parts, streams: Streams) -> None:
         self.streams = streams
-        self.poller = poller
-        self.timers = timers
-        self.handlers = handlers
+        self.poller = parts.poller
+        self.timers = parts.timers
+        self.handlers = parts.handlers
         self.backed_off: set[int] = set()  # listener descriptors not watched for now
 
     def listen(self, index: int, lst: Listener) -> None:

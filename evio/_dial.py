@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import itertools
 import logging
 import os
 import socket
@@ -43,12 +42,11 @@ from functools import partial
 from typing import Any, Protocol
 
 from ._addresses import Address, parse_address
-from ._callbacks import Policy
 from ._events import Info
 from ._lifecycle import Conn, On, State, move
-from ._pollers import WRITE, Poller
-from ._timers import Timer, Timers
-from ._wake import Waker
+from ._pollers import WRITE
+from ._timers import Timer
+from ._wiring import Parts
 
 __all__ = ["Dial", "Dialer", "dial_address", "needs_resolving", "resolve", "targets_now"]
 
@@ -174,24 +172,19 @@ class Dialer:
     answer back.
 
     Args:
-        poller: The loop's poller.
-        timers: The loop's deadline queue (dial timeouts).
-        waker: The loop's doorbell (requests and resolver answers arrive here).
-        policy: Calls the callbacks (for dials that fail).
-        handlers: The loop's dispatch table (sockets still connecting).
-        ids: Where connection ids come from.
+        parts: The loop's parts (dial timeouts go on its deadline queue;
+            requests and resolver answers arrive at its doorbell; sockets
+            still connecting are in its dispatch table).
         streams: Takes a connected socket into the loop.
     """
 
-    def __init__(self, poller: Poller, timers: Timers, waker: Waker, policy: Policy,
-                 handlers: dict[int, Any], ids: itertools.count[int],
-                 streams: _Streams) -> None:
-        self.poller = poller
-        self.timers = timers
-        self.waker = waker
-        self.policy = policy
-        self.handlers = handlers
-        self.ids = ids
+    def __init__(self, parts: Parts, streams: _Streams) -> None:
+        self.poller = parts.poller
+        self.timers = parts.timers
+        self.waker = parts.waker
+        self.policy = parts.policy
+        self.handlers = parts.handlers
+        self.ids = parts.ids
         self.streams = streams
         self.dials: dict[int, Dial] = {}  # by id, until opened or failed
         self.resolver: ThreadPoolExecutor | None = None

@@ -59,11 +59,12 @@ from ._forking import quiet_forks, warn_if_threads
 from ._pollers import PORTABLE_FALLBACK, READ, Poller, PollerName, make_poller
 from ._server import Server
 from ._signals import DEFAULT_STOP_SIGNALS, SignalWatch, check_stop
-from ._streams import Handlers, Streams
+from ._streams import Streams
 from ._supervisor import loop_count, supervise
 from ._timers import MAX_POLL_WAIT, Timer, Timers
 from ._udp import UdpSide, check_settings, is_udp
 from ._wake import Waker
+from ._wiring import Dispatch, Parts
 
 __all__ = ["serve"]
 
@@ -202,7 +203,7 @@ class _Loop:
         self.poller = poller
         self.stopping = False
         self.rang = False  # the doorbell rang in this turn's dispatch
-        self.handlers: Handlers = {}
+        self.handlers: Dispatch = {}
         self.timers = Timers()
         self.waker = Waker()
         self.signals = SignalWatch(self.stop, stop_signals)
@@ -211,14 +212,13 @@ class _Loop:
         # Made once: a bound method per tick would be a new object each time,
         # and the one pending after a burst keeps its arena (`evio._reclaim`).
         self._next_tick = self._tick
-        ids = itertools.count(1)  # next() is atomic: dial() draws ids from any thread
         self.policy = Policy(events, self._stop_here, self._is_stopping)
-        self.streams = Streams(events, poller, self.timers, self.policy, self.handlers, ids)
-        self.acceptor = Acceptor(self.streams, poller, self.timers, self.handlers)
-        self.udp = UdpSide(events, poller, self.policy, self.handlers, ids.__next__, self.timers,
-                           self.waker.post)
-        self.dialer = Dialer(poller, self.timers, self.waker, self.policy, self.handlers, ids,
-                             self.streams)
+        parts = Parts(events, poller, self.timers, self.policy, self.handlers,
+                      itertools.count(1), self.waker)
+        self.streams = Streams(parts)
+        self.acceptor = Acceptor(parts, self.streams)
+        self.udp = UdpSide(parts)
+        self.dialer = Dialer(parts, self.streams)
 
     # ------------------------------------------- the Server handle's calls
 

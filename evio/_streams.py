@@ -83,21 +83,18 @@ The traps, and what we chose:
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import os
 import socket
 import struct
 import sys
 import time
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 from . import _idle as idle
-from ._callbacks import Policy
 from ._detach import DetachedConn
-from ._events import FOREVER, Events, Info, Options, OutputLimitError
+from ._events import FOREVER, Info, Options, OutputLimitError
 from ._lifecycle import (
     LIVE,
     READ_SIZE,
@@ -111,18 +108,14 @@ from ._lifecycle import (
     move,
 )
 from ._linger import Linger, settled
-from ._pollers import READ, WRITE, Poller, make_poller
+from ._pollers import READ, WRITE, make_poller
 from ._signals import SignalWatch
-from ._timers import Timers
 from ._translate import Factory, Should, Translator, as_bytes
+from ._wiring import Parts
 
-__all__ = ["Handlers", "Streams", "next_read_size"]
+__all__ = ["Streams", "next_read_size"]
 
 log = logging.getLogger("evio")
-
-Handlers = dict[int, tuple[Callable[[Any, int], None], Any]]
-"""The loop's dispatch table: descriptor -> (handler, its argument);
-the loop calls ``handler(argument, mask)`` for each ready descriptor."""
 
 _OPEN = State.OPEN
 _WRITE_ONLY = State.WRITE_ONLY
@@ -153,23 +146,19 @@ class Streams:
     """Every stream connection of one loop (a `evio._callbacks.Side`).
 
     Args:
-        events: The callbacks.
-        poller: The loop's poller.
-        timers: The loop's deadline queue.
-        policy: Calls the callbacks.
-        handlers: The loop's dispatch table; connections and listeners are
-            added and removed here.
-        ids: Where connection ids come from (shared with UDP and dial).
+        parts: The loop's parts; connections are added to and removed from
+            its dispatch table here, and draw their ids from its counter
+            (shared with UDP and dial).
     """
 
-    def __init__(self, events: Events, poller: Poller, timers: Timers, policy: Policy,
-                 handlers: Handlers, ids: itertools.count[int]) -> None:
+    def __init__(self, parts: Parts) -> None:
+        events = parts.events
         self.ev = events
-        self.poller = poller
-        self.timers = timers
-        self.policy = policy
-        self.handlers = handlers
-        self.ids = ids
+        self.poller = parts.poller
+        self.timers = parts.timers
+        self.policy = parts.policy
+        self.handlers = parts.handlers
+        self.ids = parts.ids
         self.by_fd: dict[int, Conn] = {}
         self.by_id: dict[int, Conn] = {}
         # Translation (`evio.translate`): which connections, their
@@ -187,7 +176,8 @@ class Streams:
         self.on_data: Any = events.data
         self.plain = events.data is not None and events.prewrite is None and (
             events.postwrite is None)
-        self.linger = Linger(poller, timers, lambda c: self.close(c, On.DRAINED, c.err))
+        self.linger = Linger(self.poller, self.timers,
+                             lambda c: self.close(c, On.DRAINED, c.err))
         self.rbuf = bytearray(READ_SIZE)
         self.rview = memoryview(self.rbuf)
 

@@ -44,16 +44,15 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ._addresses import Listener
-from ._callbacks import Policy
 from ._events import Events, Info, Options
-from ._pollers import READ, Poller
+from ._pollers import READ
 from ._reclaim import GIVE_BACK_AT, give_back
-from ._timers import Timer, Timers
+from ._timers import Timer
+from ._wiring import Parts
 
 __all__ = ["UDP_BATCH", "UDP_MAX", "UdpSide", "is_udp"]
 
@@ -107,31 +106,26 @@ class UdpSide:
     """The loop's UDP listeners and the remotes they know (a `evio._callbacks.Side`).
 
     Args:
-        events: The callbacks.
-        poller: The loop's poller.
-        policy: Calls the callbacks.
-        handlers: The loop's dispatch table.
-        new_id: Draws a connection id.
-        timers: The loop's deadline queue (for forgetting idle remotes).
+        parts: The loop's parts (the deadline queue forgets idle remotes,
+            the doorbell gives a flood's memory back on the next turn).
 
     Raises:
         ValueError: see `check_settings`.
     """
 
-    def __init__(self, events: Events, poller: Poller, policy: Policy,
-                 handlers: dict[int, Any], new_id: Callable[[], int], timers: Timers,
-                 post: Callable[[Callable[[], None]], bool]) -> None:
+    def __init__(self, parts: Parts) -> None:
+        events = parts.events
         check_settings(events)
         self.idle = events.udp_idle_timeout
         self.most = events.udp_max_remotes
-        self.timers = timers
-        self.post = post  # the doorbell's `post`: a job for the next turn's wakes phase
+        self.timers = parts.timers
+        self.post = parts.waker.post  # a job for the next turn's wakes phase
         self.sweep: Timer | None = None
         self.ev = events
-        self.poller = poller
-        self.policy = policy
-        self.handlers = handlers
-        self.new_id = new_id
+        self.poller = parts.poller
+        self.policy = parts.policy
+        self.handlers = parts.handlers
+        self.new_id = parts.ids.__next__
         self.peers: dict[int, Peer] = {}  # by id
         self.by_remote: dict[tuple[int, Any], Peer] = {}  # by (listener fd, remote)
         self.most_heard = 0  # the most remotes known at once since the last give_back
