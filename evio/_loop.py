@@ -328,14 +328,13 @@ class _Loop:
             monotonic = time.monotonic
             now = monotonic()  # read again at the end of each turn that has timers
             while not self.stopping:
-                # timeout: the queue's earliest entry is always live
+                # timeout: until the earliest timer (the queue's first entry is
+                # always live), or no limit when there is none
+                timeout = max(0.0, min(due[0][0] - now, MAX_POLL_WAIT)) if due else None
                 # poll
+                reports = poll(timeout)
                 # dispatch
-                # (The timeout and the list of reports are not kept past their
-                # turn: a float or a list kept from a burst would keep a block
-                # of the allocator the burst filled, `evio._reclaim`.)
-                for fd, mask in poll(max(0.0, min(due[0][0] - now, MAX_POLL_WAIT))
-                                     if due else None):
+                for fd, mask in reports:
                     try:
                         handler, arg = handlers[fd]
                     except KeyError:
@@ -343,6 +342,10 @@ class _Loop:
                     handler(arg, mask)
                     if self.stopping:
                         break
+                # Neither is kept past its turn: a float or a list kept from a
+                # burst would keep a block -- and the arena around it -- of the
+                # allocator the burst filled (`evio._reclaim`).
+                del timeout, reports
                 # wakes
                 if self.rang and not self.stopping:
                     self._wakes()
