@@ -15,6 +15,14 @@ the ``evio`` logger that names the callback (module and qualified name),
 the connection id it was called for, and how long everything else waited
 (rule EV-25).  The translator's ``should`` and ``factory`` are timed too.
 
+Debug mode also checks the preconditions of the loop's hot-path
+shortcuts, which the normal run takes on trust for speed (rule EV-26):
+`check_shortcuts` puts a check in front of each stream connection's
+readiness handler that a connection marked for the inline read path
+(`evio._streams.Streams.ready`) really is open, plain and interested in
+reading alone.  A broken precondition is an evio bug: it is logged as an
+error naming the connection, and that connection takes the general path.
+
 Off -- the default -- costs nothing: `evio.serve` then uses the record it
 was given, so no wrapper exists and the hot path is unchanged.  It is
 switched on by ``serve(..., slow_callback=seconds)`` or, without touching
@@ -33,8 +41,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ._events import Events
+from ._lifecycle import Conn, State
+from ._pollers import READ
 
-__all__ = ["DEFAULT_THRESHOLD", "instrument", "slow_threshold"]
+__all__ = ["DEFAULT_THRESHOLD", "check_shortcuts", "instrument", "slow_threshold"]
 
 log = logging.getLogger("evio")
 
@@ -105,3 +115,18 @@ def _timed(fn: F, role: str, threshold: float, with_id: bool) -> F:
                             "waited (threshold %.3f s)", name, role, whom, took, threshold)
 
     return timed  # type: ignore[return-value]
+
+
+# EV-26
+def check_shortcuts(ready: Callable[[Conn, int], None]) -> Callable[[Conn, int], None]:
+    """``ready`` behind a check of the inline read path's precondition."""
+
+    def checked(c: Conn, mask: int) -> None:
+        if c.fast and not (c.state is State.OPEN and c.interest == READ and c.plain):
+            log.error("evio bug: connection %d was marked for the inline read path while "
+                      "%s, interest %d, plain %s; it takes the general path",
+                      c.id, c.state.value, c.interest, c.plain)
+            c.fast = False
+        ready(c, mask)
+
+    return checked

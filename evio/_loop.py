@@ -160,7 +160,9 @@ def serve(events: Events, *addrs: str | socket.socket, poller: PollerName | Poll
         if n > 1:  # refuses a Poller instance before anything else
             warn_if_threads(n)  # EV-24: in evio's words, at the user's call
             with quiet_forks():
-                supervise(events, parsed, n, poller, _child_loop, stop_signals=sigs,
+                supervise(events, parsed, n, poller,
+                          functools.partial(_child_loop, debug=slow is not None),
+                          stop_signals=sigs,
                           stop_timeout=float(stop_timeout))
             return
     except BaseException:
@@ -171,7 +173,8 @@ def serve(events: Events, *addrs: str | socket.socket, poller: PollerName | Poll
     listeners: list[Listener] = []
     try:
         listeners = bind_all(parsed)
-        loop = _Loop(events, listeners, backend, stop_signals=sigs, stop_timeout=stop_timeout)
+        loop = _Loop(events, listeners, backend, stop_signals=sigs, stop_timeout=stop_timeout,
+                     debug=slow is not None)
     except BaseException:  # nothing stays bound, nothing stays open
         for lst in listeners:
             lst.close()
@@ -181,10 +184,11 @@ def serve(events: Events, *addrs: str | socket.socket, poller: PollerName | Poll
 
 
 def _child_loop(events: Events, listeners: list[Listener], poller: str | None,
-                index: int, loops: int, parent_fd: int, stop_timeout: float) -> _Loop:
+                index: int, loops: int, parent_fd: int, stop_timeout: float,
+                debug: bool = False) -> _Loop:
     """One of ``loops`` loops, for `evio._supervisor` to run (which takes its stop signals)."""
     return _Loop(events, listeners, make_poller(poller), index, loops, parent_fd,
-                 stop_signals=(), stop_timeout=stop_timeout)
+                 stop_signals=(), stop_timeout=stop_timeout, debug=debug)
 
 
 class _Loop:
@@ -196,7 +200,7 @@ class _Loop:
     def __init__(self, events: Events, listeners: list[Listener], poller: Poller,
                  index: int = 0, loops: int = 1, parent_fd: int | None = None,
                  stop_signals: tuple[signal.Signals, ...] = DEFAULT_STOP_SIGNALS,
-                 stop_timeout: float = 2.0) -> None:
+                 stop_timeout: float = 2.0, debug: bool = False) -> None:
         self.ev = events
         self.index, self.loops, self.parent_fd = index, loops, parent_fd
         self.listeners = listeners
@@ -214,7 +218,7 @@ class _Loop:
         self._next_tick = self._tick
         self.policy = Policy(events, self._stop_here, self._is_stopping)
         parts = Parts(events, poller, self.timers, self.policy, self.handlers,
-                      itertools.count(1), self.waker)
+                      itertools.count(1), self.waker, debug)
         self.streams = Streams(parts)
         self.acceptor = Acceptor(parts, self.streams)
         self.udp = UdpSide(parts)

@@ -59,6 +59,8 @@ class Parts:
         ids: Where connection ids come from; ``next()`` on it is atomic,
             so `evio.Server.dial` draws ids from any thread.
         waker: The doorbell: wakes and jobs from other threads.
+        debug: Debug mode is on: the sides check the preconditions of
+            their hot-path shortcuts (`evio._debug`, EV-26).
     """
 
     events: Events
@@ -68,3 +70,4 @@ class Parts:
     handlers: Dispatch
     ids: itertools.count[int]
     waker: Waker
+    debug: bool = False

@@ -103,3 +103,92 @@ def test_bad_thresholds_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
         slow_threshold(None)
     with pytest.raises(ValueError, match="EVIO_DEBUG"):
         evio.serve(evio.Events(), "tcp4://127.0.0.1:0")
+
+
+def _serve_in_thread(ev: Any, poller: str, **kw: Any) -> tuple[threading.Thread, list[Any]]:
+    server: list[Any] = []
+    ev = evio.Events(**{**{f: getattr(ev, f) for f in ("data", "opened", "eof")},
+                        "serving": server.append})
+    t = threading.Thread(target=evio.serve, args=(ev, "tcp4://127.0.0.1:0"),
+                         kwargs={"poller": poller, **kw})
+    t.start()
+    end = time.monotonic() + 10
+    while not server and time.monotonic() < end:  # bounded: serving comes at once
+        time.sleep(0.01)
+    assert server, "serving was not called"
+    return t, server
+
+
+def _exercise(addr: Any) -> None:
+    """Reads on the inline path, a pause and resume, a large answer left
+    pending, and a half-close: every way a connection leaves and rejoins it."""
+    with socket.create_connection(addr, timeout=10) as c:
+        for _ in range(20):
+            c.sendall(b"ping")
+            assert recv_exactly(c, 4) == b"ping"
+        c.sendall(b"pause")
+        assert recv_exactly(c, 5) == b"pause"  # paused now, resumed in 0.05 s
+        c.sendall(b"big")
+        big = recv_exactly(c, (4 << 20) + 3)
+        assert big[:3] == b"big" and big[-3:] == b"end"
+        c.sendall(b"ping")
+        assert recv_exactly(c, 4) == b"ping"
+        c.shutdown(socket.SHUT_WR)
+        assert c.recv(1) == b""
+
+
+def _events(server: list[Any]) -> Any:
+    def data(cid: int, d: bytes) -> bytes:
+        if d == b"pause":
+            server[0].pause(cid)
+            server[0].call_later(0.05, lambda: server[0].resume(cid) and None)
+            return d
+        if d == b"big":
+            return d + bytes(4 << 20)[:-3] + b"end"
+        return d
+    return evio.Events(data=data)
+
+
+@pytest.mark.impl_detail  # the inline read path is this implementation's shortcut
+@pytest.mark.rule("EV-26")
+def test_debug_mode_finds_no_broken_shortcut_in_a_busy_connection(
+        poller: str, caplog: pytest.LogCaptureFixture) -> None:
+    holder: list[Any] = []
+    with caplog.at_level(logging.ERROR, logger="evio"):
+        t, server = _serve_in_thread(_events(holder), poller, slow_callback=5.0)
+        holder.extend(server)
+        try:
+            _exercise(server[0].addrs[0])
+        finally:
+            server[0].stop()
+            t.join(10)
+    assert not t.is_alive()
+    assert [r.getMessage() for r in caplog.records if "evio bug" in r.getMessage()] == []
+
+
+@pytest.mark.impl_detail  # breaks evio's own sync on purpose
+@pytest.mark.rule("EV-26")
+def test_debug_mode_reports_a_broken_shortcut_and_loses_no_byte(
+        poller: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    import evio._streams as streams  # the module whose shortcut is checked
+
+    real_sync = streams.Streams.sync
+
+    def broken_sync(self: Any, c: Any) -> None:
+        real_sync(self, c)
+        if c.state in streams.LIVE:
+            c.fast = True  # a bug: paused or with output pending, still "fast"
+
+    monkeypatch.setattr(streams.Streams, "sync", broken_sync)
+    holder: list[Any] = []
+    with caplog.at_level(logging.ERROR, logger="evio"):
+        t, server = _serve_in_thread(_events(holder), poller, slow_callback=5.0)
+        holder.extend(server)
+        try:
+            _exercise(server[0].addrs[0])  # every byte still comes back
+        finally:
+            server[0].stop()
+            t.join(10)
+    assert not t.is_alive()
+    bugs = [r.getMessage() for r in caplog.records if "evio bug" in r.getMessage()]
+    assert bugs and "inline read path" in bugs[0]

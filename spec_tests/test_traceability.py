@@ -260,3 +260,10 @@ def test_contributing_maps_and_orders_every_module() -> None:
     modules = sorted(p.name for p in (ROOT / "evio").glob("*.py"))
     assert [m for m in modules if f"| `{m}` |" not in table] == [], "not in the module map"
     assert [m for m in modules if f"`{m}`" not in order] == [], "not in the reading order"
+
+
+def test_the_tutorials_last_page_reads_every_module_in_order() -> None:
+    text = (ROOT / "docs" / "tutorial" / "6-evio.md").read_text(encoding="utf-8")
+    order = text.partition("## Reading evio, in order")[2].partition("\n## ")[0]
+    modules = sorted(p.name for p in (ROOT / "evio").glob("*.py"))
+    assert [m for m in modules if f"`{m}`" not in order] == [], "not in the reading order"

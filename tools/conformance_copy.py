@@ -28,13 +28,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 MUTANTS: dict[str, tuple[str, str, str, str]] = {
     "wake": (
-        "server.py",
+        "_server.py",
         "        return self._loop.wake(id)\n",
         "        return True  # mutant: a wake is accepted and never delivered\n",
         "WAKE: Server.wake does nothing (and says it did)",
     ),
     "pending": (
-        "server.py",
+        "_server.py",
         "        return self._loop.pending(id)\n",
         "        return 0  # mutant: pending output is never reported\n",
         "Server.pending always answers 0",
