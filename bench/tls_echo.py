@@ -10,7 +10,7 @@ Four echo servers, each in its own process pinned to CPU 0:
 
 * ``evio plain``   -- ``evio.serve`` with ``data`` returning its input;
 * ``evio TLS``     -- the same callbacks under ``evio.translate`` with
-  ``evio._translate.TLSTranslator`` (``ssl.SSLObject`` over two ``MemoryBIO``\\ s);
+  ``evio.TLSTranslator`` (``ssl.SSLObject`` over two ``MemoryBIO``\\ s);
 * ``asyncio plain`` -- an ``asyncio.Protocol`` whose ``data_received``
   writes its input back;
 * ``asyncio TLS``  -- the same protocol under ``loop.create_server(...,

@@ -235,9 +235,9 @@ class Events:
         udp_max_remotes: Most UDP remotes known at once; a new remote past
             it makes the least recently heard one forgotten first.
         translation: ``(should, factory, handshake_timeout)``, set by
-            `evio._translate`: which stream connections pass through a
+            `evio.translate`: which stream connections pass through a
             translator, how to make one, and how long its handshake may
-            take. Leave it ``None`` and use `evio._translate`.
+            take. Leave it ``None`` and use `evio.translate`.
     """
 
     serving: Callable[[Server], Action | None] | None = None

@@ -261,11 +261,11 @@ class Conn:
         state: Where it is in `LIFECYCLE`.
         dialed: It came from `evio.Server.dial`.
         pending: Output not yet taken by the socket, oldest first.
-        interest: The mask the poller was last told (`evio._pollers.READ`,
+        interest: The mask the poller was last told (`evio.READ`,
             ``WRITE``).
         reuse_input: ``data`` gets a view into the loop's read buffer.
         err: The error ``closed`` will report.
-        translator: Its `evio._translate.Translator`, if translated.
+        translator: Its `evio.Translator`, if translated.
         peer_said_goodbye: The peer ended a translated connection (a TLS
             ``close_notify``, or its end of stream): a write that fails
             because it has gone reports ``err``, not a new error.

@@ -200,7 +200,7 @@ class Translator:
     def handshake_done(self) -> bool:
         """Whether the protocol's opening exchange is over.
 
-        `evio._translate`'s ``handshake_timeout`` closes a connection whose
+        `evio.translate`'s ``handshake_timeout`` closes a connection whose
         translator still answers ``False`` when it runs out (TIMER-5). A
         protocol without a handshake keeps this default: always ``True``.
         """

@@ -16,7 +16,7 @@ are 404, other methods on those paths 405.
 The protocol lives in ``http11.py`` next to this file, a sans-I/O parser:
 ``data`` feeds it the bytes that arrived and answers every request that is
 complete, in order. The TLS port runs the same callbacks: `evio.translate`
-puts a `evio._translate.TLSTranslator` on the connections its listener accepts,
+puts a `evio.TLSTranslator` on the connections its listener accepts,
 so ``data`` sees plaintext either way.
 
 Slow or silent clients: a connection silent for ``--idle-timeout`` seconds

@@ -1,7 +1,7 @@
 """TLS echo server: the echo server again, with TLS pumped by the loop.
 
 Every byte a client sends comes back, encrypted. The TLS work is done by
-``evio._translate.TLSTranslator`` -- an ``ssl.SSLObject`` over two memory buffers --
+``evio.TLSTranslator`` -- an ``ssl.SSLObject`` over two memory buffers --
 which ``evio.translate`` puts between the socket and the callbacks. The
 callbacks below see only plaintext and are the plain echo server's; no
 thread or coroutine is spent per connection::

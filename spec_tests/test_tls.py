@@ -1,6 +1,6 @@
 """Conformance: TLS (docs/spec/translate.md, TLS-1..6), over every poller and family.
 
-The server side is `evio._translate.TLSTranslator` under `evio.translate`; the
+The server side is `evio.TLSTranslator` under `evio.translate`; the
 clients are Python's own ``ssl`` (a blocking ``SSLSocket``, or an
 ``SSLObject`` over ``MemoryBIO`` buffers when the test must decide how the
 ciphertext travels), the real ``openssl s_client``, and a second evio server
