@@ -128,6 +128,14 @@ _RESET = struct.pack("ii", 1, 0)
 """``SO_LINGER`` on, 0 seconds: ``close`` resets the connection at once."""
 KEEPALIVE_MAX = 32767
 """The most seconds Linux takes for ``TCP_KEEPIDLE`` and ``TCP_KEEPINTVL``."""
+# Discussion: the inline path reads and writes with ``os.read`` and
+# ``os.write`` on the descriptor, not ``sock.recv`` and ``sock.send``: a
+# plain C function call instead of a method of the socket object (which
+# also checks its timeout on every call).  Measured with callgrind
+# (bench/instructions.py, PING, 50 clients, pipeline 1): 14.3k -> 13.2k
+# instructions per request for evio-min, 18.4k -> 17.3k for the Redis
+# clone.  Precondition: the socket is non-blocking and not a TLS socket,
+# which holds for every socket the loop owns (`Streams.adopt`).
 os_read, os_write = os.read, os.write
 
 
