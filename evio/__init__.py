@@ -16,7 +16,7 @@ evio.serve(evio.Events(data=data), "tcp://127.0.0.1:5000")
 
 from types import FunctionType as _FunctionType
 
-from ._addresses import Address, BindError, parse_address
+from ._addresses import Address, BindError, SockAddr, parse_address
 from ._detach import DetachedConn
 from ._events import (
     Action,
@@ -62,6 +62,7 @@ __all__ = [
     "PollerName",
     "Reply",
     "Server",
+    "SockAddr",
     "TLSTranslator",
     "TickReply",
     "Timer",

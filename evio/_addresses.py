@@ -44,12 +44,25 @@ import stat
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeAlias
 from urllib.parse import parse_qsl
 
 from ._inherit import adopt, describe
 
-__all__ = ["Address", "BindError", "Listener", "bind_all", "inherited", "parse_address"]
+__all__ = [
+    "Address",
+    "BindError",
+    "Listener",
+    "SockAddr",
+    "bind_all",
+    "inherited",
+    "parse_address",
+]
+
+SockAddr: TypeAlias = tuple[str, int] | tuple[str, int, int, int] | str | bytes
+"""A socket address as the ``socket`` module gives it: ``(host, port)`` for
+IPv4, ``(host, port, flowinfo, scope_id)`` for IPv6, a path for a unix
+socket (``""`` for an unnamed one; ``bytes`` for a Linux abstract one)."""
 
 _STREAM = {"tcp": socket.AF_UNSPEC, "tcp4": socket.AF_INET, "tcp6": socket.AF_INET6}
 _DGRAM = {"udp": socket.AF_UNSPEC, "udp4": socket.AF_INET, "udp6": socket.AF_INET6}
@@ -252,7 +265,8 @@ class BindError(OSError):
     def __str__(self) -> str:
         return f"[Errno {self.errno}] {self.strerror}"
 
-    def __reduce__(self) -> Any:  # rebuilt in a supervisor from a loop's report
+    def __reduce__(self) -> tuple[type[BindError], tuple[int | None, str | None, str]]:
+        # Rebuilt in a supervisor from a loop's report.
         return (BindError, (self.errno, self.strerror, self.address))
 
 
@@ -303,7 +317,7 @@ class Listener:
 
     address: Address
     sock: socket.socket
-    bound: object
+    bound: SockAddr
     unlink: str | None = None
 
     def close(self) -> None:  # ADDR-10: remove the unix socket file we created
@@ -336,7 +350,7 @@ def bind_all(addresses: list[Address], backlog: int = 1024) -> list[Listener]:  
     return done
 
 
-def _plan(a: Address) -> tuple[int, Any]:
+def _plan(a: Address) -> tuple[int, SockAddr | tuple[int, bytes]]:
     """The socket family and bind address for ``a``, resolving its host name.
 
     A name that resolves to several addresses binds the first one
@@ -358,7 +372,7 @@ def _plan(a: Address) -> tuple[int, Any]:
     return family, sockaddr
 
 
-def _bind(a: Address, plan: tuple[int, Any], backlog: int) -> Listener:
+def _bind(a: Address, plan: tuple[int, SockAddr | tuple[int, bytes]], backlog: int) -> Listener:
     if a.fd >= 0:  # inherited: taken as it is (ADDR-12); its file is not ours
         try:
             sock = adopt(a.fd, backlog)

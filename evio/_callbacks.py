@@ -34,15 +34,42 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from ._events import Action, Events, Options, split_action, split_opened, split_reply, split_tick
+from ._detach import DetachedConn
+from ._events import (
+    Action,
+    Buffer,
+    Events,
+    Info,
+    Options,
+    Out,
+    split_action,
+    split_opened,
+    split_reply,
+    split_tick,
+)
+
+if TYPE_CHECKING:
+    from ._server import Server
 
 __all__ = ["Policy", "Side"]
 
 log = logging.getLogger("evio")
 
 C = TypeVar("C", contravariant=True)
+
+
+class Record(Protocol):
+    """A connection record as the policy sees it: all it reads is the id."""
+
+    @property
+    def id(self) -> int:
+        """The connection's id."""
+
+
+R = TypeVar("R", bound=Record)
+"""The kind of record a side keeps (`evio._lifecycle.Conn`, `evio._udp.Peer`)."""
 
 _NONE = Action.NONE
 _CLOSE = Action.CLOSE
@@ -54,7 +81,7 @@ _ABORT = Action.ABORT
 class Side(Protocol[C]):
     """What the policy asks of the code that owns a kind of connection."""
 
-    def send(self, c: C, out: Any) -> None:
+    def send(self, c: C, out: Out) -> None:
         """Queue or send output a callback returned."""
 
     def end(self, c: C) -> None:
@@ -98,7 +125,7 @@ class Policy:
     # ------------------------------------------------- connection callbacks
 
     # EV-7: the action applies after its output
-    def act(self, side: Side[Any], c: Any, action: Action, where: str = "data") -> None:
+    def act(self, side: Side[R], c: R, action: Action, where: str = "data") -> None:
         """Apply an action the connection callback ``where`` returned."""
         if action is _CLOSE:
             side.end(c)
@@ -110,7 +137,7 @@ class Policy:
             side.abort(c)
 
     # LOOP-12
-    def data(self, side: Side[Any], c: Any, payload: Any) -> None:
+    def data(self, side: Side[R], c: R, payload: Buffer | None) -> None:
         """``data(id, payload)`` (``payload`` None for a wake); act on the answer."""
         fn = self._data
         if fn is None:
@@ -128,7 +155,7 @@ class Policy:
             return
         self.answer(side, c, r)
 
-    def answer(self, side: Side[Any], c: Any, r: object) -> None:
+    def answer(self, side: Side[R], c: R, r: object) -> None:
         """Act on what ``data`` returned when it is not plain ``bytes``."""
         try:
             out, action = split_reply(r)
@@ -140,7 +167,7 @@ class Policy:
         if action is not _NONE:
             self.act(side, c, action)
 
-    def call(self, side: Side[Any], c: Any, where: str) -> None:
+    def call(self, side: Side[R], c: R, where: str) -> None:
         """``eof(id)`` or ``drained(id)``: answered as ``data`` is."""
         fn = getattr(self.ev, where)
         if fn is None:
@@ -156,7 +183,7 @@ class Policy:
             self.act(side, c, action, where)
 
     # LOOP-4: opened once per connection
-    def opened(self, side: Side[Any], c: Any, info: Any) -> None:
+    def opened(self, side: Side[R], c: R, info: Info) -> None:
         """``opened(id, info)``: options first, then output, then the action."""
         fn = self.ev.opened
         if fn is None:
@@ -178,7 +205,7 @@ class Policy:
             self.act(side, c, action, "opened")
 
     # EV-10, EV-20, LOOP-21: prewrite/postwrite
-    def around(self, side: Side[Any], c: Any, where: str, args: tuple[int, ...]) -> bool:
+    def around(self, side: Side[R], c: R, where: str, args: tuple[int, ...]) -> bool:
         """``prewrite`` or ``postwrite``; False if ``c`` did not survive it."""
         cb = self.ev.prewrite if where == "prewrite" else self.ev.postwrite
         assert cb is not None
@@ -192,7 +219,7 @@ class Policy:
         return side.live(c)
 
     # EV-9, EV-13: log, close this connection only
-    def failed(self, side: Side[Any], c: Any, where: str, e: Exception) -> None:
+    def failed(self, side: Side[R], c: R, where: str, e: Exception) -> None:
         """A connection callback raised: log it, let the side end the connection."""
         log.error("%s raised for connection %d; closing it", where, c.id, exc_info=e)
         side.raised(c, where, e)
@@ -212,7 +239,7 @@ class Policy:
             return
         self.server_action(action)
 
-    def unopened(self, cid: int, info: Any, err: BaseException) -> None:
+    def unopened(self, cid: int, info: Info, err: BaseException) -> None:
         """A dialed id that never opened: ``opened`` with ``info.closing``
         (a raise is logged; its answer is ignored), then ``closed(id, err)``."""
         if self.ev.opened is not None:
@@ -223,7 +250,7 @@ class Policy:
         self.closed(cid, err)
 
     # EV-19
-    def detached(self, cid: int, conn: Any) -> bool:
+    def detached(self, cid: int, conn: DetachedConn) -> bool:
         """``detached(id, conn)``; False if it raised (the caller closes ``conn``)."""
         fn = self.ev.detached
         assert fn is not None
@@ -236,7 +263,7 @@ class Policy:
         return True
 
     # EV-12: serving raising ends the loop
-    def serving(self, server: Any) -> None:
+    def serving(self, server: Server) -> None:
         """``serving(server)``; a raise propagates and ends `evio.serve`."""
         if self.ev.serving is not None:
             self.server_action(split_action(self.ev.serving(server), "serving"))

@@ -53,6 +53,7 @@ DEFAULT_THRESHOLD = 0.1
 
 _WITH_ID = ("opened", "closed", "detached", "data", "prewrite", "postwrite", "eof", "drained")
 _WITHOUT_ID = ("serving", "tick")
+# Any: a wrapper passes on whatever a user's callback takes and returns.
 F = TypeVar("F", bound=Callable[..., Any])
 
 

@@ -31,7 +31,8 @@ from __future__ import annotations
 import socket
 import threading
 from types import TracebackType
-from typing import Any
+
+from ._addresses import SockAddr
 
 __all__ = ["DetachedConn"]
 
@@ -81,23 +82,23 @@ class DetachedConn:
 
     read = recv
 
-    def recv_into(self, buffer: Any, nbytes: int = 0) -> int:
+    def recv_into(self, buffer: bytearray | memoryview, nbytes: int = 0) -> int:
         """Read into ``buffer``; 0 means the peer ended its stream."""
         self.flush()
         return self.socket.recv_into(buffer, nbytes)
 
-    def send(self, data: Any) -> int:
+    def send(self, data: bytes | bytearray | memoryview) -> int:
         """Send some of ``data``; returns how much was sent."""
         self.flush()
         return self.socket.send(data)
 
     # DETACH-4: sends after the pending output
-    def sendall(self, data: Any) -> None:
+    def sendall(self, data: bytes | bytearray | memoryview) -> None:
         """Send all of ``data``."""
         self.flush()
         self.socket.sendall(data)
 
-    def write(self, data: Any) -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         """Send all of ``data`` and return its length."""
         self.sendall(data)
         return len(memoryview(data))
@@ -148,13 +149,15 @@ class DetachedConn:
         """The timeout on blocking operations."""
         return self.socket.gettimeout()
 
-    def getpeername(self) -> Any:
+    def getpeername(self) -> SockAddr:
         """The peer's address."""
-        return self.socket.getpeername()
+        addr: SockAddr = self.socket.getpeername()
+        return addr
 
-    def getsockname(self) -> Any:
+    def getsockname(self) -> SockAddr:
         """Our end's address."""
-        return self.socket.getsockname()
+        addr: SockAddr = self.socket.getsockname()
+        return addr
 
     def __enter__(self) -> DetachedConn:
         return self

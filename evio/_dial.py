@@ -39,9 +39,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Protocol
+from typing import Protocol
 
-from ._addresses import Address, parse_address
+from ._addresses import Address, SockAddr, parse_address
 from ._events import Info
 from ._lifecycle import Conn, On, State, move
 from ._pollers import WRITE
@@ -75,7 +75,7 @@ class Dial:
     id: int
     address: Address
     deadline: float | None
-    targets: list[tuple[int, Any]] = field(default_factory=list)
+    targets: list[Target] = field(default_factory=list)
     sock: socket.socket | None = None
     woken: bool = False
     error: BaseException | None = None
@@ -88,7 +88,7 @@ class Dial:
         return self.state is not State.DIALING
 
     @property
-    def remote(self) -> Any:
+    def remote(self) -> SockAddr:
         """What to report as ``remote_addr`` before a connection exists."""
         a = self.address
         return a.path if a.network == "unix" else (a.host, a.port)
@@ -118,12 +118,16 @@ def _literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
+Target = tuple[int, SockAddr | tuple[int, bytes]]
+"""A socket family and an address to connect to (as ``getaddrinfo`` gives it)."""
+
+
 def needs_resolving(a: Address) -> bool:
     """Whether the host is a name (not a numeric address or a unix path)."""
     return a.network != "unix" and _literal(a.host) is None
 
 
-def targets_now(a: Address) -> list[tuple[int, Any]]:
+def targets_now(a: Address) -> list[Target]:
     """Targets for an address that needs no resolving."""
     if a.network == "unix":
         path = a.path
@@ -135,7 +139,7 @@ def targets_now(a: Address) -> list[tuple[int, Any]]:
     return [(socket.AF_INET6, (a.host, a.port, 0, 0))]
 
 
-def resolve(a: Address) -> list[tuple[int, Any]]:
+def resolve(a: Address) -> list[Target]:
     """Resolve a host name (blocking: call it off the loop).
 
     Raises:
@@ -150,7 +154,7 @@ class _Streams(Protocol):
 
     def adopt(self, sock: socket.socket, index: int, cid: int | None = None) -> Conn | None: ...
 
-    def begin(self, c: Conn, remote: Any, woken: bool = False) -> None: ...
+    def begin(self, c: Conn, remote: SockAddr | None, woken: bool = False) -> None: ...
 
 
 def _check_timeout(timeout: float | None) -> None:
@@ -227,12 +231,12 @@ class Dialer:
     def _resolve(self, d: Dial) -> None:
         """On a resolver thread: look the name up, post the answer to the loop."""
         try:
-            targets: list[tuple[int, Any]] | BaseException = resolve(d.address)
+            targets: list[Target] | BaseException = resolve(d.address)
         except Exception as e:
             targets = e
         self.waker.post(partial(self._resolved, d, targets))
 
-    def _resolved(self, d: Dial, targets: list[tuple[int, Any]] | BaseException) -> None:
+    def _resolved(self, d: Dial, targets: list[Target] | BaseException) -> None:
         """The resolver's answer, on the loop's thread: connect, or fail the dial."""
         if d.done:
             return  # timed out meanwhile
@@ -310,7 +314,7 @@ class Dialer:
         d.error = OSError(err, os.strerror(err))
         self._next(d)
 
-    def _open(self, d: Dial, sock: socket.socket, remote: Any) -> None:
+    def _open(self, d: Dial, sock: socket.socket, remote: SockAddr) -> None:
         """Connected: the socket becomes a stream connection with the dial's id."""
         move(d, On.CONNECTED)
         self.timers.cancel(d.timer)

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+from ._addresses import SockAddr
 from ._detach import DetachedConn
 
 if TYPE_CHECKING:
@@ -166,15 +167,17 @@ class Info:
             (a failed dial); ``closed`` follows at once.
         addr_index: Index into `addrs` of the listener that
             accepted it; ``-1`` for a dialed connection.
-        local_addr: Our end's address (``getsockname()``).
+        local_addr: Our end's address (``getsockname()``), a `SockAddr`;
+            ``None`` when the socket was reset before it could be read, or
+            for a dial that failed.
         remote_addr: The peer's address (``getpeername()``; ``""`` for an
             unnamed unix socket peer).
     """
 
     closing: bool
     addr_index: int
-    local_addr: Any
-    remote_addr: Any
+    local_addr: SockAddr | None
+    remote_addr: SockAddr | None
 
 
 Out: TypeAlias = bytes | bytearray | memoryview
@@ -254,6 +257,9 @@ class Events:
     drained: Callable[[int], Reply] | None = None
     udp_idle_timeout: float | None = 60.0
     udp_max_remotes: int = 65536
+    # The factory's return is a `evio.Translator`; Any here because this module
+    # sits below the translation module (which imports it), and a type-only
+    # import back would make a cycle (LOOP-25).
     translation: tuple[Callable[[int, Info], bool], Callable[[int, Info], Any],
                        float | None] | None = None
 

@@ -23,9 +23,10 @@ the loop's thread.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from ._addresses import SockAddr
     from ._timers import Timer
 
 __all__ = ["LoopControl", "Server"]
@@ -76,7 +77,7 @@ class Server:
 
     __slots__ = ("_index", "_loop", "_loops", "addrs", "poller")
 
-    def __init__(self, addrs: tuple[Any, ...], poller: str, loop: LoopControl,
+    def __init__(self, addrs: tuple[SockAddr, ...], poller: str, loop: LoopControl,
                  loop_index: int = 0, loops: int = 1) -> None:
         self.addrs = addrs
         self.poller = poller

@@ -50,7 +50,6 @@ import socket
 import threading
 from collections.abc import Callable, Iterable
 from types import FrameType
-from typing import Any
 
 __all__ = ["DEFAULT_STOP_SIGNALS", "SignalWatch", "check_stop", "check_stop_signals"]
 
@@ -125,7 +124,7 @@ class SignalWatch:
         """How many stop signals arrived (a second one cuts the flush short)."""
         self._pair: tuple[socket.socket, socket.socket] | None = None
         self._old_fd = -1
-        self._old: dict[signal.Signals, Any] = {}
+        self._old: dict[signal.Signals, signal._HANDLER] = {}
 
     # LOOP-23, LOOP-24
     def install(self) -> int | None:

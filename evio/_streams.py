@@ -93,9 +93,10 @@ from functools import partial
 from typing import Any
 
 from . import _idle as idle
+from ._addresses import SockAddr
 from ._debug import check_shortcuts
 from ._detach import DetachedConn
-from ._events import FOREVER, Info, Options, OutputLimitError
+from ._events import FOREVER, Buffer, Info, Options, OutputLimitError
 from ._lifecycle import (
     LIVE,
     READ_SIZE,
@@ -183,6 +184,7 @@ class Streams:
             self.should, self.factory, self.handshake_timeout = events.translation
         # *Plain*: nothing between socket and ``data`` (no translator, no write
         # hooks, a fresh buffer per read); `ready` inlines its reads.
+        # Any, as `Events.data` declares it (its payload's type is the user's).
         self.on_data: Any = events.data
         self.plain = events.data is not None and events.prewrite is None and (
             events.postwrite is None)
@@ -228,7 +230,7 @@ class Streams:
         self.handlers[fd] = (self.ready, c)
         return c
 
-    def begin(self, c: Conn, remote: Any, woken: bool = False) -> None:
+    def begin(self, c: Conn, remote: SockAddr | None, woken: bool = False) -> None:
         """Set up translation, call ``opened``, deliver a wake that came early."""
         ev = self.ev
         info = None
@@ -253,7 +255,7 @@ class Streams:
         if c.state in LIVE:
             self.sync(c)
 
-    def _setup_failed(self, c: Conn, remote: Any, err: Exception) -> None:
+    def _setup_failed(self, c: Conn, remote: SockAddr | None, err: Exception) -> None:
         """The translation predicate, factory or ``start`` raised: ``opened``
         was never called, so ``closed`` is not either -- unless the user
         holds the id from `evio.Server.dial`, which then fails as a dial."""
@@ -380,7 +382,7 @@ class Streams:
             if c.reuse_input:
                 n = c.sock.recv_into(self.rbuf)
                 view = self.rview[:n]
-                data: Any = view if n else b""
+                data: Buffer = view if n else b""
             else:
                 data = c.sock.recv(c.read_size)
                 c.read_size = next_read_size(len(data), c.read_size)
@@ -441,7 +443,7 @@ class Streams:
                 f"connection {c.id}: handshake not done in {self.handshake_timeout}s"))
 
     # TR-4
-    def receive_translated(self, c: Conn, wire: Any) -> None:
+    def receive_translated(self, c: Conn, wire: Buffer) -> None:
         """Wire bytes in; its reply out; plaintext to ``data``."""
         tr = c.translator
         assert tr is not None
@@ -468,7 +470,7 @@ class Streams:
         if plain and c.state is State.OPEN:
             self.policy.data(self, c, plain)
 
-    def encode(self, c: Conn, plain: Any) -> bytes:
+    def encode(self, c: Conn, plain: Buffer) -> bytes:
         """Outbound plaintext to wire bytes (empty: held back, or it failed)."""
         tr = c.translator
         assert tr is not None
@@ -511,7 +513,7 @@ class Streams:
 
     # ----------------------------------------- writes and the output queue
 
-    def send(self, c: Conn, out: Any) -> None:
+    def send(self, c: Conn, out: Buffer) -> None:
         """Output from a callback: through the translator, if any, then `write`."""
         if c.translator is not None:
             out = self.encode(c, out)
@@ -519,7 +521,7 @@ class Streams:
                 return  # held back (a handshake in progress), or the translator failed
         self.write(c, out)
 
-    def write(self, c: Conn, out: Any) -> None:  # LOOP-8: send at once if nothing is queued
+    def write(self, c: Conn, out: Buffer) -> None:  # LOOP-8: send at once if nothing is queued
         """Queue wire bytes behind anything pending, trying to send them at once."""
         if c.pending:
             if c.state in WRITABLE:
@@ -577,7 +579,7 @@ class Streams:
             self.linger.start(c)  # then closes: `evio.linger` (LOOP-14)
 
     # REL-10: over max_pending closes the connection
-    def keep(self, c: Conn, out: Any, n: int) -> bool:
+    def keep(self, c: Conn, out: Buffer, n: int) -> bool:
         """The socket took ``n`` bytes of ``out``: keep the rest pending.
 
         Returns:

@@ -45,10 +45,9 @@ import logging
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any
 
-from ._addresses import Listener
-from ._events import Events, Info, Options
+from ._addresses import Listener, SockAddr
+from ._events import Buffer, Events, Info, Options
 from ._pollers import READ
 from ._reclaim import GIVE_BACK_AT, give_back
 from ._timers import Timer
@@ -80,7 +79,7 @@ class Peer:
     id: int
     index: int
     listener: Listener
-    remote: Any
+    remote: SockAddr
     reuse_input: bool = False
     heard: float = 0.0
 
@@ -127,7 +126,7 @@ class UdpSide:
         self.handlers = parts.handlers
         self.new_id = parts.ids.__next__
         self.peers: dict[int, Peer] = {}  # by id
-        self.by_remote: dict[tuple[int, Any], Peer] = {}  # by (listener fd, remote)
+        self.by_remote: dict[tuple[int, SockAddr], Peer] = {}  # by (listener fd, remote)
         self.most_heard = 0  # the most remotes known at once since the last give_back
         self.buf = bytearray(UDP_MAX)
         self.view = memoryview(self.buf)
@@ -160,7 +159,8 @@ class UdpSide:
                 return
 
     # UDP-1, UDP-2, UDP-11
-    def _datagram(self, index: int, lst: Listener, remote: Any, n: int, now: float) -> None:
+    def _datagram(self, index: int, lst: Listener, remote: SockAddr, n: int,
+                  now: float) -> None:
         """One datagram of ``n`` bytes: ``opened`` for a new remote, then ``data``."""
         key = (lst.sock.fileno(), remote)
         by_remote = self.by_remote
@@ -194,7 +194,7 @@ class UdpSide:
     # ---------------------------------------------------------- the Side
 
     # UDP-3, UDP-5
-    def send(self, peer: Peer, out: Any) -> None:
+    def send(self, peer: Peer, out: Buffer) -> None:
         """Send ``out`` as one datagram; one that does not fit now is dropped."""
         policy = self.policy
         if self.ev.prewrite is not None and not policy.around(

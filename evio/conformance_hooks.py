@@ -17,8 +17,8 @@ that answer them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any
 
 from . import _dial as dial
 from . import _lifecycle as lifecycle
@@ -28,8 +28,9 @@ from ._pollers import Poller, make_poller
 
 __all__ = ["lifecycle", "make_poller", "poller_classes", "resolver", "sun_path_max"]
 
-poller_classes: dict[str, type[Poller] | Any] = dict(_POLLER_CLASSES)
-"""Backend name -> its Poller class (``select``'s has ``FD_SETSIZE``)."""
+poller_classes: dict[str, Callable[[], Poller]] = dict(_POLLER_CLASSES)
+"""Backend name -> its Poller class (a callable that makes one; ``select``'s
+class has ``FD_SETSIZE``)."""
 
 resolver: ModuleType = dial
 """The object whose ``resolve`` attribute dial calls to resolve host names."""

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def opened(id: int, info: evio.Info) -> None:
         if not args.quiet:
-            print(f"{id}: opened from {info.remote_addr or 'unix peer'}", flush=True)
+            print(f"{id}: opened from {info.remote_addr or 'unix peer'!s}", flush=True)
 
     def data(id: int, data: bytes) -> bytes:
         return data  # the whole protocol

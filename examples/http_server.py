@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 -- flags and wirin
         where = ", ".join(str(a) for a in server.addrs)
         print(f"http server listening on {where} (poller: {server.poller})", flush=True)
         if tls_index >= 0:
-            print(f"https on {server.addrs[tls_index]}", flush=True)
+            print(f"https on {server.addrs[tls_index]!s}", flush=True)
         if ca_file is not None:
             print("no --tlscert given: using a throwaway certificate made by trustme; "
                   f"CA file: {ca_file}", flush=True)

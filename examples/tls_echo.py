@@ -151,14 +151,14 @@ def run(args: argparse.Namespace, cert: str, key: str | None) -> int:
         return tls
 
     def serving(server: evio.Server) -> None:
-        where = ", ".join(f"{a} ({'TLS' if i == TLS_LISTENER else 'plain'})"
+        where = ", ".join(f"{a!s} ({'TLS' if i == TLS_LISTENER else 'plain'})"
                           for i, a in enumerate(server.addrs))
         print(f"tls echo server listening on {where} (poller: {server.poller})", flush=True)
 
     def opened(id: int, info: evio.Info) -> evio.Options:
         if not args.quiet:
             kind = "TLS" if id in sessions else "plain"
-            print(f"{id}: opened from {info.remote_addr} ({kind})", flush=True)
+            print(f"{id}: opened from {info.remote_addr!s} ({kind})", flush=True)
         return options
 
     def data(id: int, data: bytes | None) -> bytes | None:
