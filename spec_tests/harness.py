@@ -486,3 +486,69 @@ def read_to_end(c: socket.socket) -> tuple[bytes, bool]:
         if not chunk:
             return bytes(got), False
         got += chunk
+
+
+@contextlib.contextmanager
+def stopped_by(control: socket.socket) -> Iterator[None]:
+    """Stop a server the harness does not stop, when the block fails.
+
+    For a server run with ``stoppable=False`` whose ``data`` shuts it down on
+    ``stop``: a failing block sends that on ``control``, so ``serve()`` still
+    returns and the test reports its failure rather than a hang.
+    """
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(OSError):
+            control.sendall(b"stop")
+        raise
+
+
+def dial_text(bound: Any) -> str:
+    """The dial address of a bound socket address (as ``getsockname`` gives it)."""
+    if isinstance(bound, str):
+        return f"unix://{bound}"
+    if len(bound) == 4:
+        return f"tcp6://[{bound[0]}]:{bound[1]}"
+    return f"tcp4://{bound[0]}:{bound[1]}"
+
+
+# ------------------------------------------------- what a Recorder saw, per id
+
+
+def data_calls(rec: Recorder, cid: int) -> list[Any]:
+    """What each ``data`` call for ``cid`` was given, in order (``None`` for a wake)."""
+    return [d for i, d in rec.of("data") if i == cid]
+
+
+def data_bytes(rec: Recorder, cid: int) -> bytes:
+    """Every byte ``data`` was given for ``cid``, joined (wakes give none)."""
+    return b"".join(d for d in data_calls(rec, cid) if d is not None)
+
+
+def errors_of(rec: Recorder, cid: int) -> list[Any]:
+    """What each ``closed`` call for ``cid`` was given (one entry, if the rules hold)."""
+    return [e for i, e in rec.of("closed") if i == cid]
+
+
+# ------------------------------------------------------------------ CPU time
+#
+# Linux's /proc/PID/stat and /proc/self/task/TID/stat: fields 14 and 15
+# (utime, stime) in clock ticks. The command name in field 2 may hold spaces
+# and parentheses, so the fields are counted from after its last ")".
+
+
+def _stat_cpu_seconds(stat: Path) -> float:
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process, in seconds."""
+    return _stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
+
+
+def thread_cpu_seconds(native_id: int) -> float:
+    """User plus system CPU time of one thread of this process, in seconds."""
+    return _stat_cpu_seconds(Path(f"/proc/self/task/{native_id}/stat"))
+

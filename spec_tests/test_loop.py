@@ -20,6 +20,7 @@ from harness import (
     CountingPoller,
     Recorder,
     connect_to,
+    cpu_seconds,
     echo_events,
     pattern,
     recv_all,
@@ -325,11 +326,6 @@ def _emfile_child(poller: str) -> str:
     """)
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @pytest.mark.rule("LOOP-5", "LOOP-16")
 @pytest.mark.timeout(60)
 def test_emfile_neither_spins_nor_drops(poller: str) -> None:
@@ -347,9 +343,9 @@ def test_emfile_neither_spins_nor_drops(poller: str) -> None:
         for _ in range(60):
             clients.append(connect_to(("127.0.0.1", port)))
         time.sleep(0.5)  # the child is now out of descriptors
-        cpu0 = _cpu_seconds(child.pid)
+        cpu0 = cpu_seconds(child.pid)
         time.sleep(1.0)
-        cpu = _cpu_seconds(child.pid) - cpu0
+        cpu = cpu_seconds(child.pid) - cpu0
         assert cpu < 0.5, f"the loop spun at EMFILE: {cpu:.2f}s CPU in 1s"
         # The connections it has are still served.
         served = clients[0]
