@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shutil
 import socket
 import socketserver
 import struct
@@ -25,6 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from implementation import evio, hook, not_applicable
 
 POLLERS = evio.available_pollers()
@@ -552,3 +554,17 @@ def thread_cpu_seconds(native_id: int) -> float:
     """User plus system CPU time of one thread of this process, in seconds."""
     return _stat_cpu_seconds(Path(f"/proc/self/task/{native_id}/stat"))
 
+
+def required_program(name: str, needed_by: str, package: str | None = None) -> str:
+    """The path of a client program the tests drive; fail (never skip) without it.
+
+    Looked for on the PATH, then in /usr/bin (which a venv's PATH may lack).
+    ``needed_by`` says which tests need it, ``package`` the Debian package
+    that brings it (``name`` if not given).
+    """
+    path = shutil.which(name) or (f"/usr/bin/{name}" if os.access(f"/usr/bin/{name}", os.X_OK)
+                                  else None)
+    if path is None:
+        pytest.fail(f"{name} is not installed, and {needed_by} need it "
+                    f"(on Debian: apt-get install {package or name})", pytrace=False)
+    return path

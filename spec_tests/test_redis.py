@@ -28,7 +28,6 @@ import pty
 import random
 import re
 import select
-import shutil
 import signal
 import socket
 import struct
@@ -46,7 +45,7 @@ from typing import Any
 import pytest
 import redis
 import wire
-from harness import POLLERS, Lines, in_thread, recv_exactly, unanswered_listener
+from harness import POLLERS, Lines, in_thread, recv_exactly, required_program, unanswered_listener
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -430,13 +429,8 @@ def stop_server(server: Server, sig: int | None = signal.SIGTERM) -> tuple[str, 
 
 
 def tool(name: str) -> str:
-    """The path of a redis-tools program; fail (not skip) if it is missing."""
-    path = shutil.which(name) or (f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}")
-                                  else None)
-    if path is None:
-        pytest.fail(f"{name} is not installed: these tests need Debian's redis-tools "
-                    "(apt-get install redis-tools)", pytrace=False)
-    return path
+    """The path of a redis-tools program; fail (never skip) without it."""
+    return required_program(name, "the redis example's real-client tests", "redis-tools")
 
 
 def cli(*args: str) -> str:
