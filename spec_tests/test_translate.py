@@ -11,8 +11,8 @@ raise). It can also record each call it gets, in order.
 Rules: the copy `translate` returns (TR-1), who is asked and who is
 translated (TR-2, TR-3), the pumping of reads and writes (TR-4), the close
 (TR-5, TR-6), translator errors (TR-7), callback errors (TR-8), wakes
-(TR-9), and `ZlibTranslator` against a client using the ``zlib`` module
-(ZLIB-1, ZLIB-2). TLS is in ``test_tls.py``.
+(TR-9), no half-close under a translator (TR-10), and `ZlibTranslator`
+against a client using the ``zlib`` module (ZLIB-1, ZLIB-2). TLS is in ``test_tls.py``.
 """
 
 from __future__ import annotations
@@ -822,6 +822,38 @@ def test_wake_from_another_thread_goes_through_send(poller: str, addr: str) -> N
         assert recv_exactly(c, 12) == b"HELLO<woken>"
     assert returned == [True]
     assert [d for _, d in rec.of("data")] == [b"wake me", None]
+
+
+# ------------------------------------------------------------------ TR-10
+
+
+@pytest.mark.rule("TR-10")
+def test_a_translated_connection_has_no_half_close(poller: str) -> None:
+    rec = Recorder()
+    srv: list[evio.Server] = []
+
+    def data(cid: int, d: Any) -> Any:
+        if d == b"fin":
+            srv[0].shutdown_write(cid)
+            return b"bye"
+        return d
+
+    ev = evio.translate(echo_events(rec, serving=srv.append, data=data,
+                                    eof=lambda cid: rec.add("eof", cid)),
+                        None, lambda cid, info: evio.ZlibTranslator())
+    import zlib
+    with running(ev, "tcp4://127.0.0.1:0", poller=poller) as r:
+        c = r.connect()
+        comp = zlib.compressobj()
+        c.sendall(comp.compress(b"fin") + comp.flush(zlib.Z_SYNC_FLUSH))
+        d = zlib.decompressobj()
+        got = d.decompress(recv_all(c))
+        assert got == b"bye" and d.eof  # the goodbye ended the stream, then the close
+        c2 = r.connect()
+        c2.shutdown(socket.SHUT_WR)
+        assert recv_all(c2) == zlib.compressobj().flush(zlib.Z_FINISH)
+        wait_for(lambda: len(rec.of("closed")) == 2, what="closed")
+    assert rec.of("eof") == []
 
 
 # ------------------------------------------------------------------ ZLIB
