@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from implementation import evio, hook, not_applicable
@@ -32,6 +32,15 @@ from implementation import evio, hook, not_applicable
 POLLERS = evio.available_pollers()
 FAMILIES = ["tcp4", "tcp6", "unix"]
 DEADLINE = 10.0
+
+# Base classes a test subclasses; at run time ``object`` for a target that
+# lacks them (custom pollers, translate), whose tests are then not applicable.
+if TYPE_CHECKING:
+    PollerBase = evio.Poller
+    TranslatorBase = evio.Translator
+else:
+    PollerBase = getattr(evio, "Poller", object)
+    TranslatorBase = getattr(evio, "Translator", object)
 
 
 def listen_address(family: str, tmp: Path) -> str:
@@ -62,8 +71,13 @@ def connect_to(bound: Any, timeout: float = DEADLINE) -> socket.socket:
     return s
 
 
-def wait_for(pred: Callable[[], object], timeout: float = DEADLINE, what: str = "") -> None:
-    """Poll ``pred`` until true; fail the test after ``timeout`` seconds."""
+def wait_for(pred: Callable[..., object], timeout: float = DEADLINE, what: str = "") -> None:
+    """Poll ``pred()`` until true; fail the test after ``timeout`` seconds.
+
+    (``pred`` is typed ``Callable[..., object]``, not ``Callable[[], object]``,
+    so that a lambda in a loop may bind the loop's variable as a default,
+    ``lambda n=n: ...``: mypy cannot infer such a lambda against the latter.)
+    """
     end = time.monotonic() + timeout
     while not pred():
         if time.monotonic() > end:
@@ -238,7 +252,7 @@ def running(events: evio.Events, *addrs: str, poller: Any = None, stoppable: boo
         assert not leaked, f"descriptors left open after serve() returned: {leaked}"
 
 
-class CountingPoller(getattr(evio, "Poller", object)):  # type: ignore[misc]
+class CountingPoller(PollerBase):
     """Wraps a real backend and records what the loop asks of it.
 
     Needs the implementation's public ``Poller`` base (feature
@@ -249,7 +263,7 @@ class CountingPoller(getattr(evio, "Poller", object)):  # type: ignore[misc]
     def __init__(self, name: str) -> None:
         if not hasattr(evio, "Poller"):
             not_applicable("custom-poller")
-        self.inner = hook("make_poller")(name)
+        self.inner: evio.Poller = hook("make_poller")(name)
         self.name = name
         self.timeouts: list[float | None] = []
         self.modifies: list[tuple[int, int]] = []

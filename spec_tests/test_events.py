@@ -385,7 +385,7 @@ def test_exception_in_closed_is_logged_and_ignored(
 
 
 @pytest.mark.rule("EV-12")
-def test_exception_in_serving_is_raised_by_serve(poller: str, addr: str) -> None:
+def test_exception_in_serving_is_raised_by_serve(poller: evio.PollerName, addr: str) -> None:
     def serving(server: evio.Server) -> None:
         raise LookupError("serving failed")
 

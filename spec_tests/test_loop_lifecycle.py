@@ -21,6 +21,7 @@ import pytest
 from harness import (
     DEADLINE,
     Recorder,
+    TranslatorBase,
     echo_events,
     recv_all,
     recv_exactly,
@@ -32,9 +33,6 @@ from harness import (
     watching_transitions,
 )
 from implementation import evio, hook
-
-# The base class, or object for a target lacking translate (its tests are not applicable).
-_TRANSLATOR: Any = getattr(evio, "Translator", object)
 
 Action = evio.Action
 
@@ -54,7 +52,7 @@ def _read_until(c: socket.socket, pred: Any, what: str) -> None:
     c.settimeout(DEADLINE)
 
 
-class _Boom(_TRANSLATOR):
+class _Boom(TranslatorBase):
     def receive(self, wire: bytes) -> tuple[bytes, bytes]:
         if wire.startswith(b"bad"):
             raise ValueError("the peer broke the protocol")

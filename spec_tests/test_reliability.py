@@ -464,7 +464,7 @@ def test_bad_options_are_value_errors(bad: dict[str, Any]) -> None:
 @pytest.mark.rule("REL-5")
 @pytest.mark.parametrize(("query", "mode"), [("", 0o600), ("?mode=0660", 0o660),
                                              ("?mode=666", 0o666)])
-def test_unix_socket_file_permissions(poller: str, tmp_path: Path, query: str,
+def test_unix_socket_file_permissions(poller: evio.PollerName, tmp_path: Path, query: str,
                                       mode: int) -> None:
     path = tmp_path / "s.sock"
     seen: list[int] = []

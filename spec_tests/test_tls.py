@@ -32,7 +32,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trustme
@@ -56,9 +56,13 @@ from hypothesis import strategies as st
 from implementation import evio
 
 Action = evio.Action
-TLSTranslator = getattr(evio, "TLSTranslator", None)  # None: a target lacking tls
-client_context = getattr(evio, "client_context", None)  # None: a target lacking tls
-server_context = getattr(evio, "server_context", None)
+if TYPE_CHECKING:
+    TLSTranslator = evio.TLSTranslator
+    client_context, server_context = evio.client_context, evio.server_context
+else:  # None: a target lacking tls
+    TLSTranslator = getattr(evio, "TLSTranslator", None)
+    client_context = getattr(evio, "client_context", None)
+    server_context = getattr(evio, "server_context", None)
 
 MiB = 1 << 20
 

@@ -35,6 +35,7 @@ from harness import (
     DEADLINE,
     Recorder,
     Running,
+    TranslatorBase,
     connect_to,
     data_calls,
     dial_text,
@@ -51,9 +52,6 @@ from harness import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from implementation import evio
-
-# The base class, or object for a target lacking translate (its tests are not applicable).
-_TRANSLATOR: Any = getattr(evio, "Translator", object)
 
 Action = evio.Action
 
@@ -77,7 +75,7 @@ class ProtocolError(Exception):
     """What the test translators raise when the peer breaks their protocol."""
 
 
-class Bracket(_TRANSLATOR):
+class Bracket(TranslatorBase):
     """A translator whose every effect is visible on the wire (see the module doc)."""
 
     def __init__(self, cid: int, calls: Recorder | None = None) -> None:
