@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shutil
 import socket
 import socketserver
 import struct
@@ -23,13 +24,23 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import pytest
 from implementation import evio, hook, not_applicable
 
 POLLERS = evio.available_pollers()
 FAMILIES = ["tcp4", "tcp6", "unix"]
 DEADLINE = 10.0
+
+# Base classes a test subclasses; at run time ``object`` for a target that
+# lacks them (custom pollers, translate), whose tests are then not applicable.
+if TYPE_CHECKING:
+    PollerBase = evio.Poller
+    TranslatorBase = evio.Translator
+else:
+    PollerBase = getattr(evio, "Poller", object)
+    TranslatorBase = getattr(evio, "Translator", object)
 
 
 def listen_address(family: str, tmp: Path) -> str:
@@ -60,8 +71,13 @@ def connect_to(bound: Any, timeout: float = DEADLINE) -> socket.socket:
     return s
 
 
-def wait_for(pred: Callable[[], object], timeout: float = DEADLINE, what: str = "") -> None:
-    """Poll ``pred`` until true; fail the test after ``timeout`` seconds."""
+def wait_for(pred: Callable[..., object], timeout: float = DEADLINE, what: str = "") -> None:
+    """Poll ``pred()`` until true; fail the test after ``timeout`` seconds.
+
+    (``pred`` is typed ``Callable[..., object]``, not ``Callable[[], object]``,
+    so that a lambda in a loop may bind the loop's variable as a default,
+    ``lambda n=n: ...``: mypy cannot infer such a lambda against the latter.)
+    """
     end = time.monotonic() + timeout
     while not pred():
         if time.monotonic() > end:
@@ -236,7 +252,7 @@ def running(events: evio.Events, *addrs: str, poller: Any = None, stoppable: boo
         assert not leaked, f"descriptors left open after serve() returned: {leaked}"
 
 
-class CountingPoller(getattr(evio, "Poller", object)):  # type: ignore[misc]
+class CountingPoller(PollerBase):
     """Wraps a real backend and records what the loop asks of it.
 
     Needs the implementation's public ``Poller`` base (feature
@@ -247,7 +263,7 @@ class CountingPoller(getattr(evio, "Poller", object)):  # type: ignore[misc]
     def __init__(self, name: str) -> None:
         if not hasattr(evio, "Poller"):
             not_applicable("custom-poller")
-        self.inner = hook("make_poller")(name)
+        self.inner: evio.Poller = hook("make_poller")(name)
         self.name = name
         self.timeouts: list[float | None] = []
         self.modifies: list[tuple[int, int]] = []
@@ -486,3 +502,83 @@ def read_to_end(c: socket.socket) -> tuple[bytes, bool]:
         if not chunk:
             return bytes(got), False
         got += chunk
+
+
+@contextlib.contextmanager
+def stopped_by(control: socket.socket) -> Iterator[None]:
+    """Stop a server the harness does not stop, when the block fails.
+
+    For a server run with ``stoppable=False`` whose ``data`` shuts it down on
+    ``stop``: a failing block sends that on ``control``, so ``serve()`` still
+    returns and the test reports its failure rather than a hang.
+    """
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(OSError):
+            control.sendall(b"stop")
+        raise
+
+
+def dial_text(bound: Any) -> str:
+    """The dial address of a bound socket address (as ``getsockname`` gives it)."""
+    if isinstance(bound, str):
+        return f"unix://{bound}"
+    if len(bound) == 4:
+        return f"tcp6://[{bound[0]}]:{bound[1]}"
+    return f"tcp4://{bound[0]}:{bound[1]}"
+
+
+# ------------------------------------------------- what a Recorder saw, per id
+
+
+def data_calls(rec: Recorder, cid: int) -> list[Any]:
+    """What each ``data`` call for ``cid`` was given, in order (``None`` for a wake)."""
+    return [d for i, d in rec.of("data") if i == cid]
+
+
+def data_bytes(rec: Recorder, cid: int) -> bytes:
+    """Every byte ``data`` was given for ``cid``, joined (wakes give none)."""
+    return b"".join(d for d in data_calls(rec, cid) if d is not None)
+
+
+def errors_of(rec: Recorder, cid: int) -> list[Any]:
+    """What each ``closed`` call for ``cid`` was given (one entry, if the rules hold)."""
+    return [e for i, e in rec.of("closed") if i == cid]
+
+
+# ------------------------------------------------------------------ CPU time
+#
+# Linux's /proc/PID/stat and /proc/self/task/TID/stat: fields 14 and 15
+# (utime, stime) in clock ticks. The command name in field 2 may hold spaces
+# and parentheses, so the fields are counted from after its last ")".
+
+
+def _stat_cpu_seconds(stat: Path) -> float:
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process, in seconds."""
+    return _stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
+
+
+def thread_cpu_seconds(native_id: int) -> float:
+    """User plus system CPU time of one thread of this process, in seconds."""
+    return _stat_cpu_seconds(Path(f"/proc/self/task/{native_id}/stat"))
+
+
+def required_program(name: str, needed_by: str, package: str | None = None) -> str:
+    """The path of a client program the tests drive; fail (never skip) without it.
+
+    Looked for on the PATH, then in /usr/bin (which a venv's PATH may lack).
+    ``needed_by`` says which tests need it, ``package`` the Debian package
+    that brings it (``name`` if not given).
+    """
+    path = shutil.which(name) or (f"/usr/bin/{name}" if os.access(f"/usr/bin/{name}", os.X_OK)
+                                  else None)
+    if path is None:
+        pytest.fail(f"{name} is not installed, and {needed_by} need it "
+                    f"(on Debian: apt-get install {package or name})", pytrace=False)
+    return path

@@ -205,20 +205,20 @@ def load(where: str | Path) -> Manifest:
         raise ManifestError(str(e)) from None
     entries: list[Entry] = []
     for kind_ in ("xfail", "skip"):
-        for i, e in enumerate(raw.get(kind_, [])):
+        for i, entry in enumerate(raw.get(kind_, [])):
             where_ = f"[[{kind_}]] #{i + 1}"
-            if not isinstance(e, dict):
+            if not isinstance(entry, dict):
                 raise bad(f"{where_}: must be a table")
-            unknown = set(e) - _ENTRY_KEYS
+            unknown = set(entry) - _ENTRY_KEYS
             if unknown:
                 raise bad(f"{where_}: unknown key(s) {sorted(unknown)}")
-            test, rule = e.get("test", ""), e.get("rule", "")
+            test, rule = entry.get("test", ""), entry.get("rule", "")
             if bool(test) == bool(rule):
                 raise bad(f"{where_}: give exactly one of test (a test-id prefix) or rule")
-            if not isinstance(e.get("reason"), str) or not e["reason"].strip():
+            if not isinstance(entry.get("reason"), str) or not entry["reason"].strip():
                 raise bad(f"{where_}: a reason is required")
-            entries.append(Entry(kind_, str(test), str(rule), e["reason"].strip(),
-                                 bool(e.get("strict", True))))
+            entries.append(Entry(kind_, str(test), str(rule), entry["reason"].strip(),
+                                 bool(entry.get("strict", True))))
     return Manifest(
         path=path, name=name, kind=str(kind), impl=str(impl), pythonpath=pythonpath,
         description=str(t.get("description", "")), lacks=tuple(lacks), entries=entries,

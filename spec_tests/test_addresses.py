@@ -16,6 +16,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from harness import Running, connect_to, echo_events, open_descriptors, recv_exactly, running
@@ -205,7 +206,7 @@ def test_host_name_is_resolved(poller: str) -> None:
     [("", False), ("?reuseport=true", True), ("?reuseport=yes", True), ("?reuseport=1", True),
      ("?reuseport=false", False), ("?reuseport=no", False), ("?reuseport=0", False)],
 )
-def test_reuseport_sets_so_reuseport(poller: str, query: str, on: bool) -> None:
+def test_reuseport_sets_so_reuseport(poller: evio.PollerName, query: str, on: bool) -> None:
     assert evio.parse_address("tcp4://127.0.0.1:0" + query).reuseport is on
     with running(echo_events(), "tcp4://127.0.0.1:0" + query, poller=poller) as r:
         flag = listener_option(r.addrs[0], socket.SOL_SOCKET, socket.SO_REUSEPORT)
@@ -250,7 +251,9 @@ def test_net_scheme_accepts_a_select_poller_instance(tmp_path: Path) -> None:
 
 @pytest.mark.rule("ADDR-5")
 @pytest.mark.parametrize("other", [p for p in evio.available_pollers() if p != "select"])
-def test_net_scheme_with_another_poller_is_a_value_error(other: str, tmp_path: Path) -> None:
+def test_net_scheme_with_another_poller_is_a_value_error(
+    other: evio.PollerName, tmp_path: Path
+) -> None:
     path = tmp_path / "a.sock"
     with nothing_left_bound(path), pytest.raises(ValueError):
         evio.serve(STOP_AT_ONCE, f"unix://{path}", "tcp-net://127.0.0.1:0", poller=other)
@@ -328,7 +331,7 @@ _REFUSED_BEFORE_BINDING = [
     {"udp_idle_timeout": "60"}, {"udp_max_remotes": 0}, {"udp_max_remotes": 2.5},
 ], ids=repr)
 def test_a_bad_udp_setting_is_refused_before_binding_any(
-    poller: str, tmp_path: Path, setting: dict[str, object]
+    poller: evio.PollerName, tmp_path: Path, setting: dict[str, Any]
 ) -> None:
     path = tmp_path / "first.sock"
     events = evio.Events(serving=lambda server: Action.SHUTDOWN, **setting)
@@ -340,7 +343,7 @@ def test_a_bad_udp_setting_is_refused_before_binding_any(
 @pytest.mark.rule("ADDR-2", "ADDR-3", "ADDR-6")
 @pytest.mark.parametrize(("bad", "error"), _REFUSED_BEFORE_BINDING)
 def test_serve_refuses_a_bad_address_before_binding_any(
-    poller: str, tmp_path: Path, bad: str, error: type[Exception]
+    poller: evio.PollerName, tmp_path: Path, bad: str, error: type[Exception]
 ) -> None:
     path = tmp_path / "first.sock"
     with nothing_left_bound(path), pytest.raises(error, match=re.escape(bad)):
@@ -371,7 +374,7 @@ def _port_free_until_evio_binds_it(stack: contextlib.ExitStack) -> int:
     "busy", [_port_held_by_a_plain_listener, _port_free_until_evio_binds_it], ids=["foreign", "own"]
 )
 def test_failed_bind_leaves_nothing_bound(
-    poller: str, tmp_path: Path, busy: Callable[[contextlib.ExitStack], int]
+    poller: evio.PollerName, tmp_path: Path, busy: Callable[[contextlib.ExitStack], int]
 ) -> None:
     path = tmp_path / "first.sock"
     with contextlib.ExitStack() as stack:
@@ -454,7 +457,7 @@ def _listener_with_full_backlog(stack: contextlib.ExitStack, path: Path) -> None
     ],
 )
 def test_live_unix_listener_is_left_alone(
-    poller: str, tmp_path: Path, live: Callable[[contextlib.ExitStack, Path], None]
+    poller: evio.PollerName, tmp_path: Path, live: Callable[[contextlib.ExitStack, Path], None]
 ) -> None:
     path = tmp_path / "live.sock"
     with contextlib.ExitStack() as stack:
@@ -484,7 +487,7 @@ def _fifo(path: Path) -> None:
     "make", [_regular_file, _directory, _fifo], ids=["file", "directory", "fifo"]
 )
 def test_path_that_is_not_a_socket_is_refused(
-    poller: str, tmp_path: Path, make: Callable[[Path], None]
+    poller: evio.PollerName, tmp_path: Path, make: Callable[[Path], None]
 ) -> None:
     path = tmp_path / "taken"
     make(path)

@@ -320,11 +320,12 @@ def test_udp_remotes_from_300k_sources_are_forgotten(poller: str) -> None:
     proc = subprocess.Popen([sys.executable, "-c", _UDP_SERVER, "1.0", poller],
                             stdout=subprocess.PIPE, text=True)
     try:
-        assert proc.stdout is not None
-        banner = proc.stdout.readline()
+        stdout = proc.stdout
+        assert stdout is not None
+        banner = stdout.readline()
         port = int(banner.split(", ")[1].split(")")[0])
         lines: list[str] = []
-        reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")),
+        reader = threading.Thread(target=lambda: lines.extend(iter(stdout.readline, "")),
                                   daemon=True)
         reader.start()
 

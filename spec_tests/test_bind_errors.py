@@ -37,7 +37,7 @@ def _serve_fails(*addrs: str) -> evio.BindError:
 
 
 @pytest.mark.rule("ADDR-11")
-def test_a_port_in_use_names_the_address_that_failed(poller: str) -> None:
+def test_a_port_in_use_names_the_address_that_failed(poller: evio.PollerName) -> None:
     holder = socket.socket()
     holder.bind(("127.0.0.1", 0))
     holder.listen()

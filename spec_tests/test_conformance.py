@@ -179,7 +179,7 @@ def test_a_missing_hook_makes_tests_not_applicable(impls: Path, tmp_path: Path) 
     try:
         proc, doc = run(impls, "--evio-impl=evio_copy",
                         "spec_tests/test_ticker.py::test_idle_server_without_ticker_sleeps_in_poll",
-                        "spec_tests/test_core.py::test_a_change_the_table_does_not_allow_is_refused",
+                        "spec_tests/test_loop_lifecycle.py::test_a_change_the_table_does_not_allow_is_refused",
                         results=tmp_path / "r.json")
     finally:
         away.rename(hooks)

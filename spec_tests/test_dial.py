@@ -27,6 +27,7 @@ import pytest
 from harness import (
     DEADLINE,
     Recorder,
+    dial_text,
     echo_events,
     pattern,
     recv_all,
@@ -40,15 +41,6 @@ Action = evio.Action
 
 MiB = 1 << 20
 TCP = ["tcp4", "tcp6"]
-
-
-def dial_text(bound: Any) -> str:
-    """The dial address of a bound socket address (as ``getsockname`` gives it)."""
-    if isinstance(bound, str):
-        return f"unix://{bound}"
-    if len(bound) == 4:
-        return f"tcp6://[{bound[0]}]:{bound[1]}"
-    return f"tcp4://{bound[0]}:{bound[1]}"
 
 
 def bound_socket(family: str, tmp_path: Path, name: str = "peer.sock") -> socket.socket:

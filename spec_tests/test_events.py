@@ -1,4 +1,10 @@
-"""Conformance: events and actions (docs/spec/events.md), over every poller and family."""
+"""Conformance: events and actions (docs/spec/events.md), over every poller and family.
+
+Every callback is optional and what each may return (EV-1..EV-15); one
+callback policy, every callback against every action (EV-16..EV-20); and a
+connection that fails at its edges: a translator that fails to set up, a
+dial whose translator fails, a ``detached`` that raises (EV-21, EV-22).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,15 @@ import time
 from typing import Any
 
 import pytest
-from harness import Recorder, echo_events, recv_all, recv_exactly, running, wait_for
+from harness import (
+    Recorder,
+    echo_events,
+    open_descriptors,
+    recv_all,
+    recv_exactly,
+    running,
+    wait_for,
+)
 from implementation import evio
 
 Action = evio.Action
@@ -371,7 +385,7 @@ def test_exception_in_closed_is_logged_and_ignored(
 
 
 @pytest.mark.rule("EV-12")
-def test_exception_in_serving_is_raised_by_serve(poller: str, addr: str) -> None:
+def test_exception_in_serving_is_raised_by_serve(poller: evio.PollerName, addr: str) -> None:
     def serving(server: evio.Server) -> None:
         raise LookupError("serving failed")
 
@@ -429,3 +443,220 @@ def test_input_stream_joins_partial_messages() -> None:
     assert buf == b"GET /c\n"
     stream.end(b"")
     assert stream.begin(b"") == b""
+
+
+# --------------------------------------------- one callback policy (EV-16...)
+
+
+@pytest.mark.rule("EV-16")
+@pytest.mark.parametrize("action", [Action.NONE, Action.CLOSE, Action.DETACH])
+def test_serving_may_return_any_action_only_shutdown_stops(poller: str, action: Action) -> None:
+    ev = echo_events(serving=lambda s: action)
+    with running(ev, "tcp4://127.0.0.1:0", poller=poller) as r:
+        c = r.connect()
+        c.sendall(b"still serving")
+        assert recv_exactly(c, 13) == b"still serving"
+
+
+@pytest.mark.rule("EV-16", "LOOP-1")
+def test_serving_returning_shutdown_stops_before_accepting(poller: str) -> None:
+    rec = Recorder()
+    ev = echo_events(rec, serving=lambda s: Action.SHUTDOWN)
+    with running(ev, "tcp4://127.0.0.1:0", poller=poller, stoppable=False) as r:
+        r.join()
+    assert rec.log == []
+
+
+@pytest.mark.rule("EV-17")
+@pytest.mark.parametrize("action", [Action.CLOSE, Action.DETACH])
+def test_tick_returning_close_or_detach_touches_no_connection(
+    poller: str, action: Action
+) -> None:
+    rec = Recorder()
+    ticks: list[float] = []
+
+    def tick() -> Any:
+        ticks.append(time.monotonic())
+        return 0.01, action
+
+    with running(echo_events(rec, tick=tick), "tcp4://127.0.0.1:0", poller=poller) as r:
+        c = r.connect()
+        c.sendall(b"a")
+        assert recv_exactly(c, 1) == b"a"
+        n = len(ticks)
+        wait_for(lambda: len(ticks) >= n + 3, what="ticks go on")
+        c.sendall(b"b")
+        assert recv_exactly(c, 1) == b"b"
+        assert rec.of("closed") == []
+
+
+@pytest.mark.rule("EV-17")
+def test_tick_returning_an_action_alone_stops_the_ticker(poller: str) -> None:
+    ticks: list[int] = []
+
+    def tick() -> Any:
+        ticks.append(1)
+        return Action.CLOSE
+
+    with running(echo_events(tick=tick), "tcp4://127.0.0.1:0", poller=poller) as r:
+        c = r.connect()
+        time.sleep(0.1)
+        c.sendall(b"ok")
+        assert recv_exactly(c, 2) == b"ok"
+    assert ticks == [1]
+
+
+@pytest.mark.rule("EV-18")
+@pytest.mark.parametrize("action", [Action.NONE, Action.CLOSE, Action.DETACH, Action.SHUTDOWN])
+def test_what_closed_returns(poller: str, action: Action) -> None:
+    rec = Recorder()
+
+    def closed(cid: int, err: BaseException | None) -> Any:
+        rec.add("closed", cid, err)
+        return action
+
+    ev = echo_events(rec, closed=closed)
+    with running(ev, "tcp4://127.0.0.1:0", poller=poller,
+                 stoppable=action is not Action.SHUTDOWN) as r:
+        first, second = r.connect(), r.connect()
+        wait_for(lambda: len(rec.ids()) == 2, what="two opened")
+        first.close()
+        wait_for(lambda: rec.of("closed"), what="closed(1)")
+        if action is Action.SHUTDOWN:
+            r.join()
+            assert recv_all(second) == b""
+        else:
+            second.sendall(b"more")
+            assert recv_exactly(second, 4) == b"more"
+    assert [i for i, _ in rec.of("closed")] == [1, 2]
+
+
+@pytest.mark.rule("EV-19")
+@pytest.mark.parametrize("action", [Action.NONE, Action.CLOSE, Action.DETACH])
+def test_what_detached_returns_leaves_the_socket_to_its_owner(
+    poller: str, action: Action
+) -> None:
+    conns: list[Any] = []
+
+    def detached(cid: int, conn: Any) -> Any:
+        conns.append(conn)
+        return action
+
+    ev = echo_events(data=lambda cid, d: (d, Action.DETACH), detached=detached)
+    with running(ev, "tcp4://127.0.0.1:0", poller=poller) as r:
+        c = r.connect()
+        c.sendall(b"go")
+        assert recv_exactly(c, 2) == b"go"
+        wait_for(lambda: conns, what="detached")
+        conns[0].sendall(b"owner")
+        assert recv_exactly(c, 5) == b"owner"
+        conns[0].close()
+        assert recv_all(c) == b""
+
+
+@pytest.mark.rule("EV-20", "LOOP-10")
+@pytest.mark.parametrize("hook", ["prewrite", "postwrite"])
+@pytest.mark.parametrize("action", [Action.CLOSE, Action.DETACH, Action.SHUTDOWN])
+def test_what_the_write_hooks_return(poller: str, hook: str, action: Action) -> None:
+    """Whatever the hook returns, the output of that write reaches the peer:
+    ``CLOSE`` finishes after it, ``DETACH`` hands it over with the socket,
+    ``SHUTDOWN`` sends it in the last write."""
+    rec = Recorder()
+    conns: list[Any] = []
+
+    def hook_fn(cid: int, *args: int) -> Any:
+        return action
+
+    ev = echo_events(rec, detached=lambda cid, conn: conns.append(conn), **{hook: hook_fn})
+    with running(ev, "tcp4://127.0.0.1:0", poller=poller,
+                 stoppable=action is not Action.SHUTDOWN) as r:
+        c = r.connect()
+        c.sendall(b"abc")
+        if action is Action.DETACH:
+            wait_for(lambda: conns, what="detached")
+            conns[0].close()
+        assert recv_all(c) == b"abc"
+        if action is Action.SHUTDOWN:
+            r.join()
+    if action is not Action.DETACH:
+        assert rec.of("closed") == [(1, None)]
+
+
+# --------------------- a connection that fails at its edges (EV-21, EV-22)
+
+
+@pytest.mark.rule("EV-21", "TR-2")
+@pytest.mark.parametrize("where", ["should", "factory", "start"])
+def test_a_translator_that_fails_to_set_up_gets_neither_opened_nor_closed(
+    poller: str, where: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    rec = Recorder()
+
+    class Failing(evio.Passthrough):
+        def start(self) -> bytes:
+            raise RuntimeError("start failed")
+
+    def should(cid: int, info: evio.Info) -> bool:
+        if where == "should":
+            raise RuntimeError("should failed")
+        return info.addr_index == 0
+
+    def factory(cid: int, info: evio.Info) -> evio.Translator:
+        if where == "factory":
+            raise RuntimeError("factory failed")
+        return Failing()
+
+    ev = evio.translate(echo_events(rec), should, factory)
+    with caplog.at_level(logging.ERROR, logger="evio"), running(
+        ev, "tcp4://127.0.0.1:0", "tcp4://127.0.0.1:0", poller=poller
+    ) as r:
+        c = r.connect(0)
+        assert recv_all(c) == b""
+        if where != "should":  # untranslated connections are unaffected
+            other = r.connect(1)
+            other.sendall(b"ok")
+            assert recv_exactly(other, 2) == b"ok"
+    assert [k for k, i, _ in rec.log if i == 1] == []
+    assert any("failed" in str(x.exc_info[1]) for x in caplog.records if x.exc_info)
+
+
+@pytest.mark.rule("EV-21", "DIAL-4")
+def test_a_dial_whose_translator_fails_is_reported_as_a_failed_dial(poller: str) -> None:
+    rec = Recorder()
+
+    def factory(cid: int, info: evio.Info) -> evio.Translator:
+        raise RuntimeError("factory failed")
+
+    ev = evio.translate(echo_events(rec), lambda cid, info: info.addr_index == -1, factory)
+    with running(ev, "tcp4://127.0.0.1:0", poller=poller) as r:
+        assert r.server is not None
+        did = r.server.dial(f"tcp://127.0.0.1:{r.server.addrs[0][1]}")
+        wait_for(lambda: did in [i for i, _ in rec.of("closed")], what="the dial's closed")
+    opened = [info for i, info in rec.of("opened") if i == did]
+    assert len(opened) == 1 and opened[0].closing
+    errs = [e for i, e in rec.of("closed") if i == did]
+    assert len(errs) == 1 and str(errs[0]) == "factory failed"
+
+
+@pytest.mark.rule("EV-22", "DETACH-1")
+def test_when_detached_raises_the_socket_is_closed(
+    poller: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = open_descriptors()
+
+    def detached(cid: int, conn: Any) -> None:
+        raise RuntimeError("detached failed")
+
+    ev = echo_events(data=lambda cid, d: (b"last words", Action.DETACH) if d == b"go" else d,
+                     detached=detached)
+    with caplog.at_level(logging.ERROR, logger="evio"), running(
+        ev, "tcp4://127.0.0.1:0", poller=poller
+    ) as r:
+        c = r.connect()
+        c.sendall(b"go")
+        assert recv_all(c) == b"last words"  # then the end of stream: nobody owns it
+        other = r.connect()
+        other.sendall(b"served")
+        assert recv_exactly(other, 6) == b"served"
+    assert open_descriptors() - before == set()
+    assert any(x.levelno == logging.ERROR for x in caplog.records)

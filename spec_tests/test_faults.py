@@ -56,6 +56,7 @@ from harness import (
     CountingPoller,
     Recorder,
     Running,
+    cpu_seconds,
     echo_events,
     listen_address,
     open_descriptors,
@@ -66,6 +67,7 @@ from harness import (
     running,
     server_side_socket,
     small_socket,
+    stopped_by,
     wait_for,
 )
 from hypothesis import HealthCheck, event, settings
@@ -91,23 +93,6 @@ GONE = (ConnectionResetError, BrokenPipeError)
 def fd_count() -> int:
     """Every descriptor this process has open, of any kind."""
     return len(os.listdir("/proc/self/fd"))
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-@contextlib.contextmanager
-def stopped_by(control: socket.socket) -> Iterator[None]:
-    """Without the harness's ticker, a failing block must still stop the server."""
-    try:
-        yield
-    except BaseException:
-        with contextlib.suppress(OSError):
-            control.sendall(b"stop")
-        raise
 
 
 @contextlib.contextmanager

@@ -20,7 +20,6 @@ import http.client
 import itertools
 import os
 import re
-import shutil
 import signal
 import socket
 import ssl
@@ -40,7 +39,7 @@ import trustme
 import wire
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from harness import POLLERS
+from harness import POLLERS, required_program
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -67,13 +66,8 @@ PROPERTY = settings(
 
 
 def tool(name: str) -> str:
-    """The path of a required client program; fail (never skip) without it."""
-    path = shutil.which(name) or (f"/usr/bin/{name}" if os.access(f"/usr/bin/{name}", os.X_OK)
-                                  else None)
-    if path is None:
-        pytest.fail(f"{name} is not installed, and the HTTP example's real-client tests "
-                    f"need it (on Debian: apt-get install {name})", pytrace=False)
-    return path
+    """The path of a client program (curl, wrk, chromium); fail (never skip) without it."""
+    return required_program(name, "the HTTP example's real-client tests")
 
 
 def run(args: list[str], timeout: float = TIMEOUT) -> subprocess.CompletedProcess[bytes]:

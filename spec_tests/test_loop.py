@@ -1,7 +1,15 @@
-"""Conformance: the loop (docs/spec/loop.md), over every poller and family."""
+"""Conformance: the loop (docs/spec/loop.md), over every poller and family.
+
+In the order of the spec page: start, the poll's timeout, accept, writes
+(the write hooks, also after a write that failed: LOOP-21), reads, closing,
+shutdown, `Server.stop` from another thread, a callback or a signal handler
+(LOOP-22, LOOP-23), and the layout of the evio package (LOOP-25). The
+lifecycle table driving the loop (LOOP-20) is in ``test_loop_lifecycle.py``.
+"""
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import os
 import signal
@@ -17,15 +25,20 @@ from typing import Any
 
 import pytest
 from harness import (
+    DEADLINE,
     CountingPoller,
     Recorder,
     connect_to,
+    cpu_seconds,
     echo_events,
+    open_descriptors,
     pattern,
     recv_all,
     recv_exactly,
+    reset,
     running,
     server_side_socket,
+    small_socket,
     wait_for,
 )
 from implementation import evio
@@ -33,6 +46,7 @@ from implementation import evio
 Action = evio.Action
 
 MiB = 1 << 20
+ROOT = Path(__file__).resolve().parent.parent
 
 
 # ----------------------------------------------------------------- start
@@ -325,11 +339,6 @@ def _emfile_child(poller: str) -> str:
     """)
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @pytest.mark.rule("LOOP-5", "LOOP-16")
 @pytest.mark.timeout(60)
 def test_emfile_neither_spins_nor_drops(poller: str) -> None:
@@ -347,9 +356,9 @@ def test_emfile_neither_spins_nor_drops(poller: str) -> None:
         for _ in range(60):
             clients.append(connect_to(("127.0.0.1", port)))
         time.sleep(0.5)  # the child is now out of descriptors
-        cpu0 = _cpu_seconds(child.pid)
+        cpu0 = cpu_seconds(child.pid)
         time.sleep(1.0)
-        cpu = _cpu_seconds(child.pid) - cpu0
+        cpu = cpu_seconds(child.pid) - cpu0
         assert cpu < 0.5, f"the loop spun at EMFILE: {cpu:.2f}s CPU in 1s"
         # The connections it has are still served.
         served = clients[0]
@@ -446,6 +455,36 @@ def test_prewrite_and_postwrite_bracket_every_attempt(poller: str, addr: str) ->
         sent += n
         pending = remaining
     assert sent == len(big) and pending == 0
+
+
+@pytest.mark.rule("LOOP-21", "LOOP-10")
+def test_postwrite_follows_a_write_that_failed(poller: str) -> None:
+    rec = Recorder()
+    big = b"y" * (4 * MiB)
+    sent = threading.Event()
+
+    def prewrite(cid: int, n: int) -> None:
+        rec.add("pre", cid, n)
+
+    def postwrite(cid: int, n: int, remaining: int) -> None:
+        rec.add("post", cid, (n, remaining))
+        sent.set()
+
+    ev = echo_events(rec, data=lambda cid, d: big, prewrite=prewrite, postwrite=postwrite)
+    with running(ev, "tcp4://127.0.0.1:0", poller=poller) as r:
+        assert r.server is not None
+        c = small_socket(r.server.addrs[0])
+        c.sendall(b"go")
+        sent.wait(DEADLINE)
+        wait_for(lambda: rec.of("post"), what="the first postwrite")
+        reset(c)
+        wait_for(lambda: rec.of("closed"), what="closed after the reset")
+    kinds = [k for k, i, _ in rec.log if k in ("pre", "post")]
+    assert kinds == ["pre", "post"] * (len(kinds) // 2), kinds
+    last = rec.of("post")[-1][1]
+    assert last[0] == 0 and last[1] > 0, f"the failed attempt: {last}"
+    err = rec.of("closed")[0][1]
+    assert isinstance(err, ConnectionResetError | BrokenPipeError), err
 
 
 # ----------------------------------------------------------------- reads
@@ -721,3 +760,133 @@ def test_a_far_tick_does_not_overflow_the_poll(poller: str, addr: str) -> None:
         r.join()
     waits = [t for t in counting.timeouts if t is not None]
     assert waits and max(waits) <= 86400.0
+
+
+# ------------------------------------------------------------ Server.stop
+
+
+@pytest.mark.rule("LOOP-22")
+def test_stop_from_another_thread_closes_everything_and_returns(poller: str) -> None:
+    rec = Recorder()
+    before = open_descriptors()
+    with running(echo_events(rec), "tcp4://127.0.0.1:0", poller=poller,
+                 stoppable=False) as r:
+        clients = [r.connect() for _ in range(3)]
+        for c in clients:
+            c.sendall(b"x")
+            assert recv_exactly(c, 1) == b"x"
+        assert r.server is not None
+        r.server.stop()
+        r.server.stop()  # twice: nothing more
+        r.join()
+        for c in clients:
+            assert recv_all(c) == b""
+        r.server.stop()  # after serve() returned: nothing
+    assert sorted(i for i, _ in rec.of("closed")) == [1, 2, 3]
+    assert all(e is None for _, e in rec.of("closed"))
+    assert r.server.wake(1) is False
+    assert open_descriptors() - before == set()
+
+
+@pytest.mark.rule("LOOP-22")
+def test_stop_from_a_callback_is_a_shutdown(poller: str) -> None:
+    rec = Recorder()
+    holder: list[evio.Server] = []
+
+    def data(cid: int, d: bytes) -> Any:
+        holder[0].stop()
+        return d
+
+    ev = echo_events(rec, data=data, serving=holder.append)
+    with running(ev, "tcp4://127.0.0.1:0", poller=poller, stoppable=False) as r:
+        c = r.connect()
+        c.sendall(b"bye")
+        assert recv_all(c) == b"bye"  # the output of that callback is still sent
+        r.join()
+    assert rec.of("closed") == [(1, None)]
+
+
+_STOP_CHILD = textwrap.dedent("""
+    import signal, sys
+    import evio
+
+    def serving(server):
+        signal.signal(signal.SIGTERM, lambda signum, frame: server.stop())
+        print("ready", server.addrs[0][1], flush=True)
+
+    def closed(cid, err):
+        print("closed", cid, err, flush=True)
+
+    evio.serve(evio.Events(serving=serving, data=lambda c, d: d, closed=closed),
+               "tcp4://127.0.0.1:0", poller=sys.argv[1])
+    print("returned", flush=True)
+""")
+
+
+@pytest.mark.rule("LOOP-22", "LOOP-23")
+def test_stop_from_a_signal_handler_while_the_loop_sleeps(poller: str) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", _STOP_CHILD, poller], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline().split()[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as c:
+            c.sendall(b"ping")
+            assert recv_exactly(c, 4) == b"ping"
+            time.sleep(0.2)  # asleep in poll(None): nothing is due
+            proc.send_signal(signal.SIGTERM)
+            assert recv_all(c) == b""
+        out, err = proc.communicate(timeout=DEADLINE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert out.split("\n")[:2] == ["closed 1 None", "returned"], (out, err)
+
+
+# ------------------------------------------------------------------ layout
+
+
+def _evio_imports() -> dict[str, set[str]]:
+    """Module -> the evio modules it imports, ``TYPE_CHECKING`` ones included."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted((ROOT / "evio").glob("*.py")):
+        name = path.stem
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                if node.module:
+                    deps.add(node.module.split(".")[0])
+                else:
+                    deps.update(a.name for a in node.names)
+        graph[name] = deps - {name}
+    return graph
+
+
+@pytest.mark.rule("LOOP-25")
+def test_the_evio_modules_import_one_another_without_a_cycle() -> None:
+    graph = _evio_imports()
+    graph.pop("__init__")  # the package re-exports everything: it is the root
+    done: set[str] = set()
+    path: list[str] = []
+
+    def visit(m: str) -> None:
+        if m in path:
+            raise AssertionError("import cycle: " + " -> ".join([*path[path.index(m):], m]))
+        if m in done:
+            return
+        path.append(m)
+        for dep in sorted(graph.get(m, ())):
+            visit(dep)
+        path.pop()
+        done.add(m)
+
+    for m in sorted(graph):
+        visit(m)
+
+
+@pytest.mark.rule("LOOP-25")
+def test_no_evio_module_is_over_450_lines() -> None:
+    sizes = {p.name: len(p.read_text().splitlines()) for p in (ROOT / "evio").glob("*.py")}
+    assert max(sizes.values()) <= 450, sizes

@@ -1,4 +1,10 @@
-"""Conformance: reliability (docs/spec/reliability.md), over every poller and family."""
+"""Conformance: reliability (docs/spec/reliability.md), over every poller and family.
+
+Flow control by the water marks (REL-1..REL-3); pausing and resuming any
+connection, and what a paused one costs (REL-7..REL-9); the limit on
+pending output (REL-10); half-close, both ways (REL-11, REL-12); idle
+timeouts (REL-4); unix socket modes (REL-5); secure defaults (REL-6).
+"""
 
 from __future__ import annotations
 
@@ -19,8 +25,12 @@ from harness import (
     echo_events,
     family_of,
     pattern,
+    read_until_eof,
+    recv_all,
     recv_exactly,
+    reset,
     running,
+    small_socket,
     wait_for,
 )
 from implementation import evio
@@ -110,6 +120,172 @@ def test_a_producer_streams_in_pieces(poller: str, addr: str) -> None:
     assert most[0] <= piece + 16384
 
 
+# --------------------------------------------------------- pause, resume
+
+
+def _commands(rec: Recorder, srv: list[evio.Server], **extra: Any) -> evio.Events:
+    """An echo server that also obeys ``pause N`` / ``resume N`` / ``fin N``
+    sent on any connection, answering ``True``/``False``."""
+
+    def data(cid: int, d: Any) -> Any:
+        if d is None:
+            return None
+        d = bytes(d)
+        rec.add("data", cid, d)
+        word, _, arg = d.partition(b" ")
+        if word in (b"pause", b"resume", b"fin"):
+            fn = {b"pause": srv[0].pause, b"resume": srv[0].resume,
+                  b"fin": srv[0].shutdown_write}[word]
+            return str(fn(int(arg))).encode()
+        return d
+
+    return echo_events(rec, serving=srv.append, data=data, **extra)
+
+
+@pytest.mark.rule("REL-7")
+def test_pause_and_resume_any_connection(poller: str, addr: str) -> None:
+    rec = Recorder()
+    srv: list[evio.Server] = []
+    with running(_commands(rec, srv), addr, poller=poller) as r:
+        a, ctl = r.connect(), r.connect()
+        wait_for(lambda: len(rec.ids()) == 2)
+        aid = rec.ids()[0]
+        ctl.sendall(b"pause %d" % aid)
+        assert ctl.recv(16) == b"True"
+        ctl.sendall(b"pause %d" % aid)  # again: nothing changes
+        assert ctl.recv(16) == b"True"
+        payload = pattern(200_000, 1)
+        a.sendall(payload)
+        time.sleep(0.3)
+        assert (aid, payload[:1]) not in [(i, p[:1]) for i, p in rec.of("data")]
+        ctl.sendall(b"resume %d" % aid)
+        assert ctl.recv(16) == b"True"
+        assert recv_exactly(a, len(payload)) == payload  # nothing lost
+        for bad in (b"pause 999", b"resume 999"):
+            ctl.sendall(bad)
+            assert ctl.recv(16) == b"False"
+
+
+@pytest.mark.rule("REL-9")
+def test_a_paused_connection_that_is_reset_does_not_spin_the_loop(poller: str) -> None:
+    from harness import CountingPoller
+
+    rec = Recorder()
+    srv: list[evio.Server] = []
+    counting = CountingPoller(poller)
+    with running(_commands(rec, srv), "tcp4://127.0.0.1:0", poller=counting) as r:
+        a, ctl = r.connect(), r.connect()
+        wait_for(lambda: len(rec.ids()) == 2)
+        aid = rec.ids()[0]
+        ctl.sendall(b"pause %d" % aid)
+        assert ctl.recv(16) == b"True"
+        r.clients.remove(a)
+        reset(a)
+        time.sleep(0.3)
+        polls = counting.polls
+        time.sleep(0.3)
+        assert counting.polls - polls < 20, "the loop spins on a paused, reset connection"
+        ctl.sendall(b"resume %d" % aid)
+        ctl.recv(16)
+        wait_for(lambda: aid in [i for i, _ in rec.of("closed")], what="closed")
+    [(_, err)] = [(i, e) for i, e in rec.of("closed") if i == aid]
+    assert isinstance(err, OSError)
+
+
+@pytest.mark.rule("REL-9", "REL-7")
+@pytest.mark.parametrize("how", ["paused", "reading-only-paused"])
+def test_a_paused_connection_whose_peer_hangs_up_costs_no_wake_ups(
+    poller: str, addr: str, how: str
+) -> None:
+    # The peer sends bytes and goes: a hang-up with no socket error, which
+    # epoll and poll report on every poll whatever the connection asked for.
+    from harness import CountingPoller
+
+    rec = Recorder()
+    srv: list[evio.Server] = []
+    counting = CountingPoller(poller)
+    with running(_commands(rec, srv), addr, poller=counting) as r:
+        a, ctl = r.connect(), r.connect()
+        wait_for(lambda: len(rec.ids()) == 2)
+        aid = rec.ids()[0]
+        if how == "reading-only-paused":
+            ctl.sendall(b"fin %d" % aid)
+            assert ctl.recv(16) == b"True"
+            assert a.recv(16) == b""  # our end of stream arrived
+        ctl.sendall(b"pause %d" % aid)
+        assert ctl.recv(16) == b"True"
+        a.sendall(b"last words")
+        r.clients.remove(a)
+        a.close()
+        time.sleep(0.3)
+        polls = counting.polls
+        time.sleep(0.5)
+        assert counting.polls - polls < 20, "the loop spins on a paused, hung-up connection"
+        ctl.sendall(b"resume %d" % aid)
+        assert ctl.recv(16) == b"True"
+        wait_for(lambda: aid in [i for i, _ in rec.of("closed")], what="closed")
+    assert (aid, b"last words") in rec.of("data")  # nothing the peer sent is lost
+    [(_, err)] = [(i, e) for i, e in rec.of("closed") if i == aid]
+    assert err is None or isinstance(err, ConnectionResetError | BrokenPipeError)
+
+
+@pytest.mark.rule("REL-8")
+def test_drained_once_back_at_the_low_water_mark(poller: str) -> None:
+    rec = Recorder()
+    big = pattern(16 * MiB, 2)  # more than the kernel buffers take
+
+    def data(cid: int, d: bytes) -> Any:
+        return big if d == b"big" else None
+
+    def drained(cid: int) -> Any:
+        rec.add("drained", cid)
+        return b"END"
+
+    ev = echo_events(rec, data=data, drained=drained)
+    with running(ev, "tcp4://127.0.0.1:0", poller=poller) as r:
+        c = small_socket(r.addrs[0])
+        r.clients.append(c)
+        c.sendall(b"big")
+        time.sleep(0.2)
+        assert rec.of("drained") == []  # still above the low-water mark
+        assert recv_exactly(c, len(big) + 3) == big + b"END"
+        c.sendall(b"small")
+        time.sleep(0.2)
+    assert len(rec.of("drained")) == 1
+
+
+# ------------------------------------------------------------ the limit
+
+
+@pytest.mark.rule("REL-10")
+def test_output_over_max_pending_closes_the_connection(poller: str) -> None:
+    rec = Recorder()
+
+    def opened(cid: int, info: evio.Info) -> Any:
+        rec.add("opened", cid, info)
+        return evio.Options(max_pending=MiB)
+
+    def data(cid: int, d: bytes) -> Any:
+        return pattern(512 * 1024) if d == b"some" else pattern(8 * MiB)
+
+    ev = echo_events(rec, opened=opened, data=data)
+    with running(ev, "tcp4://127.0.0.1:0", poller=poller) as r:
+        ok = small_socket(r.addrs[0])
+        r.clients.append(ok)
+        ok.sendall(b"some")  # under the limit: delivered
+        assert recv_exactly(ok, 512 * 1024) == pattern(512 * 1024)
+        bad = small_socket(r.addrs[0])
+        r.clients.append(bad)
+        bad.sendall(b"lots")
+        wait_for(lambda: len(rec.of("closed")) == 1, what="closed")
+        assert len(read_until_eof(bad)) < 8 * MiB
+        [(cid, err)] = rec.of("closed")
+    assert cid == 2 and isinstance(err, evio.OutputLimitError) and isinstance(err, BufferError)
+    assert "max_pending" in str(err) and "1048576" in str(err)
+    with pytest.raises(ValueError):
+        evio.Options(max_pending=-1)
+
+
 # ------------------------------------------------------------ half-close
 
 
@@ -132,6 +308,68 @@ def test_reading_resumes_at_the_low_water_mark(poller: str, addr: str) -> None:
         assert [p for _, p in rec.of("data")] == [b"big"]
         assert recv_exactly(c, len(big)) == big  # ...then read once drained
         assert recv_exactly(c, 5) == b"after"
+
+
+@pytest.mark.rule("REL-11", "LOOP-13")
+def test_eof_keeps_the_connection_writable(poller: str, addr: str) -> None:
+    rec = Recorder()
+    srv: list[evio.Server] = []
+    answers: dict[int, bytes] = {}
+
+    def data(cid: int, d: Any) -> Any:
+        if d is None:
+            return answers.pop(cid), Action.CLOSE  # the late answer
+        rec.add("data", cid, bytes(d))
+        return None
+
+    def eof(cid: int) -> Any:
+        rec.add("eof", cid)
+        got = b"".join(p for i, p in rec.of("data") if i == cid)
+        answers[cid] = got[::-1]
+        threading.Timer(0.2, srv[0].wake, (cid,)).start()  # answer later
+        return b"seen %d;" % len(got)
+
+    ev = echo_events(rec, serving=srv.append, data=data, eof=eof)
+    payload = pattern(MiB, 5)
+    with running(ev, addr, poller=poller) as r:
+        c = r.connect()
+        c.sendall(payload)
+        c.shutdown(socket.SHUT_WR)
+        got = recv_all(c)
+    assert got == b"seen %d;" % len(payload) + payload[::-1]
+    cid = rec.ids()[0]
+    assert rec.kinds(cid)[-2:] == ["eof", "closed"]
+    assert rec.of("closed") == [(cid, None)]
+
+
+@pytest.mark.rule("REL-12")
+def test_shutdown_write_sends_fin_after_the_output_and_goes_on_reading(
+        poller: str, addr: str) -> None:
+    rec = Recorder()
+    srv: list[evio.Server] = []
+    body = pattern(300_000, 7)
+
+    def data(cid: int, d: Any) -> Any:
+        rec.add("data", cid, bytes(d))
+        if d == b"go":
+            assert srv[0].shutdown_write(cid)
+            assert srv[0].shutdown_write(cid)  # asked twice: one FIN
+            return body  # returned after the call, sent before the FIN
+        return b"dropped"  # after the FIN: nowhere to go
+
+    ev = echo_events(rec, serving=srv.append, data=data)
+    with running(ev, addr, poller=poller) as r:
+        c = r.connect()
+        c.sendall(b"go")
+        c.settimeout(DEADLINE)
+        assert recv_all(c) == body  # then our end of stream
+        c.sendall(b"still reading")
+        wait_for(lambda: any(p == b"still reading" for _, p in rec.of("data")), what="data")
+        assert rec.of("closed") == []
+        c.shutdown(socket.SHUT_WR)
+        wait_for(lambda: rec.of("closed"), what="closed")
+        assert srv[0].shutdown_write(rec.ids()[0]) is False
+    assert rec.of("closed") == [(rec.ids()[0], None)]
 
 
 # ---------------------------------------------------------------- idle
@@ -226,7 +464,7 @@ def test_bad_options_are_value_errors(bad: dict[str, Any]) -> None:
 @pytest.mark.rule("REL-5")
 @pytest.mark.parametrize(("query", "mode"), [("", 0o600), ("?mode=0660", 0o660),
                                              ("?mode=666", 0o666)])
-def test_unix_socket_file_permissions(poller: str, tmp_path: Path, query: str,
+def test_unix_socket_file_permissions(poller: evio.PollerName, tmp_path: Path, query: str,
                                       mode: int) -> None:
     path = tmp_path / "s.sock"
     seen: list[int] = []

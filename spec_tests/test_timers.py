@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from harness import (
     Recorder,
+    TranslatorBase,
     echo_events,
     read_to_end,
     recv_all,
@@ -36,8 +37,6 @@ pytestmark = pytest.mark.feature("timers")
 Action = evio.Action
 
 BIG = 4 * 1024 * 1024
-
-
 
 
 @pytest.mark.rule("TIMER-1", "TIMER-2")
@@ -269,11 +268,7 @@ def test_abort_from_every_state_that_holds_a_socket(poller: str) -> None:
     assert seen >= abort_rows, f"not driven: {abort_rows - seen}"
 
 
-# The base class, or object for a target lacking translate (its tests are not applicable).
-_TRANSLATOR: Any = getattr(evio, "Translator", object)
-
-
-class _Hello(_TRANSLATOR):  # type: ignore[misc]
+class _Hello(TranslatorBase):
     """A translator whose handshake is the peer saying ``hello``."""
 
     def __init__(self) -> None:

@@ -32,7 +32,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trustme
@@ -40,7 +40,10 @@ from harness import (
     DEADLINE,
     Recorder,
     Running,
+    data_bytes,
+    dial_text,
     echo_events,
+    errors_of,
     listen_address,
     pattern,
     read_until_eof,
@@ -53,9 +56,13 @@ from hypothesis import strategies as st
 from implementation import evio
 
 Action = evio.Action
-TLSTranslator = getattr(evio, "TLSTranslator", None)  # None: a target lacking tls
-client_context = getattr(evio, "client_context", None)  # None: a target lacking tls
-server_context = getattr(evio, "server_context", None)
+if TYPE_CHECKING:
+    TLSTranslator = evio.TLSTranslator
+    client_context, server_context = evio.client_context, evio.server_context
+else:  # None: a target lacking tls
+    TLSTranslator = getattr(evio, "TLSTranslator", None)
+    client_context = getattr(evio, "client_context", None)
+    server_context = getattr(evio, "server_context", None)
 
 MiB = 1 << 20
 
@@ -143,23 +150,6 @@ def nodelay(s: socket.socket) -> socket.socket:
     if s.family != socket.AF_UNIX:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return s
-
-
-def errors_of(rec: Recorder, cid: int) -> list[Any]:
-    return [e for i, e in rec.of("closed") if i == cid]
-
-
-def data_of(rec: Recorder, cid: int) -> bytes:
-    return b"".join(d for i, d in rec.of("data") if i == cid and d is not None)
-
-
-def dial_text(bound: Any) -> str:
-    """The dial address of a bound socket address."""
-    if isinstance(bound, str):
-        return f"unix://{bound}"
-    if len(bound) == 4:
-        return f"tcp6://[{bound[0]}]:{bound[1]}"
-    return f"tcp4://{bound[0]}:{bound[1]}"
 
 
 Pieces = Callable[[bytes], list[bytes]]
@@ -303,7 +293,7 @@ def test_payloads_of_every_size_both_ways(
             c.sock.close()
         wait_for(lambda: len(rec.of("closed")) == len(SIZES), what="every closed")
     for cid, size in zip(rec.ids(), SIZES, strict=True):
-        assert data_of(rec, cid) == pattern(size, size % 251)
+        assert data_bytes(rec, cid) == pattern(size, size % 251)
         assert rec.kinds(cid)[0] == "opened" and rec.kinds(cid)[-1] == "closed"
         assert errors_of(rec, cid) == [None]
 
@@ -379,7 +369,7 @@ def test_any_chunking_of_plaintext_and_of_ciphertext(
     cid = rec.ids()[-1]
     wait_for(lambda: errors_of(rec, cid), what="closed")
     assert errors_of(rec, cid) == [None]
-    assert data_of(rec, cid) == everything
+    assert data_bytes(rec, cid) == everything
     kinds = rec.kinds(cid)
     assert kinds[0] == "opened" and kinds[-1] == "closed" and set(kinds[1:-1]) <= {"data"}
 
@@ -419,7 +409,7 @@ def test_many_concurrent_tls_clients_each_get_their_own_bytes(
         assert not failures, failures
         wait_for(lambda: len(rec.of("closed")) == n, what="every closed")
     assert [e for _, e in rec.of("closed")] == [None] * n
-    assert sorted(len(data_of(rec, cid)) for cid in rec.ids()) == [
+    assert sorted(len(data_bytes(rec, cid)) for cid in rec.ids()) == [
         20000 + 337 * i for i in range(n)
     ]
 
@@ -547,7 +537,7 @@ def test_data_and_close_notify_in_one_read_still_get_their_answer(
         c.sock.close()
         wait_for(lambda: rec.of("closed"), what="closed")
     ((cid, err),) = rec.of("closed")
-    assert err is None and data_of(rec, cid) == b"last words"
+    assert err is None and data_bytes(rec, cid) == b"last words"
 
 
 # ------------------------------------------------------------------ TLS-3
@@ -814,7 +804,7 @@ PIECE = 32 << 10
 
 
 def has_bytes(rec: Recorder, cid: int, n: int) -> bool:
-    return len(data_of(rec, cid)) >= n
+    return len(data_bytes(rec, cid)) >= n
 
 
 class Front:
@@ -868,7 +858,7 @@ def test_a_dialed_connection_speaks_tls_to_an_upstream(
         cid = front.servers[0].dial(dial_text(up.addrs[0]), timeout=DEADLINE)
         wait_for(lambda: front.rec.of("opened"), what="the dial opened")
         front.send(cid, b"hello upstream")
-        wait_for(lambda: data_of(front.rec, cid) == b"hello upstream", what="the echo")
+        wait_for(lambda: data_bytes(front.rec, cid) == b"hello upstream", what="the echo")
         # In pieces below the high-water mark (REL-1): two evio peers that each hold
         # more than it stop reading each other.
         sent = 14
@@ -876,7 +866,7 @@ def test_a_dialed_connection_speaks_tls_to_an_upstream(
             front.send(cid, payload[at:at + PIECE])
             sent += len(payload[at:at + PIECE])
             wait_for(partial(has_bytes, front.rec, cid, sent), what="the echo of a piece")
-        assert data_of(front.rec, cid) == b"hello upstream" + payload
+        assert data_bytes(front.rec, cid) == b"hello upstream" + payload
         front.send(cid, Action.CLOSE)  # close_notify to the upstream
         wait_for(lambda: front.rec.of("closed") and up_rec.of("closed"), what="both ends closed")
     assert [e for _, e in front.rec.of("closed")] == [None]

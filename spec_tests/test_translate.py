@@ -11,8 +11,8 @@ raise). It can also record each call it gets, in order.
 Rules: the copy `translate` returns (TR-1), who is asked and who is
 translated (TR-2, TR-3), the pumping of reads and writes (TR-4), the close
 (TR-5, TR-6), translator errors (TR-7), callback errors (TR-8), wakes
-(TR-9), and `ZlibTranslator` against a client using the ``zlib`` module
-(ZLIB-1, ZLIB-2). TLS is in ``test_tls.py``.
+(TR-9), no half-close under a translator (TR-10), and `ZlibTranslator`
+against a client using the ``zlib`` module (ZLIB-1, ZLIB-2). TLS is in ``test_tls.py``.
 """
 
 from __future__ import annotations
@@ -35,8 +35,12 @@ from harness import (
     DEADLINE,
     Recorder,
     Running,
+    TranslatorBase,
     connect_to,
+    data_calls,
+    dial_text,
     echo_events,
+    errors_of,
     listen_address,
     pattern,
     read_until_eof,
@@ -48,9 +52,6 @@ from harness import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from implementation import evio
-
-# The base class, or object for a target lacking translate (its tests are not applicable).
-_TRANSLATOR: Any = getattr(evio, "Translator", object)
 
 Action = evio.Action
 
@@ -74,7 +75,7 @@ class ProtocolError(Exception):
     """What the test translators raise when the peer breaks their protocol."""
 
 
-class Bracket(_TRANSLATOR):
+class Bracket(TranslatorBase):
     """A translator whose every effect is visible on the wire (see the module doc)."""
 
     def __init__(self, cid: int, calls: Recorder | None = None) -> None:
@@ -157,25 +158,8 @@ def keep_reading(rec: Recorder) -> Callable[[int, evio.Info], evio.Options]:
     return opened
 
 
-def errors_of(rec: Recorder, cid: int) -> list[Any]:
-    return [e for i, e in rec.of("closed") if i == cid]
-
-
-def data_of(rec: Recorder, cid: int) -> list[Any]:
-    return [d for i, d in rec.of("data") if i == cid]
-
-
 def has_calls(rec: Recorder, kind: str, n: int) -> bool:
     return len(rec.of(kind)) >= n
-
-
-def dial_text(bound: Any) -> str:
-    """The dial address of a bound socket address."""
-    if isinstance(bound, str):
-        return f"unix://{bound}"
-    if len(bound) == 4:
-        return f"tcp6://[{bound[0]}]:{bound[1]}"
-    return f"tcp4://{bound[0]}:{bound[1]}"
 
 
 def evio_records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
@@ -325,7 +309,7 @@ def test_should_is_asked_for_dialed_connections_too(poller: str, addr: str) -> N
         dialed = servers[0].dial(dial_text(r.addrs[0]))
         wait_for(lambda: len(rec.of("opened")) == 2, what="both ends opened")
         (accepted,) = [i for i in rec.ids() if i != dialed]
-        wait_for(lambda: b"".join(data_of(rec, accepted)) == b"HELLO<hi>",
+        wait_for(lambda: b"".join(data_calls(rec, accepted)) == b"HELLO<hi>",
                  what="the dialed end's start() and opened output")
     assert rec.kinds(dialed)[:4] == ["should", "start", "opened", "send"]
     assert rec.kinds(accepted)[:2] == ["should", "opened"]
@@ -358,7 +342,7 @@ def test_udp_remotes_are_never_translated(poller: str) -> None:
     (tcp_id,) = [i for i, info in opened.items() if info.addr_index == 0]
     assert [i for i, _ in calls.of("should")] == [tcp_id]
     assert calls.kinds(udp_id) == []
-    assert data_of(rec, udp_id) == [b"datagram", b"again"]
+    assert data_calls(rec, udp_id) == [b"datagram", b"again"]
 
 
 # ------------------------------------------------------------------ TR-3
@@ -402,7 +386,7 @@ def test_unchosen_connections_echo_raw_bytes_beside_translated_ones(
     raw_id = next(i for i, info in opened_ids.items() if info.addr_index == 0)
     chosen_id = next(i for i, info in opened_ids.items() if info.addr_index == 1)
     # The unchosen connection gets the loop's reused view, as without translate.
-    assert set(data_of(rec, raw_id)) == {memoryview}
+    assert set(data_calls(rec, raw_id)) == {memoryview}
     assert calls.kinds(raw_id) == []
     assert "receive" in calls.kinds(chosen_id)
 
@@ -426,7 +410,7 @@ def test_receive_reply_is_sent_at_once_and_plain_goes_to_data(poller: str, addr:
         assert recv_exactly(c, 5) == b"<xyz>"
     (cid,) = rec.ids()
     # data is not called for a read that held no plaintext.
-    assert data_of(rec, cid) == [b"ab", b"xyz"]
+    assert data_calls(rec, cid) == [b"ab", b"xyz"]
     assert [w for _, w in calls.of("receive")] == [PING, b"ab" + PING, b"xyz"]
 
 
@@ -461,7 +445,7 @@ def test_outputs_of_opened_data_and_wake_all_go_through_send_in_order(
     (cid,) = rec.ids()
     assert woke == [True]
     assert [p for _, p in calls.of("send")] == [b"O", b"Dx", b"Dwake", b"W"]
-    assert data_of(rec, cid) == [b"x", b"wake", None]
+    assert data_calls(rec, cid) == [b"x", b"wake", None]
 
 
 class Holding(Bracket):
@@ -598,7 +582,7 @@ def test_ended_finishes_like_close_then_closed_none(poller: str, addr: str) -> N
         wait_for(lambda: rec.of("closed"), what="closed")
     _, cid = rec.ids()
     assert got == b"HELLO<abc>BYE"
-    assert data_of(rec, cid) == [b"abc"]
+    assert data_calls(rec, cid) == [b"abc"]
     assert errors_of(rec, cid) == [None]
     assert rec.kinds(cid) == ["opened", "data", "closed"]
 
@@ -838,6 +822,38 @@ def test_wake_from_another_thread_goes_through_send(poller: str, addr: str) -> N
     assert [d for _, d in rec.of("data")] == [b"wake me", None]
 
 
+# ------------------------------------------------------------------ TR-10
+
+
+@pytest.mark.rule("TR-10")
+def test_a_translated_connection_has_no_half_close(poller: str) -> None:
+    rec = Recorder()
+    srv: list[evio.Server] = []
+
+    def data(cid: int, d: Any) -> Any:
+        if d == b"fin":
+            srv[0].shutdown_write(cid)
+            return b"bye"
+        return d
+
+    ev = evio.translate(echo_events(rec, serving=srv.append, data=data,
+                                    eof=lambda cid: rec.add("eof", cid)),
+                        None, lambda cid, info: evio.ZlibTranslator())
+    import zlib
+    with running(ev, "tcp4://127.0.0.1:0", poller=poller) as r:
+        c = r.connect()
+        comp = zlib.compressobj()
+        c.sendall(comp.compress(b"fin") + comp.flush(zlib.Z_SYNC_FLUSH))
+        d = zlib.decompressobj()
+        got = d.decompress(recv_all(c))
+        assert got == b"bye" and d.eof  # the goodbye ended the stream, then the close
+        c2 = r.connect()
+        c2.shutdown(socket.SHUT_WR)
+        assert recv_all(c2) == zlib.compressobj().flush(zlib.Z_FINISH)
+        wait_for(lambda: len(rec.of("closed")) == 2, what="closed")
+    assert rec.of("eof") == []
+
+
 # ------------------------------------------------------------------ ZLIB
 
 
@@ -911,7 +927,7 @@ def test_zlib_echo_of_any_data(zlib_echo: tuple[Running, Recorder],
     cid = rec.ids()[-1]
     wait_for(lambda: errors_of(rec, cid), what="closed")
     assert errors_of(rec, cid) == [None]
-    assert b"".join(data_of(rec, cid)) == b"".join(messages)
+    assert b"".join(data_calls(rec, cid)) == b"".join(messages)
 
 
 @pytest.mark.rule("ZLIB-1", "TR-6", "TR-5")

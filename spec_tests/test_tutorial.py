@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import os
 import re
 import select
 import signal
@@ -40,7 +39,15 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from harness import DEADLINE, in_thread, pattern, read_until_eof, recv_exactly, wait_for
+from harness import (
+    DEADLINE,
+    cpu_seconds,
+    in_thread,
+    pattern,
+    read_until_eof,
+    recv_exactly,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TUTORIAL = ROOT / "tutorial"
@@ -100,8 +107,7 @@ class Proc:
         return s
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.proc.pid)
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ def test_events_takes_keywords_only() -> None:
         return d
 
     with pytest.raises(TypeError):
-        evio.Events(data)  # type: ignore[misc]
+        evio.Events(data)  # type: ignore[call-arg, arg-type]  # positional on purpose: keywords only
     assert evio.Events(data=data).data is data
 
 

@@ -25,6 +25,7 @@ from harness import (
     Recorder,
     Running,
     connect_to,
+    echo_events,
     recv_all,
     recv_exactly,
     running,
@@ -551,3 +552,68 @@ def test_one_readiness_report_reads_at_most_64_datagrams(poller: str, udp: str) 
     # drained.
     [tcp_poll] = [p for kind, p, _ in seen if kind == "tcp"]
     assert tcp_poll < datagrams[-1][0]
+
+
+# ------------------------------------------------------- per-remote limits
+
+
+@pytest.mark.rule("UDP-9")
+def test_udp_remotes_have_no_flow_control(poller: str) -> None:
+    rec = Recorder()
+    srv: list[evio.Server] = []
+    answers: list[bool] = []
+
+    def data(cid: int, d: bytes) -> bytes:
+        s = srv[0]
+        answers.extend([s.pause(cid), s.resume(cid), s.shutdown_write(cid)])
+        return d
+
+    ev = echo_events(rec, serving=srv.append, data=data, eof=lambda cid: rec.add("eof", cid),
+                     drained=lambda cid: rec.add("drained", cid))
+    with running(ev, "udp4://127.0.0.1:0", poller=poller) as r:
+        c = udp_socket(r.addrs[0])
+        r.clients.append(c)
+        c.sendto(b"x", r.addrs[0])
+        assert c.recv(16) == b"x"
+    assert answers == [False, False, False]
+    assert rec.of("eof") == rec.of("drained") == []
+
+
+@pytest.mark.rule("UDP-10")
+def test_an_idle_udp_remote_is_forgotten(poller: str) -> None:
+    rec = Recorder()
+    ev = echo_events(rec, udp_idle_timeout=0.2)
+    with running(ev, "udp4://127.0.0.1:0", poller=poller) as r:
+        c = udp_socket(r.addrs[0])
+        r.clients.append(c)
+        c.sendto(b"a", r.addrs[0])
+        assert c.recv(16) == b"a"
+        for _ in range(3):  # heard again within the idle time: kept
+            time.sleep(0.1)
+            c.sendto(b"b", r.addrs[0])
+            assert c.recv(16) == b"b"
+        assert rec.of("closed") == []
+        wait_for(lambda: rec.of("closed"), what="forgotten")
+        c.sendto(b"c", r.addrs[0])
+        assert c.recv(16) == b"c"
+    assert rec.ids() == [1, 2]
+    assert rec.of("closed")[0] == (1, None)
+    with pytest.raises(ValueError), running(echo_events(udp_idle_timeout=0), "udp4://127.0.0.1:0"):
+        pass
+
+
+@pytest.mark.rule("UDP-11")
+def test_past_the_cap_the_least_recently_heard_remote_is_forgotten(poller: str) -> None:
+    rec = Recorder()
+    ev = echo_events(rec, udp_max_remotes=3)
+    with running(ev, "udp4://127.0.0.1:0", poller=poller) as r:
+        cs = [udp_socket(r.addrs[0]) for _ in range(4)]
+        r.clients.extend(cs)
+        for c in cs[:3]:
+            c.sendto(b"hi", r.addrs[0])
+            assert c.recv(16) == b"hi"
+        cs[0].sendto(b"again", r.addrs[0])  # the first is now the most recent
+        assert cs[0].recv(16) == b"again"
+        cs[3].sendto(b"hi", r.addrs[0])
+        assert cs[3].recv(16) == b"hi"
+        assert rec.of("closed") == [(2, None)]  # the second: least recently heard

@@ -40,12 +40,12 @@ def test_split_reply_takes_every_shape_data_may_return(
     from evio._events import split_reply
 
     if isinstance(reply, str):
-        reply = Action[reply]
+        reply = Action.__members__[reply]
     elif isinstance(reply, tuple) and isinstance(reply[1], str):
-        reply = (reply[0], Action[reply[1]])
+        reply = (reply[0], Action.__members__[reply[1]])
     got_out, got_action = split_reply(reply)
     assert (None if got_out is None else bytes(got_out)) == out
-    assert got_action is Action[action]
+    assert got_action is Action.__members__[action]
 
 
 @pytest.mark.rule("EV-3")

@@ -11,15 +11,12 @@ reading is not woken (WAKE-4), and that wakes leave no busy loop behind
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import os
 import random
 import socket
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +29,8 @@ from harness import (
     recv_all,
     recv_exactly,
     running,
+    stopped_by,
+    thread_cpu_seconds,
     wait_for,
 )
 from implementation import evio
@@ -44,24 +43,6 @@ MiB = 1 << 20
 
 
 BIG = pattern(16 * MiB, 3)
-
-
-def thread_cpu_seconds(native_id: int) -> float:
-    """User plus system CPU time of one thread of this process."""
-    stat = Path(f"/proc/self/task/{native_id}/stat").read_text()
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-@contextlib.contextmanager
-def stopped_by(control: socket.socket) -> Iterator[None]:
-    """Without the harness's ticker, a failing block must still stop the server."""
-    try:
-        yield
-    except BaseException:
-        with contextlib.suppress(OSError):
-            control.sendall(b"stop")
-        raise
 
 
 def serve_thread_id(r: Any) -> int:
