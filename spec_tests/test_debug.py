@@ -56,7 +56,9 @@ def _run(poller: str, caplog: pytest.LogCaptureFixture, **kw: Any) -> list[str]:
         end = time.monotonic() + 10
         while not server and time.monotonic() < end:  # bounded: serving comes at once
             time.sleep(0.01)
-        with socket.create_connection(server[0].addrs[0], timeout=10) as c:
+        addr = server[0].addrs[0]
+        assert isinstance(addr, tuple)  # tcp4: (host, port)
+        with socket.create_connection((addr[0], addr[1]), timeout=10) as c:
             c.sendall(b"fast")
             assert recv_exactly(c, 4) == b"fast"
             c.sendall(b"slow")
@@ -171,12 +173,13 @@ def test_debug_mode_finds_no_broken_shortcut_in_a_busy_connection(
 def test_debug_mode_reports_a_broken_shortcut_and_loses_no_byte(
         poller: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     import evio._streams as streams  # the module whose shortcut is checked
+    from evio._lifecycle import LIVE
 
     real_sync = streams.Streams.sync
 
     def broken_sync(self: Any, c: Any) -> None:
         real_sync(self, c)
-        if c.state in streams.LIVE:
+        if c.state in LIVE:
             c.fast = True  # a bug: paused or with output pending, still "fast"
 
     monkeypatch.setattr(streams.Streams, "sync", broken_sync)

@@ -218,6 +218,7 @@ def test_churn_of_two_thousand_connections(poller: str, caplog: pytest.LogCaptur
 
     def opened(cid: int, info: evio.Info) -> None:
         rec.add("opened", cid)
+        assert isinstance(info.remote_addr, tuple)  # a TCP peer: (host, port)
         ports[cid] = info.remote_addr[1]
 
     ev = echo_events(rec, opened=opened)
