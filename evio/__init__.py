@@ -1,5 +1,8 @@
 """evio for Python: a small, fast, single-threaded event loop for servers.
 
+Owns: the public surface: every name a user imports, each named as `evio`'s
+own; nothing is API that is not here.
+
 A server is a set of callbacks (`Events`) and one call to
 `serve()`. Every callback runs on the loop's thread; each may answer
 with output to send and an `Action`.

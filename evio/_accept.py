@@ -1,5 +1,8 @@
 """Accept: taking new connections off a stream listener, and backing off.
 
+Owns: taking connections off a stream listener -- how many per turn, and
+when to back off -- up to the hand-over to `evio._streams`.
+
 Theory of operation
 -------------------
 A listener is readable while its queue holds connections the kernel has

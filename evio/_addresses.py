@@ -1,5 +1,8 @@
 """Addresses: parse ``scheme://address?options`` and bind listeners.
 
+Owns: turning an address string (or an inherited socket) into a bound
+listener, and every error on the way there (`BindError`).
+
 Theory of operation
 -------------------
 An evio address is a small URL.  The scheme names the network (``tcp``,

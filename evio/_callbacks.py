@@ -1,5 +1,8 @@
 """Callbacks: the one place that calls user code and acts on its answer.
 
+Owns: every call into user code: all callbacks are called here, and what
+each answer means is decided here.
+
 Theory of operation
 -------------------
 A user callback can do three things the loop must handle: return output,

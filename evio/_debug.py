@@ -1,5 +1,7 @@
 """Debug mode: name the callback that held the loop up.
 
+Owns: debug mode: what it times, what it checks, and what it reports.
+
 Theory of operation
 -------------------
 One loop serves every connection from one thread, so a callback that

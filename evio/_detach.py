@@ -1,5 +1,8 @@
 """Detach: hand a connection's socket to its new owner, pending bytes first.
 
+Owns: a socket after it leaves the loop: the pending output goes first, then
+it is the user's.
+
 Theory of operation
 -------------------
 ``Action.DETACH`` takes a connection out of the loop: the loop forgets the

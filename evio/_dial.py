@@ -1,5 +1,8 @@
 """Dial: outbound connections on the loop, without ever blocking it.
 
+Owns: an outbound connection from the request (any thread) to ``opened`` or
+its failure: resolving, connecting, the dial timeout.
+
 Theory of operation
 -------------------
 ``server.dial(addr)`` returns an id at once, from any thread, and the

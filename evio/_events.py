@@ -1,5 +1,8 @@
 """Events and actions: what the loop calls, and what a callback may answer.
 
+Owns: the vocabulary between the user and the loop: the callbacks record,
+the actions, the options, and the reading of a callback's answer.
+
 Theory of operation
 -------------------
 A server is a set of optional callbacks -- an `Events` record -- and

@@ -1,5 +1,7 @@
 """Forking with threads: say so in evio's words, before the fork, once.
 
+Owns: what evio says before it forks a process that has other threads.
+
 Theory of operation
 -------------------
 ``serve(loops=N)`` forks N processes.  ``fork`` copies only the thread that

@@ -1,5 +1,7 @@
 """Idle: when a connection has been idle for its ``idle_timeout`` (rule REL-4).
 
+Owns: deciding that a connection has been silent for its ``idle_timeout``.
+
 Theory of operation
 -------------------
 "Idle" must mean *nothing moved*, and the loop sees only part of what

@@ -1,5 +1,8 @@
 """Inherited sockets: ``fd://N``, socket objects, systemd socket activation.
 
+Owns: sockets the server did not bind itself: ``fd://N``, socket objects,
+systemd socket activation.
+
 Theory of operation
 -------------------
 A server does not always bind its own sockets.  systemd binds port 80 as

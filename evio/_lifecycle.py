@@ -1,5 +1,8 @@
 """Connection records and the connection lifecycle, as data that drives the code.
 
+Owns: a connection's states and the table of their transitions; `move` is
+the only way a state changes.
+
 Theory of operation
 -------------------
 A connection's life is a handful of states -- dialing, opening, open,

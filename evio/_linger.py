@@ -1,5 +1,8 @@
 """Lingering close: a reply returned with ``CLOSE`` is not cut by a reset.
 
+Owns: the last moments of a closed connection whose reply the kernel still
+holds.
+
 Theory of operation
 -------------------
 ``send`` only hands bytes to the kernel; the kernel transmits them later.

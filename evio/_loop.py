@@ -1,5 +1,8 @@
 """The loop: one thread, one poller, every listener and connection.
 
+Owns: the turn -- timeout, poll, dispatch, wakes, timers -- and the start
+and shutdown around it; each kind of connection lives in its own module.
+
 Theory of operation
 -------------------
 An event loop is a ``while`` around one blocking call.  Everything else is

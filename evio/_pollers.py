@@ -1,5 +1,8 @@
 """Pollers: one small interface over epoll, kqueue, poll and select.
 
+Owns: the one system interface the loop waits on, over epoll, kqueue, poll
+and select.
+
 Theory of operation
 -------------------
 Every readiness API answers the same question -- "which of these descriptors

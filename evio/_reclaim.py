@@ -1,5 +1,8 @@
 """Memory: giving back what a burst of short-lived records took.
 
+Owns: giving back to the system the memory a burst of short-lived records
+took.
+
 Theory of operation
 -------------------
 A UDP server makes a small record per remote address (`evio._udp`), and a

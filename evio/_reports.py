@@ -1,5 +1,7 @@
 """Reports: how a loop's process tells its supervisor why it ended (rule LOOPS-8).
 
+Owns: how a loop's process tells its supervisor why it ended.
+
 Theory of operation
 -------------------
 A forked loop ends in one of three ways, and the supervisor

@@ -1,5 +1,8 @@
 """The server handle: what ``serving`` receives, and the only way in from outside.
 
+Owns: the `Server` handle: the only way into a loop from outside it, and
+which of its calls are safe from which thread.
+
 Theory of operation
 -------------------
 Everything in evio runs on the loop's thread, except what a user reaches

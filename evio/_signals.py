@@ -1,5 +1,9 @@
 """Signals: a loop on the main thread hears them at once, and Ctrl-C is safe.
 
+Owns: the stop signals: installing the handlers and the wake-up descriptor,
+hearing a signal, restoring what was there -- for one loop and for the
+supervisor.
+
 Theory of operation
 -------------------
 CPython runs a Python signal handler on the main thread, "soon" after the

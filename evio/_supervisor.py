@@ -1,5 +1,8 @@
 """Loops: N loops in N processes behind the same addresses, under a supervisor.
 
+Owns: ``serve(loops=N)``: binding once, forking, watching, restarting and
+stopping the loops' processes.
+
 Theory of operation
 -------------------
 One loop uses one core, and in CPython one process cannot use more (the

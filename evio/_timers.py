@@ -1,5 +1,7 @@
 """Timers: one deadline queue for everything the loop must do at a time.
 
+Owns: everything the loop does at a time: one deadline queue.
+
 Theory of operation
 -------------------
 The loop sleeps in one system call, and the only thing that decides how

@@ -1,5 +1,8 @@
 """UDP: datagrams on the same loop, with a "connection" per remote address.
 
+Owns: datagram listeners and the remotes they know, from the first datagram
+to being forgotten.
+
 Theory of operation
 -------------------
 UDP has no connections, but servers still think in peers: a DNS-like or

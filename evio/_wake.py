@@ -1,5 +1,8 @@
 """Wake: let other threads nudge the loop, and through it a connection.
 
+Owns: the doorbell: wakes and jobs from other threads, and how the loop
+takes them.
+
 Theory of operation
 -------------------
 The loop spends its idle time blocked in ``poll``.  Another thread that has

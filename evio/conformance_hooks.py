@@ -1,6 +1,9 @@
 """The conformance hooks of this implementation: what a test must observe
 inside the loop that the public API does not show.
 
+Owns: the mapping from the conformance suite's hook names to the internals
+that answer them.
+
 Theory of operation
 -------------------
 The conformance suite (``spec_tests/``) reaches the implementation under

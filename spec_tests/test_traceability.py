@@ -267,3 +267,16 @@ def test_the_tutorials_last_page_reads_every_module_in_order() -> None:
     order = text.partition("## Reading evio, in order")[2].partition("\n## ")[0]
     modules = sorted(p.name for p in (ROOT / "evio").glob("*.py"))
     assert [m for m in modules if f"`{m}`" not in order] == [], "not in the reading order"
+
+
+def test_every_evio_module_says_what_it_owns() -> None:
+    import ast
+
+    missing = []
+    for path in sorted((ROOT / "evio").glob("*.py")):
+        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+        paragraphs = doc.split("\n\n")
+        # The summary line, then one sentence of what the module owns.
+        if len(paragraphs) < 2 or not paragraphs[1].startswith("Owns: "):
+            missing.append(path.name)
+    assert missing == []
