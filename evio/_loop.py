@@ -231,6 +231,11 @@ class _Loop:
 
     def wake(self, id: int) -> bool:
         """`evio.Server.wake`: any thread."""
+        # Read from another thread: two dicts only the loop's thread writes.
+        # A membership test is one atomic operation on a dict, so it sees
+        # the id there or not; if the connection goes between the test and
+        # the wake, the loop finds no connection and drops the wake (WAKE-2:
+        # "unless the connection closes first").
         if id in self.streams.by_id or id in self.dialer.dials:
             return self.waker.wake(id)
         return False
