@@ -210,7 +210,11 @@ def item_features(item: pytest.Item, rules: tuple[str, ...]) -> list[str]:
         f = features.prefix_feature(rid)
         if f:
             need.append(f)
+        if rid in features.RULE_FEATURES:
+            need.append(features.RULE_FEATURES[rid])
     params = getattr(getattr(item, "callspec", None), "params", {})
+    if any(isinstance(v, str) and v in features.WRITE_HOOKS for v in params.values()):
+        need.append("write-hooks")
     if "poller" in params and isinstance(params["poller"], str):
         need.append(f"poller:{params['poller']}")
     if "family" in params and isinstance(params["family"], str):

@@ -69,6 +69,9 @@ EXTRA: dict[str, str] = {
     "inherited-sockets": "serve() takes bound sockets and fd://N; evio.listen_fds",
     "debug-mode": "serve(slow_callback=...) and EVIO_DEBUG report slow callbacks",
     "typed-api": "Events is keyword-only and the package's annotations catch bad returns",
+    "write-hooks": "the prewrite and postwrite callbacks around each write attempt "
+                   "(derived from the rules LOOP-10, LOOP-21, EV-10, EV-20 and from a "
+                   "test parameter naming one of the two)",
 }
 """Features a test names with ``@pytest.mark.feature(...)``."""
 
@@ -124,6 +127,18 @@ def check(names: list[str] | tuple[str, ...], where: str) -> None:
     if unknown:
         raise ValueError(f"{where}: unknown feature(s) {', '.join(unknown)}; "
                          f"known: {', '.join(sorted(FEATURES))}")
+
+
+RULE_FEATURES: dict[str, str] = {
+    "LOOP-10": "write-hooks",
+    "LOOP-21": "write-hooks",
+    "EV-10": "write-hooks",
+    "EV-20": "write-hooks",
+}
+"""Single rules that imply a feature of their own, beyond their prefix's."""
+
+WRITE_HOOKS = ("prewrite", "postwrite")
+"""A test parameter with one of these values runs that write hook."""
 
 
 def prefix_feature(rule_id: str) -> str | None:
