@@ -125,13 +125,18 @@ class Timers:
     def run_due(self, now: float, stopping: Callable[[], bool]) -> None:
         """Fire every timer due by ``now`` (a ``time.monotonic()``), earliest first.
 
-        "Now" is fixed for the call: a timer set while it runs (a tick with
-        a delay of 0) waits for the next turn, so one call always ends.
+        "Now" is fixed for the call, and so is the set of timers it may
+        fire: one set while it runs (a tick with a delay of 0, even one due
+        at ``now`` exactly) waits for the next turn, so one call always ends.
         ``stopping()`` is asked after each timer, and a true answer ends the
         call (what is left fires on a later turn, or never).
         """
         heap = self.heap
-        while heap and heap[0][0] <= now:
+        # Entries pushed from here on have a larger sequence number.  One
+        # that reaches the top first is due no earlier than every old entry
+        # left (or it is not due at all), so stopping there is in order.
+        first_new = next(self._seq)
+        while heap and heap[0][0] <= now and heap[0][1] < first_new:
             t = heapq.heappop(heap)[2]
             fire = t.fire
             if fire is None:

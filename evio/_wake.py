@@ -168,8 +168,13 @@ class Waker:
                 pass
 
     def close(self) -> list[Callable[[], None]]:
-        """Refuse further wakes and jobs; return jobs that never ran."""
+        """Refuse further wakes and jobs; return jobs that never ran.
+
+        Closing twice is harmless: the second call returns no jobs.
+        """
         with self._lock:
+            if self._closed:
+                return []
             self._closed = True
             jobs, self._jobs = self._jobs, []
             self._ids.clear()

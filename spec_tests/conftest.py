@@ -264,8 +264,10 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     for item in items:
         rules = item_rules(item)
         params = getattr(getattr(item, "callspec", None), "params", {})
-        if (RUN.pollers is not None and params.get("poller", None) not in (None, *RUN.pollers)) or (
-                RUN.families is not None and params.get("family", None) not in (None, *RUN.families)):
+        other_poller = RUN.pollers is not None and params.get("poller") not in (None, *RUN.pollers)
+        other_family = RUN.families is not None and params.get("family") not in (
+            None, *RUN.families)
+        if other_poller or other_family:
             dropped.append(item)
             if m is not None:
                 m.match(item.nodeid, rules)  # left out of this run, so an entry for it is not stale

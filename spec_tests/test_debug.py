@@ -121,6 +121,11 @@ def _serve_in_thread(ev: Any, poller: str, **kw: Any) -> tuple[threading.Thread,
     return t, server
 
 
+BIG = 16 << 20
+"""More than loopback's socket buffers take at once: some of it waits for
+writability, so the connection has output pending (interest READ | WRITE)."""
+
+
 def _exercise(addr: Any) -> None:
     """Reads on the inline path, a pause and resume, a large answer left
     pending, and a half-close: every way a connection leaves and rejoins it."""
@@ -131,7 +136,8 @@ def _exercise(addr: Any) -> None:
         c.sendall(b"pause")
         assert recv_exactly(c, 5) == b"pause"  # paused now, resumed in 0.05 s
         c.sendall(b"big")
-        big = recv_exactly(c, (4 << 20) + 3)
+        time.sleep(0.2)  # not reading yet: the answer cannot all go at once
+        big = recv_exactly(c, BIG + 3)
         assert big[:3] == b"big" and big[-3:] == b"end"
         c.sendall(b"ping")
         assert recv_exactly(c, 4) == b"ping"
@@ -146,7 +152,7 @@ def _events(server: list[Any]) -> Any:
             server[0].call_later(0.05, lambda: server[0].resume(cid) and None)
             return d
         if d == b"big":
-            return d + bytes(4 << 20)[:-3] + b"end"
+            return d + bytes(BIG)[:-3] + b"end"
         return d
     return evio.Events(data=data)
 

@@ -60,6 +60,24 @@ def test_a_timer_set_while_timers_run_waits_for_the_next_call() -> None:
     assert log == ["tick", "tick"]
 
 
+@pytest.mark.rule("LOOP-16", "TICK-2")
+def test_a_timer_set_due_at_the_calls_own_now_waits_for_the_next_call() -> None:
+    from evio._timers import Timers
+
+    q = Timers()
+    log: list[str] = []
+
+    def again() -> None:
+        log.append("tick")
+        q.at(5.0, again)  # due at the very "now" the call was given
+
+    q.at(5.0, again)
+    q.run_due(5.0, _never)
+    assert log == ["tick"]
+    q.run_due(5.0, _never)
+    assert log == ["tick", "tick"]
+
+
 @pytest.mark.rule("LOOP-16")
 def test_stopping_ends_the_call_and_leaves_the_rest_queued() -> None:
     from evio._timers import Timers
