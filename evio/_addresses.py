@@ -57,6 +57,7 @@ __all__ = [
     "BindError",
     "Listener",
     "SockAddr",
+    "Target",
     "bind_all",
     "inherited",
     "parse_address",
@@ -66,6 +67,9 @@ SockAddr: TypeAlias = tuple[str, int] | tuple[str, int, int, int] | str | bytes
 """A socket address as the ``socket`` module gives it: ``(host, port)`` for
 IPv4, ``(host, port, flowinfo, scope_id)`` for IPv6, a path for a unix
 socket (``""`` for an unnamed one; ``bytes`` for a Linux abstract one)."""
+Target: TypeAlias = tuple[int, SockAddr | tuple[int, bytes]]
+"""A socket family and an address of it to bind or connect to, as
+``getaddrinfo`` gives them."""
 
 _STREAM = {"tcp": socket.AF_UNSPEC, "tcp4": socket.AF_INET, "tcp6": socket.AF_INET6}
 _DGRAM = {"udp": socket.AF_UNSPEC, "udp4": socket.AF_INET, "udp6": socket.AF_INET6}
@@ -353,7 +357,7 @@ def bind_all(addresses: list[Address], backlog: int = 1024) -> list[Listener]:  
     return done
 
 
-def _plan(a: Address) -> tuple[int, SockAddr | tuple[int, bytes]]:
+def _plan(a: Address) -> Target:
     """The socket family and bind address for ``a``, resolving its host name.
 
     A name that resolves to several addresses binds the first one
@@ -375,7 +379,7 @@ def _plan(a: Address) -> tuple[int, SockAddr | tuple[int, bytes]]:
     return family, sockaddr
 
 
-def _bind(a: Address, plan: tuple[int, SockAddr | tuple[int, bytes]], backlog: int) -> Listener:
+def _bind(a: Address, plan: Target, backlog: int) -> Listener:
     if a.fd >= 0:  # inherited: taken as it is (ADDR-12); its file is not ours
         try:
             sock = adopt(a.fd, backlog)

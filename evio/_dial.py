@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Protocol
 
-from ._addresses import Address, SockAddr, parse_address
+from ._addresses import Address, SockAddr, Target, parse_address
 from ._events import Info
 from ._lifecycle import Conn, On, State, move
 from ._pollers import WRITE
@@ -119,10 +119,6 @@ def _literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
         return None
-
-
-Target = tuple[int, SockAddr | tuple[int, bytes]]
-"""A socket family and an address to connect to (as ``getaddrinfo`` gives it)."""
 
 
 def needs_resolving(a: Address) -> bool:

@@ -26,7 +26,7 @@ the idle timer fires, so the fast path pays nothing but one ``ioctl`` per
 send that leaves output pending.
 
 Everything that decides whether a connection is idle lives here;
-`evio._streams` arms the timer and `evio._streams` notes the writes.
+`evio._streams` arms the timer and notes the writes.
 """
 
 from __future__ import annotations

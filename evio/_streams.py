@@ -112,7 +112,7 @@ from ._lifecycle import (
 from ._linger import Linger, settled
 from ._pollers import READ, WRITE, make_poller
 from ._signals import SignalWatch
-from ._translate import Factory, Should, Translator, as_bytes
+from ._translate import Translator
 from ._wiring import Parts
 
 __all__ = ["Streams", "next_read_size"]
@@ -148,8 +148,9 @@ def next_read_size(n: int, size: int) -> int:
     return SMALL_READ if n <= SMALL_READ else size
 
 
-def _untranslated(cid: int, info: Info) -> Translator:
-    raise AssertionError("no translation was set up")  # never called: `Streams.translating`
+def as_bytes(b: Buffer) -> bytes:
+    """Translators take ``bytes``: copy views and bytearrays."""
+    return b if type(b) is bytes else bytes(b)
 
 
 class Streams:
@@ -174,14 +175,9 @@ class Streams:
             self.ready = check_shortcuts(self.ready)  # type: ignore[method-assign, assignment]
         self.by_fd: dict[int, Conn] = {}
         self.by_id: dict[int, Conn] = {}
-        # Translation (`evio.translate`): which connections, their
-        # translators, and how long a handshake may take.
-        self.translating = events.translation is not None
-        self.should: Should = lambda cid, info: False
-        self.factory: Factory = _untranslated
-        self.handshake_timeout: float | None = None
-        if events.translation is not None:
-            self.should, self.factory, self.handshake_timeout = events.translation
+        # Translation (`evio.translate`): ``(should, factory,
+        # handshake_timeout)``, or None when no connection is translated.
+        self.translation = events.translation
         # *Plain*: nothing between socket and ``data`` (no translator, no write
         # hooks, a fresh buffer per read); `ready` inlines its reads.
         # Any, as `Events.data` declares it (its payload's type is the user's).
@@ -234,13 +230,13 @@ class Streams:
         """Set up translation, call ``opened``, deliver a wake that came early."""
         ev = self.ev
         info = None
-        if self.translating or ev.opened is not None:
+        if self.translation is not None or ev.opened is not None:
             try:
                 local = c.sock.getsockname()
             except OSError:  # already reset: opened still fires, then closed
                 local = None
             info = Info(False, c.addr_index, local, remote)
-        if self.translating:
+        if self.translation is not None:
             assert info is not None
             err = self.setup_translation(c, info)
             if err is not None:
@@ -421,26 +417,28 @@ class Streams:
     # TR-2, TR-3, TR-8
     def setup_translation(self, c: Conn, info: Info) -> Exception | None:
         """Ask ``should``; make and start the translator. The error, if any."""
+        assert self.translation is not None
+        should, factory, timeout = self.translation
         try:
-            if self.should(c.id, info):
-                c.translator = self.factory(c.id, info)
+            if should(c.id, info):
+                c.translator = factory(c.id, info)
                 # Queued, not sent: a send could fail and close the
                 # connection before opened has been called.
                 c.pending += c.translator.start()
-                if self.handshake_timeout is not None and not c.translator.handshake_done:
-                    t = self.timers.at(time.monotonic() + self.handshake_timeout,
-                                       partial(self._handshake_due, c))
+                if timeout is not None and not c.translator.handshake_done:
+                    t = self.timers.at(time.monotonic() + timeout,
+                                       partial(self._handshake_due, c, timeout))
                     c.user_timers = [t]  # cancelled when the connection goes
         except Exception as e:
             return e
         return None
 
-    def _handshake_due(self, c: Conn) -> None:
+    def _handshake_due(self, c: Conn, timeout: float) -> None:
         """``handshake_timeout`` ran out: abort ``c`` if it is still handshaking (TIMER-5)."""
         tr = c.translator
         if c.state in LIVE and tr is not None and not tr.handshake_done:
             self.abort(c, TimeoutError(
-                f"connection {c.id}: handshake not done in {self.handshake_timeout}s"))
+                f"connection {c.id}: handshake not done in {timeout}s"))
 
     # TR-4
     def receive_translated(self, c: Conn, wire: Buffer) -> None:
@@ -756,7 +754,7 @@ class Streams:
             self.peer_ended(c)  # half-close: go on writing
             return
         err = None
-        if c.translator is not None and self.translating:
+        if c.translator is not None:
             err = self.translated_eof(c)
             c.peer_said_goodbye = True  # gone: a goodbye it cannot take is no new error
         self.finish(c, On.PEER_EOF, err)

@@ -208,7 +208,7 @@ class _Supervisor:
         self.events, self.listeners, self.n = events, listeners, n
         self.stop_timeout = stop_timeout
         self.grace = max(GRACE, stop_timeout + 1.0)
-        self.poller, self.make_loop, self.stop_signals = poller, make_loop, stop_signals
+        self.poller, self.make_loop = poller, make_loop
         self.children: dict[int, _Child] = {}  # by pid
         self.restarts: dict[int, float] = {}  # index -> when to fork it again
         self.failures = [0] * n  # consecutive deaths or failed forks, per index

@@ -132,9 +132,10 @@ class Timers:
         call (what is left fires on a later turn, or never).
         """
         heap = self.heap
-        # Entries pushed from here on have a larger sequence number.  One
-        # that reaches the top first is due no earlier than every old entry
-        # left (or it is not due at all), so stopping there is in order.
+        # Entries pushed from here on have a larger sequence number: the call
+        # stops at the first of them to reach the top.  An old entry still
+        # due behind it is due no earlier than that new one, which is due
+        # already; so the next turn's poll does not wait, and both fire then.
         first_new = next(self._seq)
         while heap and heap[0][0] <= now and heap[0][1] < first_new:
             t = heapq.heappop(heap)[2]

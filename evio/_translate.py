@@ -82,7 +82,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ._events import Buffer, Events, Info
+    from ._events import Events, Info
 
 __all__ = [
     "Passthrough",
@@ -137,11 +137,6 @@ def translate(events: Events, should: Should | None, factory: Factory, *,
 
 def _always(cid: int, info: Info) -> bool:
     return True
-
-
-def as_bytes(b: Buffer) -> bytes:
-    """Translators take ``bytes``: copy views and bytearrays."""
-    return b if type(b) is bytes else bytes(b)
 
 
 class Translator:
