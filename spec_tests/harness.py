@@ -174,8 +174,9 @@ class Running:
     """A server running on a thread."""
 
     def __init__(self, events: evio.Events, addrs: tuple[str, ...], poller: Any,
-                 stoppable: bool) -> None:
+                 stoppable: bool, options: dict[str, Any] | None = None) -> None:
         self.stoppable = stoppable
+        self.options = options or {}
         self.ready = threading.Event()
         self.server: evio.Server | None = None
         self.error: BaseException | None = None
@@ -199,7 +200,7 @@ class Running:
 
     def _main(self, addrs: tuple[str, ...], poller: Any) -> None:
         try:
-            evio.serve(self.events, *addrs, poller=poller)
+            evio.serve(self.events, *addrs, poller=poller, **self.options)
         except BaseException as e:  # handed to the test thread
             self.error = e
         finally:
@@ -230,10 +231,14 @@ class Running:
 
 @contextlib.contextmanager
 def running(events: evio.Events, *addrs: str, poller: Any = None, stoppable: bool = True,
-            check_fds: bool = True, expect_error: bool = False) -> Iterator[Running]:
-    """Run a server for the ``with`` block; see the module docstring."""
+            check_fds: bool = True, expect_error: bool = False,
+            **options: Any) -> Iterator[Running]:
+    """Run a server for the ``with`` block; see the module docstring.
+
+    ``options`` go to ``serve`` as they are (``slow_callback=``, ...).
+    """
     before = open_descriptors()
-    r = Running(events, addrs, poller, stoppable)
+    r = Running(events, addrs, poller, stoppable, options)
     r.thread.start()
     r.ready.wait(DEADLINE)
     if r.server is None:

@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 import pytest
-from harness import recv_exactly
+from harness import recv_exactly, running
 from implementation import evio
 
 pytestmark = pytest.mark.feature("debug-mode")
@@ -107,20 +107,6 @@ def test_bad_thresholds_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
         evio.serve(evio.Events(), "tcp4://127.0.0.1:0")
 
 
-def _serve_in_thread(ev: Any, poller: str, **kw: Any) -> tuple[threading.Thread, list[Any]]:
-    server: list[Any] = []
-    ev = evio.Events(**{**{f: getattr(ev, f) for f in ("data", "opened", "eof")},
-                        "serving": server.append})
-    t = threading.Thread(target=evio.serve, args=(ev, "tcp4://127.0.0.1:0"),
-                         kwargs={"poller": poller, **kw})
-    t.start()
-    end = time.monotonic() + 10
-    while not server and time.monotonic() < end:  # bounded: serving comes at once
-        time.sleep(0.01)
-    assert server, "serving was not called"
-    return t, server
-
-
 BIG = 16 << 20
 """More than loopback's socket buffers take at once: some of it waits for
 writability, so the connection has output pending (interest READ | WRITE)."""
@@ -157,21 +143,22 @@ def _events(server: list[Any]) -> Any:
     return evio.Events(data=data)
 
 
+def _debug_mode_bugs(poller: str, caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Run `_exercise` against a server in debug mode; the errors it logged
+    about a broken shortcut."""
+    holder: list[Any] = []
+    with caplog.at_level(logging.ERROR, logger="evio"), running(
+            _events(holder), "tcp4://127.0.0.1:0", poller=poller, slow_callback=5.0) as r:
+        holder.append(r.server)
+        _exercise(r.addrs[0])
+    return [rec.getMessage() for rec in caplog.records if "evio bug" in rec.getMessage()]
+
+
 @pytest.mark.impl_detail  # the inline read path is this implementation's shortcut
 @pytest.mark.rule("EV-26")
 def test_debug_mode_finds_no_broken_shortcut_in_a_busy_connection(
         poller: str, caplog: pytest.LogCaptureFixture) -> None:
-    holder: list[Any] = []
-    with caplog.at_level(logging.ERROR, logger="evio"):
-        t, server = _serve_in_thread(_events(holder), poller, slow_callback=5.0)
-        holder.extend(server)
-        try:
-            _exercise(server[0].addrs[0])
-        finally:
-            server[0].stop()
-            t.join(10)
-    assert not t.is_alive()
-    assert [r.getMessage() for r in caplog.records if "evio bug" in r.getMessage()] == []
+    assert _debug_mode_bugs(poller, caplog) == []
 
 
 @pytest.mark.impl_detail  # breaks evio's own sync on purpose
@@ -189,15 +176,5 @@ def test_debug_mode_reports_a_broken_shortcut_and_loses_no_byte(
             c.fast = True  # a bug: paused or with output pending, still "fast"
 
     monkeypatch.setattr(streams.Streams, "sync", broken_sync)
-    holder: list[Any] = []
-    with caplog.at_level(logging.ERROR, logger="evio"):
-        t, server = _serve_in_thread(_events(holder), poller, slow_callback=5.0)
-        holder.extend(server)
-        try:
-            _exercise(server[0].addrs[0])  # every byte still comes back
-        finally:
-            server[0].stop()
-            t.join(10)
-    assert not t.is_alive()
-    bugs = [r.getMessage() for r in caplog.records if "evio bug" in r.getMessage()]
+    bugs = _debug_mode_bugs(poller, caplog)  # every byte still comes back (`_exercise`)
     assert bugs and "inline read path" in bugs[0]
