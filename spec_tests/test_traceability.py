@@ -253,27 +253,35 @@ def test_code_citations_are_read_from_comments_and_strings() -> None:
     assert [r.where for r in trace.citations()["LOOP-14"]] == ["evio/x.py:2"]
 
 
+def _evio_modules() -> list[Path]:
+    """Every module of the package, in name order."""
+    return sorted((ROOT / "evio").glob("*.py"))
+
+
+def _not_named(text: str, form: str = "`{}`") -> list[str]:
+    """The modules ``text`` does not name (each as ``form`` of its file name)."""
+    return [p.name for p in _evio_modules() if form.format(p.name) not in text]
+
+
 def test_contributing_maps_and_orders_every_module() -> None:
     text = (ROOT / "CONTRIBUTING.md").read_text(encoding="utf-8")
     table, _, rest = text.partition("## A reading order")
     order = rest.partition("## Adding a rule")[0]
-    modules = sorted(p.name for p in (ROOT / "evio").glob("*.py"))
-    assert [m for m in modules if f"| `{m}` |" not in table] == [], "not in the module map"
-    assert [m for m in modules if f"`{m}`" not in order] == [], "not in the reading order"
+    assert _not_named(table, "| `{}` |") == [], "not in the module map"
+    assert _not_named(order) == [], "not in the reading order"
 
 
 def test_the_tutorials_last_page_reads_every_module_in_order() -> None:
     text = (ROOT / "docs" / "tutorial" / "6-evio.md").read_text(encoding="utf-8")
     order = text.partition("## Reading evio, in order")[2].partition("\n## ")[0]
-    modules = sorted(p.name for p in (ROOT / "evio").glob("*.py"))
-    assert [m for m in modules if f"`{m}`" not in order] == [], "not in the reading order"
+    assert _not_named(order) == [], "not in the reading order"
 
 
 def test_every_evio_module_says_what_it_owns() -> None:
     import ast
 
     missing = []
-    for path in sorted((ROOT / "evio").glob("*.py")):
+    for path in _evio_modules():
         doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
         paragraphs = doc.split("\n\n")
         # The summary line, then one sentence of what the module owns.
